@@ -1,0 +1,155 @@
+"""The slurmjwtd socket protocol, version 1 (docs/protocol.md).
+
+One request line per connection, one answer line, then the daemon closes:
+
+    SJWT/1 OP key=value ...\\n
+    SJWT/1 OK key=value ...\\n
+    SJWT/1 ERR code human message\\n
+
+Values are percent-encoded outside a small safe set, so a C client needs no
+JSON library and no line ever carries a space or newline inside a value.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+MAGIC = "SJWT/1"
+MAX_REQUEST = 1024  # bytes, newline included
+MAX_RESPONSE = 4096  # bytes, newline included
+
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@+,")
+_KEY = re.compile(r"[a-z][a-z_]{0,31}\Z")
+_OP = re.compile(r"[A-Z]{1,16}\Z")
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+class Code(str, enum.Enum):
+    """Stable error codes: clients branch on these, never on the message."""
+
+    BAD_REQUEST = "bad-request"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    TOO_LARGE = "too-large"
+    TIMEOUT = "timeout"
+    BUSY = "busy"
+    PERMISSION_DENIED = "permission-denied"
+    NO_SESSION = "no-session"
+    UNKNOWN_USER = "unknown-user"
+    BELOW_MIN_UID = "below-min-uid"
+    LIFETIME_TOO_LONG = "lifetime-too-long"
+    NO_SUCH_SESSION = "no-such-session"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A request the daemon refuses; carries the code sent on the wire."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    args: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Response:
+    ok: bool
+    fields: dict[str, str] = field(default_factory=dict)
+    code: str = ""
+    message: str = ""
+
+
+def quote(value: str) -> str:
+    raw = value.encode()
+    if all(b in _SAFE for b in raw) and raw:
+        return value
+    return "".join(chr(b) if b in _SAFE else "%%%02X" % b for b in raw)
+
+
+def unquote(value: str) -> str:
+    raw = value.encode("ascii")
+    if b"%" in raw:
+        if raw.count(b"%") != len(_PERCENT.findall(raw)):
+            raise ValueError("bad percent-escape")
+        raw = _PERCENT.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
+    text = raw.decode()  # UnicodeDecodeError is a ValueError
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError("control character")
+    return text
+
+
+def _encode_pairs(pairs: dict[str, object]) -> str:
+    return "".join(f" {k}={quote(str(v))}" for k, v in pairs.items())
+
+
+def _decode_pairs(words: list[str]) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not _KEY.match(key):
+            raise ValueError(f"malformed argument {word[:40]!r}")
+        if key in pairs:
+            raise ValueError(f"argument {key!r} given twice")
+        if any(b not in _SAFE and b != 0x25 for b in value.encode()):
+            raise ValueError(f"argument {key!r}: characters must be percent-encoded")
+        pairs[key] = unquote(value)
+    return pairs
+
+
+def encode_request(op: str, args: dict[str, object] | None = None) -> bytes:
+    line = f"{MAGIC} {op}{_encode_pairs(args or {})}\n".encode()
+    if len(line) > MAX_REQUEST:
+        raise ValueError(f"request longer than {MAX_REQUEST} bytes")
+    return line
+
+
+def parse_request(line: bytes) -> Request:
+    """Parse one request line (without its newline); raise ProtocolError."""
+    try:
+        text = line.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError(Code.BAD_REQUEST, "request is not ASCII") from None
+    words = text.split(" ")
+    if words[0] != MAGIC:
+        if words[0].startswith("SJWT/"):
+            raise ProtocolError(Code.UNSUPPORTED_VERSION, f"this daemon speaks {MAGIC}")
+        raise ProtocolError(Code.BAD_REQUEST, f"request must start with {MAGIC}")
+    if len(words) < 2 or not _OP.match(words[1]):
+        raise ProtocolError(Code.BAD_REQUEST, "missing or malformed operation")
+    try:
+        return Request(words[1], _decode_pairs(words[2:]))
+    except ValueError as exc:
+        raise ProtocolError(Code.BAD_REQUEST, str(exc)) from None
+
+
+def encode_ok(fields: dict[str, object]) -> bytes:
+    return f"{MAGIC} OK{_encode_pairs(fields)}\n".encode()
+
+
+def encode_error(code: Code, message: str) -> bytes:
+    clean = "".join(c if " " <= c < "\x7f" else "?" for c in message)[:512]
+    return f"{MAGIC} ERR {code.value} {clean}\n".encode()
+
+
+def parse_response(line: bytes) -> Response:
+    """Parse one answer line (without its newline); raise ValueError if garbled."""
+    text = line.decode("ascii")
+    head, _, rest = text.partition(" ")
+    if head != MAGIC:
+        raise ValueError("answer does not start with " + MAGIC)
+    status, _, rest = rest.partition(" ")
+    if status == "OK":
+        return Response(True, _decode_pairs(rest.split(" ")) if rest else {})
+    if status == "ERR":
+        code, _, message = rest.partition(" ")
+        if not code:
+            raise ValueError("error answer without a code")
+        return Response(False, code=code, message=message)
+    raise ValueError("answer is neither OK nor ERR")

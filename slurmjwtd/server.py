@@ -1,0 +1,395 @@
+"""The daemon's life: startup, serve, graceful shutdown on signals.
+
+One thread runs an epoll loop. It accepts, asks the kernel who connected
+(SO_PEERCRED), reads one request line under a deadline, decides, answers and
+closes. Each decision takes tens of microseconds and never waits on a client,
+so a client that hangs or floods costs the others nothing: it is dropped at
+its deadline. `_answer` is the one place where errors become protocol codes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pwd
+import selectors
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+from . import __version__
+from .audit import audit
+from .config import Config
+from .policy import Account, Caller, Decision, decide_mint, decide_session_change
+from .protocol import (MAX_REQUEST, Code, ProtocolError, Request, encode_error, encode_ok,
+                       parse_request)
+from .sessions import SessionRegistry
+from .signer import HS256Signer, mint_token
+
+log = logging.getLogger("slurmjwtd")
+_PEERCRED = struct.Struct("3i")
+_ACCEPT_BURST = 64  # connections taken per wakeup before serving other ready sockets
+_OPERATIONS: dict[str, frozenset[str]] = {
+    "MINT": frozenset({"user", "lifetime"}),
+    "OPEN": frozenset({"user", "lifetime", "tty", "rhost", "service"}),
+    "CLOSE": frozenset({"session"}),
+    "STATUS": frozenset(),
+}
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+@dataclass
+class Counters:
+    granted: int = 0
+    refused: int = 0
+
+
+@dataclass
+class DaemonState:
+    """Everything the daemon knows; the one piece of mutable state."""
+
+    config: Config
+    signer: HS256Signer
+    registry: SessionRegistry
+    counters: Counters = field(default_factory=Counters)
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Connection:
+    sock: socket.socket
+    caller: Caller
+    deadline: float
+    buf: bytes = b""
+
+
+def peer_caller(sock: socket.socket) -> Caller:
+    pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                     _PEERCRED.size))
+    return Caller(uid=uid, gid=gid, pid=pid)
+
+
+def lookup_name(name: str) -> Account | None:
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return Account(pw.pw_name, pw.pw_uid)
+
+
+def lookup_uid(uid: int) -> Account | None:
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return None
+    return Account(pw.pw_name, pw.pw_uid)
+
+
+def parse_lifetime(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or len(text) > 9 or int(text) == 0:
+        raise ProtocolError(Code.BAD_REQUEST, "lifetime must be a whole number of seconds, 1 or more")
+    return int(text)
+
+
+def bind_socket(path: str) -> socket.socket:
+    """Bind PATH (mode 0666), refusing to steal it from a daemon that still answers."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    if os.path.lexists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # stale: left by a daemon that died
+        except OSError as exc:
+            raise StartupError(f"socket {path}: exists and is not a usable socket ({exc.strerror}); "
+                               f"remove it: rm {path}") from None
+        else:
+            raise StartupError(f"socket {path}: another slurmjwtd is already listening there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o666)
+    sock.listen(512)
+    return sock
+
+
+class Server:
+    def __init__(self, state: DaemonState) -> None:
+        self.state = state
+        self._selector = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._bound_path: str | None = None
+        # deadlines are now + a constant, so insertion order is deadline order
+        self._pending: collections.OrderedDict[int, Connection] = collections.OrderedDict()
+        self._per_uid: collections.Counter[int] = collections.Counter()
+        self._signals: list[int] = []
+        self._stopping = False
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+
+    # -- life -------------------------------------------------------------------------------
+    def startup(self, listener: socket.socket | None = None) -> None:
+        config = self.state.config
+        try:
+            os.makedirs(os.path.dirname(config.session_file), mode=0o755, exist_ok=True)
+            live = self.state.registry.load()
+        except (OSError, ValueError) as exc:
+            raise StartupError(str(exc)) from None
+        if listener is None:
+            listener = bind_socket(config.socket)
+            self._bound_path = config.socket
+        listener.setblocking(False)
+        self._listener = listener
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        self._wakeup_r.setblocking(False)
+        self._wakeup_w.setblocking(False)
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ, "signal")
+        signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        log.info("slurmjwtd %s ready: socket=%s signer=%s sessions=%d", __version__,
+                 config.socket, self.state.signer.name, live)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def serve(self) -> None:
+        while not (self._stopping and not self._pending):
+            for key, _ in self._selector.select(self._next_timeout()):
+                if key.data is None:
+                    self._accept()
+                elif key.data == "signal":
+                    self._handle_signals()
+                else:
+                    self._read(key.data)
+            self._expire(time.monotonic())
+
+    def shutdown(self) -> None:
+        """Stop listening, let requests in flight finish (serve() did), save the registry."""
+        if self._listener is not None:
+            self._close_listener()
+        try:
+            self.state.registry.save()
+        except OSError as exc:
+            log.error("could not save sessions to %s: %s", self.state.registry.path, exc)
+        signal.set_wakeup_fd(-1)
+        log.info("slurmjwtd stopped: granted=%d refused=%d", self.state.counters.granted,
+                 self.state.counters.refused)
+
+    def _handle_signals(self) -> None:
+        try:
+            while self._wakeup_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+        signals, self._signals = self._signals, []
+        if any(s in (signal.SIGTERM, signal.SIGINT) for s in signals) and not self._stopping:
+            log.info("stopping: finishing %d request(s) in flight", len(self._pending))
+            self._stopping = True
+            self._close_listener()
+
+    def _close_listener(self) -> None:
+        assert self._listener is not None
+        self._selector.unregister(self._listener)
+        self._listener.close()
+        self._listener = None
+        if self._bound_path is not None:
+            try:
+                os.unlink(self._bound_path)
+            except FileNotFoundError:
+                pass
+
+    # -- connections ------------------------------------------------------------------------
+    def _next_timeout(self) -> float | None:
+        if not self._pending:
+            return None
+        first = next(iter(self._pending.values()))
+        return max(0.0, first.deadline - time.monotonic())
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        for _ in range(_ACCEPT_BURST):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: keep serving those we have
+                log.error("accept: %s", exc.strerror)
+                return
+            sock.setblocking(False)
+            caller = peer_caller(sock)
+            if not caller.is_root and self._per_uid[caller.uid] >= self.state.config.max_clients_per_uid:
+                self._refuse_quietly(sock, caller, Code.BUSY, "too many connections from this uid")
+                continue
+            conn = Connection(sock, caller, time.monotonic() + self.state.config.client_timeout)
+            self._per_uid[caller.uid] += 1
+            self._read(conn, fresh=True)
+
+    def _read(self, conn: Connection, fresh: bool = False) -> None:
+        try:
+            data = conn.sock.recv(MAX_REQUEST + 1 - len(conn.buf))
+        except BlockingIOError:
+            if fresh:  # the request has not arrived yet: wait for it
+                self._pending[conn.sock.fileno()] = conn
+                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+            return
+        except OSError:
+            data = b""
+        if not data:  # hung up before a whole request: nothing to answer
+            self._finish(conn, None)
+            return
+        conn.buf += data
+        end = conn.buf.find(b"\n")
+        if end >= 0:
+            self._finish(conn, self._answer(conn.caller, conn.buf, end))
+        elif len(conn.buf) > MAX_REQUEST - 1:
+            self._finish(conn, self._refusal(conn.caller, Code.TOO_LARGE,
+                                             f"request longer than {MAX_REQUEST} bytes"))
+        elif fresh:
+            self._pending[conn.sock.fileno()] = conn
+            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def _expire(self, now: float) -> None:
+        while self._pending:
+            conn = next(iter(self._pending.values()))
+            if conn.deadline > now:
+                return
+            self._finish(conn, self._refusal(conn.caller, Code.TIMEOUT,
+                                             "no complete request within the deadline"))
+
+    def _finish(self, conn: Connection, reply: bytes | None) -> None:
+        if self._pending.pop(conn.sock.fileno(), None) is not None:
+            self._selector.unregister(conn.sock)
+        self._per_uid[conn.caller.uid] -= 1
+        if self._per_uid[conn.caller.uid] <= 0:
+            del self._per_uid[conn.caller.uid]
+        if reply is not None:
+            try:
+                conn.sock.send(reply)  # <= MAX_RESPONSE into an empty socket buffer
+            except OSError:
+                pass
+        conn.sock.close()
+
+    def _refuse_quietly(self, sock: socket.socket, caller: Caller, code: Code, message: str) -> None:
+        reply = self._refusal(caller, code, message)
+        try:
+            sock.send(reply)
+        except OSError:
+            pass
+        sock.close()
+
+    def _refusal(self, caller: Caller, code: Code, message: str, op: str = "-") -> bytes:
+        self.state.counters.refused += 1
+        audit(decision="refused", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
+              code=code.value, reason=code.value)
+        return encode_error(code, message)
+
+    # -- requests ---------------------------------------------------------------------------
+    def _answer(self, caller: Caller, buf: bytes, end: int) -> bytes:
+        """Turn one request into one answer line; every refusal becomes its code here."""
+        op = "-"
+        try:
+            if end + 1 != len(buf):
+                raise ProtocolError(Code.BAD_REQUEST, "one request per connection")
+            request = parse_request(buf[:end])
+            op = request.op
+            allowed = _OPERATIONS.get(op)
+            if allowed is None:
+                raise ProtocolError(Code.BAD_REQUEST, f"unknown operation {op}")
+            extra = set(request.args) - allowed
+            if extra:
+                raise ProtocolError(Code.BAD_REQUEST, f"{op} takes no argument {sorted(extra)[0]}")
+            return encode_ok(getattr(self, "_op_" + op.lower())(caller, request))
+        except ProtocolError as exc:
+            if exc.code in (Code.BAD_REQUEST, Code.UNSUPPORTED_VERSION):
+                return self._refusal(caller, exc.code, exc.message, op.lower())
+            return encode_error(exc.code, exc.message)  # already audited by the operation
+        except Exception:
+            log.exception("internal error answering uid %d pid %d", caller.uid, caller.pid)
+            self.state.counters.refused += 1
+            return encode_error(Code.INTERNAL, "internal error; see the slurmjwtd log")
+
+    def _deny(self, op: str, caller: Caller, decision: Decision, user: str = "",
+              uid: int | None = None) -> ProtocolError:
+        assert decision.code is not None
+        self.state.counters.refused += 1
+        audit(decision="refused", op=op, caller_uid=caller.uid, caller_pid=caller.pid, user=user,
+              uid=uid, reason=decision.reason, code=decision.code.value, detail=decision.message)
+        return ProtocolError(decision.code, decision.message)
+
+    def _decide_mint(self, op: str, caller: Caller, request: Request) -> tuple[Account, Decision]:
+        config = self.state.config
+        lifetime = parse_lifetime(request.args.get("lifetime"))
+        name = request.args.get("user")
+        if name is None and op == "open":
+            raise ProtocolError(Code.BAD_REQUEST, "OPEN needs user=")
+        target = lookup_uid(caller.uid) if name is None else lookup_name(name)
+        shown = name if name is not None else f"uid {caller.uid}"
+        has_session = (not caller.is_root and target is not None and target.uid == caller.uid
+                       and self.state.registry.live_count(target.uid) > 0)
+        decision = decide_mint(caller, target, shown, lifetime, has_session, config)
+        if not decision.granted:
+            raise self._deny(op, caller, decision, target.name if target else shown,
+                             target.uid if target else None)
+        assert target is not None
+        return target, decision
+
+    def _op_mint(self, caller: Caller, request: Request) -> dict[str, object]:
+        target, decision = self._decide_mint("mint", caller, request)
+        token = mint_token(self.state.signer, target.name, decision.lifetime, int(time.time()))
+        self.state.counters.granted += 1
+        audit(decision="granted", op="mint", caller_uid=caller.uid, caller_pid=caller.pid,
+              user=target.name, uid=target.uid, reason=decision.reason, lifetime=decision.lifetime,
+              exp=token.exp, jti=token.jti)
+        return {"token": token.jwt, "user": target.name, "exp": token.exp, "jti": token.jti,
+                "lifetime": decision.lifetime}
+
+    def _op_open(self, caller: Caller, request: Request) -> dict[str, object]:
+        args = request.args
+        allowed = decide_session_change(caller, "OPEN")
+        if not allowed.granted:
+            raise self._deny("open", caller, allowed, args.get("user", ""))
+        target, decision = self._decide_mint("open", caller, request)
+        tty, rhost, service = args.get("tty", ""), args.get("rhost", ""), args.get("service", "")
+        session = self.state.registry.open(target.name, target.uid, caller.pid, tty, rhost, service)
+        if session is None:
+            raise ProtocolError(Code.BAD_REQUEST, "the calling process exited before its session opened")
+        token = mint_token(self.state.signer, target.name, decision.lifetime, int(time.time()))
+        self.state.counters.granted += 1
+        audit(decision="granted", op="open", caller_uid=caller.uid, caller_pid=caller.pid,
+              user=target.name, uid=target.uid, reason=decision.reason, lifetime=decision.lifetime,
+              exp=token.exp, jti=token.jti, session=session.id, tty=tty, rhost=rhost, service=service)
+        return {"session": session.id, "token": token.jwt, "user": target.name, "exp": token.exp,
+                "jti": token.jti, "lifetime": decision.lifetime}
+
+    def _op_close(self, caller: Caller, request: Request) -> dict[str, object]:
+        session_id = request.args.get("session")
+        allowed = decide_session_change(caller, "CLOSE")
+        if not allowed.granted:
+            raise self._deny("close", caller, allowed)
+        if not session_id:
+            raise ProtocolError(Code.BAD_REQUEST, "CLOSE needs session=")
+        session = self.state.registry.close(session_id)
+        if session is None:
+            self.state.counters.refused += 1
+            audit(decision="refused", op="close", caller_uid=caller.uid, caller_pid=caller.pid,
+                  session=session_id, reason="no-such-session", code=Code.NO_SUCH_SESSION.value)
+            raise ProtocolError(Code.NO_SUCH_SESSION, f"no open session {session_id}")
+        audit(decision="granted", op="close", caller_uid=caller.uid, caller_pid=caller.pid,
+              user=session.user, uid=session.uid, session=session.id, reason="root-request")
+        return {"session": session.id, "user": session.user}
+
+    def _op_status(self, caller: Caller, request: Request) -> dict[str, object]:
+        state = self.state
+        return {"version": __version__, "protocol": 1, "signer": state.signer.name,
+                "sessions": len(state.registry), "granted": state.counters.granted,
+                "refused": state.counters.refused,
+                "uptime": int(time.monotonic() - state.started)}
