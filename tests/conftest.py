@@ -1,0 +1,231 @@
+"""Shared fixtures: real users, real keys, a real slurmjwtd on a test socket.
+
+Everything runs as root (CI does): users are made with useradd, clients run as
+them with runuser, and each piece is stopped and removed afterwards. Leftovers
+of a crashed run are removed before anything is made.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from slurmjwtd.client import call
+
+VENV = Path(os.environ.get("SLURMJWT_VENV", "/opt/slurmjwt/venv"))
+SLURMJWT = str(VENV / "bin" / "slurmjwt")
+SLURMJWTD = str(VENV / "bin" / "slurmjwtd")
+PYTHON = str(VENV / "bin" / "python")
+WORK = Path("/tmp/slurmjwt-test")
+LEADER = str(Path(__file__).with_name("leader.py"))
+USERS = {"alice": "sjt-alice", "bob": "sjt-bob"}
+SYSTEM_USER = "sjt-sys"
+KEY_GROUP = "slurmjwt"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.geteuid() != 0:
+        pytest.exit("the tests run as root (they make users and start services): sudo make test", 2)
+    if not os.access(SLURMJWT, os.X_OK):
+        pytest.exit(f"{SLURMJWT} missing: run the tests through `make test`", 2)
+
+
+def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, **kw)
+
+
+def run_as(user: str, *args: str, env: dict[str, str] | None = None,
+           input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run ARGS as USER with a clean environment plus ENV."""
+    base = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", f"HOME=/tmp", "LANG=C.UTF-8"]
+    base += [f"{k}={v}" for k, v in (env or {}).items()]
+    return subprocess.run(["runuser", "-u", user, "--", *base, *args], capture_output=True,
+                          text=True, input=input, timeout=timeout)
+
+
+def _remove_user(name: str) -> None:
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def users() -> dict[str, pwd.struct_passwd]:
+    """Two ordinary users (uid >= 1000) and one system user (uid < 1000)."""
+    made = {}
+    for name in [*USERS.values(), SYSTEM_USER]:
+        _remove_user(name)
+        extra = ["-r"] if name == SYSTEM_USER else []
+        sh("useradd", "-M", "-s", "/bin/sh", *extra, name)
+        made[name] = pwd.getpwnam(name)
+    made_group = False
+    try:
+        grp.getgrnam(KEY_GROUP)
+    except KeyError:
+        sh("groupadd", "-r", KEY_GROUP)
+        made_group = True
+    yield {key: made[name] for key, name in USERS.items()} | {"sys": made[SYSTEM_USER]}
+    for name in made:
+        _remove_user(name)
+    if made_group:
+        sh("groupdel", KEY_GROUP, check=False)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Path:
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(mode=0o755)
+    os.chmod(WORK, 0o755)
+    yield WORK
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+def make_key(path: Path, owner: str = "slurm", group: str = KEY_GROUP, mode: int = 0o640,
+             size: int = 32) -> bytes:
+    key = os.urandom(size)
+    path.write_bytes(key)
+    shutil.chown(path, owner, group)
+    os.chmod(path, mode)
+    return key
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value)  # JSON strings, numbers and lists are valid TOML
+
+
+@dataclass
+class Daemon:
+    """A slurmjwtd process on its own socket, key and session file."""
+
+    dir: Path
+    settings: dict[str, object] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> str:
+        return str(self.dir / "sock")
+
+    @property
+    def key_file(self) -> Path:
+        return Path(str(self.settings.get("key_file", self.dir / "jwt_hs256.key")))
+
+    @property
+    def log(self) -> str:
+        return (self.dir / "daemon.log").read_text()
+
+    def config_text(self) -> str:
+        values = {"socket": self.socket, "session_file": str(self.dir / "sessions.json"),
+                  "key_file": str(self.key_file)} | self.settings
+        return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+
+    def start(self) -> "Daemon":
+        self.dir.mkdir(mode=0o755, exist_ok=True)
+        if not self.key_file.exists():
+            make_key(self.key_file)
+        (self.dir / "slurmjwtd.toml").write_text(self.config_text())
+        log = open(self.dir / "daemon.log", "a")
+        self.proc = subprocess.Popen([SLURMJWTD, "--config", str(self.dir / "slurmjwtd.toml")],
+                                     stdout=log, stderr=log)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"slurmjwtd exited {self.proc.returncode}: {self.log}")
+            try:
+                if call(self.socket, "STATUS", timeout=1).ok:
+                    return self
+            except Exception:
+                time.sleep(0.05)
+        raise RuntimeError("slurmjwtd did not answer within 15 s")
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def token_as(self, user: str, *args: str) -> subprocess.CompletedProcess:
+        return run_as(user, SLURMJWT, "token", *args, env={"SLURMJWT_SOCKET": self.socket})
+
+
+@pytest.fixture(scope="session")
+def daemon(users, workdir) -> Daemon:
+    """The suite's shared daemon: default policy, HS256 key slurm:slurmjwt 0640."""
+    d = Daemon(workdir / "main").start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def make_daemon(users, workdir, request):
+    """Start a daemon with its own directory and SETTINGS; stopped after the test."""
+    started: list[Daemon] = []
+
+    def start(**settings: object) -> Daemon:
+        d = Daemon(workdir / f"{request.node.name[:40]}-{len(started)}", dict(settings))
+        shutil.rmtree(d.dir, ignore_errors=True)
+        started.append(d)
+        return d.start()
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+class Leader:
+    """A root process that opens a login session for USER and lives until stopped,
+    as sshd's privileged child does for a login."""
+
+    def __init__(self, socket: str, user: str, **extra: str) -> None:
+        args = [PYTHON, LEADER, socket, user] + [f"{k}={v}" for k, v in extra.items()]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("OK "):
+            self.proc.kill()
+            raise RuntimeError(f"OPEN failed: {line}")
+        self.fields = dict(w.split("=", 1) for w in line.split()[1:])
+        self.session = self.fields["session"]
+
+    def close(self) -> str:
+        """Close the session at the daemon, then exit (a normal logout)."""
+        out, _ = self.proc.communicate("close\n", timeout=10)
+        return out.strip()
+
+    def die(self) -> None:
+        """Exit without closing (a crashed or killed login)."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def leaders():
+    made: list[Leader] = []
+
+    def open_session(socket: str, user: str, **extra: str) -> Leader:
+        leader = Leader(socket, user, **extra)
+        made.append(leader)
+        return leader
+
+    yield open_session
+    for leader in made:
+        if leader.proc.poll() is None:
+            leader.die()
