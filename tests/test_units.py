@@ -1,0 +1,151 @@
+"""Pure logic, no socket: protocol encoding, configuration checks, policy, audit, signing."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+
+from slurmjwtd.audit import format_audit
+from slurmjwtd.config import Config, ConfigError, config_from_dict, load_config
+from slurmjwtd.policy import Account, Caller, decide_mint, decide_session_change
+from slurmjwtd.protocol import (Code, ProtocolError, encode_error, encode_ok, encode_request,
+                                parse_request, parse_response, quote, unquote)
+from slurmjwtd.signer import HS256Signer, mint_token
+
+ROOT = Caller(0, 0, 100)
+ALICE_CALLER = Caller(1001, 1001, 200)
+ALICE = Account("alice", 1001)
+BOB = Account("bob", 1002)
+
+
+# -- protocol ------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["alice", "/dev/pts/3", "10.0.0.5", "a b", "x=y%z", "é", ""])
+def test_quote_round_trips(value):
+    encoded = quote(value)
+    assert " " not in encoded and "\n" not in encoded and "=" not in encoded
+    assert unquote(encoded) == value
+
+
+def test_request_round_trip():
+    line = encode_request("OPEN", {"user": "alice", "tty": "/dev/pts/3", "rhost": "host name"})
+    assert line.endswith(b"\n")
+    request = parse_request(line[:-1])
+    assert request.op == "OPEN"
+    assert request.args == {"user": "alice", "tty": "/dev/pts/3", "rhost": "host name"}
+
+
+@pytest.mark.parametrize("line, code", [
+    (b"", Code.BAD_REQUEST),
+    (b"GET / HTTP/1.0", Code.BAD_REQUEST),
+    (b"SJWT/2 MINT", Code.UNSUPPORTED_VERSION),
+    (b"SJWT/1", Code.BAD_REQUEST),
+    (b"SJWT/1 mint", Code.BAD_REQUEST),
+    (b"SJWT/1 MINT user", Code.BAD_REQUEST),
+    (b"SJWT/1 MINT user=a user=b", Code.BAD_REQUEST),
+    (b"SJWT/1 MINT user=a%0Ab", Code.BAD_REQUEST),  # control character
+    (b"SJWT/1 MINT user=a%zz", Code.BAD_REQUEST),
+    (b"SJWT/1 MINT user=\xff", Code.BAD_REQUEST),
+    (b"SJWT/1 MINT user=a\"b", Code.BAD_REQUEST),  # unsafe character not encoded
+    (b"SJWT/1  MINT", Code.BAD_REQUEST),
+])
+def test_malformed_requests_are_refused_with_a_code(line, code):
+    with pytest.raises(ProtocolError) as err:
+        parse_request(line)
+    assert err.value.code is code
+
+
+def test_answers_parse():
+    ok = parse_response(encode_ok({"token": "a.b.c", "exp": 5})[:-1])
+    assert ok.ok and ok.fields == {"token": "a.b.c", "exp": "5"}
+    err = parse_response(encode_error(Code.NO_SESSION, "log in\nagain")[:-1])
+    assert not err.ok and err.code == "no-session" and err.message == "log in?again"
+
+
+# -- configuration -------------------------------------------------------------------------
+def test_defaults_are_the_documented_ones():
+    c = Config()
+    assert (c.socket, c.key_file, c.lifetime, c.require_session, c.min_uid) == (
+        "/run/slurmjwt/slurmjwtd.sock", "/var/lib/slurm/jwt_hs256.key", 3600, True, 1000)
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"lifetim": 5}, "lifetim"),
+    ({"lifetime": "3600"}, "lifetime"),
+    ({"lifetime": True}, "lifetime"),
+    ({"lifetime": 0}, "lifetime"),
+    ({"lifetime": 7200, "max_lifetime": 3600}, "lifetime"),
+    ({"require_session": 1}, "require_session"),
+    ({"min_uid": -1}, "min_uid"),
+    ({"socket": "relative.sock"}, "socket"),
+    ({"client_timeout": 0}, "client_timeout"),
+])
+def test_bad_configuration_names_the_key(data, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        config_from_dict(data)
+
+
+def test_config_file_errors_are_one_line(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("lifetime = [\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(str(tmp_path / "missing.toml"))
+    assert load_config(str(tmp_path / "missing.toml"), required=False) == Config()
+
+
+# -- policy --------------------------------------------------------------------------------
+def decide(caller, target, lifetime=None, has_session=False, **cfg):
+    return decide_mint(caller, target, target.name if target else "ghost", lifetime, has_session,
+                       Config(**cfg))
+
+
+def test_root_mints_for_a_named_user_without_a_session():
+    d = decide(ROOT, ALICE)
+    assert d.granted and d.lifetime == 3600 and d.reason == "root-request"
+
+
+def test_user_needs_a_live_session():
+    assert decide(ALICE_CALLER, ALICE, has_session=True).granted
+    d = decide(ALICE_CALLER, ALICE, has_session=False)
+    assert not d.granted and d.code is Code.NO_SESSION
+    assert decide(ALICE_CALLER, ALICE, has_session=False, require_session=False).granted
+
+
+def test_user_never_gets_another_users_token():
+    d = decide(ALICE_CALLER, BOB, has_session=True)
+    assert not d.granted and d.code is Code.PERMISSION_DENIED
+
+
+def test_unknown_low_and_greedy_are_refused():
+    assert decide(ROOT, None).code is Code.UNKNOWN_USER
+    assert decide(ROOT, Account("root", 0)).code is Code.BELOW_MIN_UID
+    assert decide(ROOT, Account("root", 0), min_uid=0).granted
+    assert decide(ROOT, ALICE, lifetime=43201).code is Code.LIFETIME_TOO_LONG
+    assert decide(ROOT, ALICE, lifetime=600).lifetime == 600
+
+
+def test_only_root_changes_sessions():
+    assert decide_session_change(ROOT, "OPEN").granted
+    d = decide_session_change(ALICE_CALLER, "CLOSE")
+    assert not d.granted and d.code is Code.PERMISSION_DENIED
+
+
+# -- audit and signing ---------------------------------------------------------------------
+def test_audit_line_escapes_client_input_and_takes_no_token():
+    line = format_audit({"decision": "refused", "op": "mint", "user": 'x y\nforged=1"'})
+    assert "\n" not in line and 'user="x y\\x0aforged=1\\""' in line
+    with pytest.raises(ValueError):
+        format_audit({"decision": "granted", "token": "a.b.c"})
+
+
+def test_hs256_token_is_what_slurm_accepts():
+    key = b"k" * 32
+    token = mint_token(HS256Signer(key), "alice", 600, 1_700_000_000)
+    assert jwt.get_unverified_header(token.jwt) == {"alg": "HS256", "typ": "JWT"}
+    claims = jwt.decode(token.jwt, key, algorithms=["HS256"], options={"verify_exp": False})
+    assert claims == {"iat": 1_700_000_000, "exp": 1_700_000_600, "sun": "alice", "jti": token.jti}
+    assert token.jwt not in repr(token) and "k" * 32 not in repr(HS256Signer(key))
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token.jwt, b"x" * 32, algorithms=["HS256"], options={"verify_exp": False})
