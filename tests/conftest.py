@@ -8,6 +8,7 @@ of a crashed run are removed before anything is made.
 from __future__ import annotations
 
 import grp
+import itertools
 import json
 import os
 import pwd
@@ -175,13 +176,16 @@ def daemon(users, workdir) -> Daemon:
     d.stop()
 
 
+_daemon_numbers = itertools.count()
+
+
 @pytest.fixture
-def make_daemon(users, workdir, request):
+def make_daemon(users, workdir):
     """Start a daemon with its own directory and SETTINGS; stopped after the test."""
     started: list[Daemon] = []
 
     def start(**settings: object) -> Daemon:
-        d = Daemon(workdir / f"{request.node.name[:40]}-{len(started)}", dict(settings))
+        d = Daemon(workdir / f"d{next(_daemon_numbers)}", dict(settings))  # short: sun_path is 108 bytes
         shutil.rmtree(d.dir, ignore_errors=True)
         started.append(d)
         return d.start()

@@ -1,0 +1,418 @@
+"""A real Slurm on loopback for the tests: munged, slurmctld and slurmrestd.
+
+Debian 12's packages (Slurm 22.05). No slurmd and no slurmdbd: slurmctld only has
+to authenticate clients and accept jobs (they stay pending), and slurmrestd only
+has to answer for a user whose token slurmctld accepts.
+
+Everything started here is a child of the test process, stopped by its pid.
+munged is left alone if one already answers; it is stopped at stop() only if
+this harness started it. Leftovers of a crashed run (a slurmctld or slurmrestd
+still running with this cluster's configuration) are killed before starting.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from conftest import run_as
+
+SLURMCTLD = "/usr/sbin/slurmctld"
+SLURMRESTD = "/usr/sbin/slurmrestd"
+MUNGED = "/usr/sbin/munged"
+MUNGE_DIR = Path("/run/munge")
+MUNGE_SOCKET = MUNGE_DIR / "munge.socket.2"
+MUNGE_PIDFILE = MUNGE_DIR / "munged.pid"
+# Records that munged was started by this harness, so a later run can stop one
+# a crashed run left behind (its pid is checked against the pidfile first).
+MUNGE_MARK = MUNGE_DIR / "slurmjwt-test.started"
+SLURM_USER = "slurm"
+REST_USER = "slurmrest"
+KEY_GROUP = "slurmjwt"
+OPENAPI = "v0.0.38"
+CTLD_PORT, SLURMD_PORT, REST_PORT = 16817, 16818, 16820
+_OUR_BINARIES = {"slurmctld", "slurmscriptd", "slurmrestd"}
+
+
+class SlurmError(RuntimeError):
+    pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is not alive for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM PID (not our child), wait up to TIMEOUT, then SIGKILL."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _stop_child(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _processes() -> list[tuple[int, str, list[str]]]:
+    """(pid, comm, argv) of every process we can see."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as fh:
+                comm = fh.read().strip()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+        except OSError:
+            continue
+        found.append((int(entry), comm, argv))
+    return found
+
+
+def munge_answers() -> bool:
+    """True if a munged answers on the default socket (a credential round trip)."""
+    if not MUNGE_SOCKET.exists():
+        return False
+    try:
+        made = subprocess.run(["munge", "-n"], capture_output=True, timeout=5)
+        if made.returncode != 0:
+            return False
+        back = subprocess.run(["unmunge"], input=made.stdout, capture_output=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return back.returncode == 0
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class SlurmCluster:
+    """slurmctld + slurmrestd on 127.0.0.1, verifying tokens with JWT_KEY (and JWKS)."""
+
+    def __init__(self, workdir: Path, jwt_key: Path, jwks: Path | None = None,
+                 cluster_name: str = "sjt") -> None:
+        self.workdir = Path(workdir)
+        self.jwt_key = Path(jwt_key)
+        self.jwks = Path(jwks) if jwks else None
+        self.cluster_name = cluster_name
+        self.conf = self.workdir / "slurm.conf"
+        self.state_dir = self.workdir / "state"
+        self.log_dir = self.workdir / "log"
+        self.run_dir = self.workdir / "run"
+        self.ctld_log = self.log_dir / "slurmctld.log"
+        self.rest_log = self.log_dir / "slurmrestd.log"
+        self.env = {"SLURM_CONF": str(self.conf)}
+        self.rest_url = f"http://127.0.0.1:{REST_PORT}"
+        self.ctld: subprocess.Popen | None = None
+        self.rest: subprocess.Popen | None = None
+        self.munged_pid: int | None = None  # set only if this harness started munged
+        self._started_once = False
+
+    # -- life ---------------------------------------------------------------------------
+    def start(self) -> "SlurmCluster":
+        for binary in (SLURMCTLD, SLURMRESTD, MUNGED):
+            if not os.access(binary, os.X_OK):
+                raise SlurmError(f"{binary} missing: apt-get install slurmctld slurmrestd "
+                                 f"slurm-wlm-jwt-plugin munge slurm-client")
+        self.kill_leftovers()
+        self._start_munged()
+        self._prepare_dirs()
+        self.write_conf()
+        self._ensure_rest_user()
+        try:
+            self._start_slurmctld(clear_state=not self._started_once)
+            self._started_once = True
+            self._start_slurmrestd()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop what this harness started, newest first; munged only if we started it."""
+        _stop_child(self.rest)
+        _stop_child(self.ctld)
+        self._reap_scriptd()
+        if self.munged_pid is not None:
+            _kill_pid(self.munged_pid)
+            try:
+                MUNGE_MARK.unlink()
+            except FileNotFoundError:
+                pass
+            self.munged_pid = None
+
+    def restart(self) -> "SlurmCluster":
+        """Stop slurmctld and slurmrestd and start them again (state kept; keys re-read)."""
+        _stop_child(self.rest)
+        _stop_child(self.ctld)
+        self._reap_scriptd()
+        self.write_conf()
+        try:
+            self._start_slurmctld(clear_state=False)
+            self._start_slurmrestd()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill_leftovers(self) -> None:
+        """Kill slurm daemons a crashed run left with this configuration or on our ports."""
+        mine = {p.pid for p in (self.ctld, self.rest) if p is not None and p.poll() is None}
+        for pid, comm, argv in _processes():
+            if pid in mine or comm not in _OUR_BINARIES:
+                continue
+            text = " ".join(argv)
+            if str(self.conf) in text or f":{REST_PORT}" in text:
+                _kill_pid(pid)
+        for port in (CTLD_PORT, REST_PORT):
+            if _port_answers(port):
+                raise SlurmError(f"127.0.0.1:{port} is in use by a process this harness does not "
+                                 f"know; see: ss -tlnp 'sport = :{port}'")
+
+    # -- munged -------------------------------------------------------------------------
+    def _start_munged(self) -> None:
+        if munge_answers():
+            # adopt a munged that an earlier (crashed) run of this harness started
+            marked, running = _read_pid(MUNGE_MARK), _read_pid(MUNGE_PIDFILE)
+            if marked is not None and marked == running and _pid_alive(marked):
+                self.munged_pid = marked
+            return
+        MUNGE_DIR.mkdir(mode=0o755, exist_ok=True)
+        shutil.chown(MUNGE_DIR, "munge", "munge")
+        os.chmod(MUNGE_DIR, 0o755)
+        # --force: remove a stale socket or lock left by a munged that died
+        run = subprocess.run(["runuser", "-u", "munge", "--", MUNGED, "--force"],
+                             capture_output=True, text=True, timeout=30)
+        if run.returncode != 0:
+            raise SlurmError(f"munged failed ({run.returncode}): {run.stderr.strip()}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pid = _read_pid(MUNGE_PIDFILE)
+            if pid is not None and munge_answers():
+                self.munged_pid = pid
+                MUNGE_MARK.write_text(f"{pid}\n")
+                return
+            time.sleep(0.05)
+        raise SlurmError("munged started but does not answer on " + str(MUNGE_SOCKET))
+
+    # -- configuration ------------------------------------------------------------------
+    def _prepare_dirs(self) -> None:
+        self.workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o755)
+        for d in (self.state_dir, self.log_dir, self.run_dir):
+            d.mkdir(mode=0o755, exist_ok=True)
+            shutil.chown(d, SLURM_USER, SLURM_USER)
+
+    def conf_text(self) -> str:
+        alt = f"jwt_key={self.jwt_key}"
+        if self.jwks is not None:
+            alt += f",jwks={self.jwks}"
+        lines = [
+            f"ClusterName={self.cluster_name}",
+            "SlurmctldHost=localhost",
+            f"SlurmctldPort={CTLD_PORT}",
+            f"SlurmdPort={SLURMD_PORT}",
+            f"SlurmUser={SLURM_USER}",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            "AuthAltTypes=auth/jwt",
+            f"AuthAltParameters={alt}",
+            f"StateSaveLocation={self.state_dir}",
+            f"SlurmdSpoolDir={self.workdir / 'slurmd'}",
+            f"SlurmctldPidFile={self.run_dir / 'slurmctld.pid'}",
+            f"SlurmdPidFile={self.run_dir / 'slurmd.pid'}",
+            f"SlurmctldLogFile={self.ctld_log}",
+            f"SlurmdLogFile={self.log_dir / 'slurmd.log'}",
+            "SlurmctldDebug=info",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "SchedulerType=sched/builtin",
+            "MpiDefault=none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/none",
+            "ReturnToService=2",
+            "SlurmdTimeout=300",
+            "MailProg=/bin/true",
+            "NodeName=localhost CPUs=2 State=UNKNOWN",
+            "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def write_conf(self) -> None:
+        self.conf.write_text(self.conf_text())
+        os.chmod(self.conf, 0o644)  # clients read it as the test users
+
+    # -- slurmctld ----------------------------------------------------------------------
+    def _start_slurmctld(self, clear_state: bool) -> None:
+        args = [SLURMCTLD, "-D", "-f", str(self.conf)] + (["-c"] if clear_state else [])
+        out = open(self.log_dir / "slurmctld.stdout", "ab")
+        self.ctld = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                     env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                          "SLURM_CONF": str(self.conf)})
+        out.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.ctld.poll() is not None:
+                raise SlurmError(f"slurmctld exited {self.ctld.returncode}:\n{self.tail(self.ctld_log)}")
+            if self.ping():
+                return
+            time.sleep(0.1)
+        raise SlurmError(f"slurmctld not UP within 20 s:\n{self.tail(self.ctld_log)}")
+
+    def ping(self) -> bool:
+        try:
+            run = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=5,
+                                 env={"PATH": "/usr/bin:/bin", **self.env})
+        except subprocess.TimeoutExpired:
+            return False
+        return run.returncode == 0 and "is UP" in run.stdout
+
+    def _reap_scriptd(self) -> None:
+        """slurmscriptd (slurmctld's helper) exits with its parent; make sure it did."""
+        for pid, comm, argv in _processes():
+            if comm == "slurmscriptd" and str(self.conf) in " ".join(argv):
+                _kill_pid(pid, timeout=5)
+
+    # -- slurmrestd ---------------------------------------------------------------------
+    def _ensure_rest_user(self) -> None:
+        try:
+            pwd.getpwnam(REST_USER)
+        except KeyError:
+            subprocess.run(["useradd", "-r", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
+                            REST_USER], check=True, capture_output=True)
+        try:
+            members = grp.getgrnam(KEY_GROUP).gr_mem
+        except KeyError:
+            return  # no key group: the key must then be readable some other way
+        if REST_USER not in members:
+            subprocess.run(["usermod", "-aG", KEY_GROUP, REST_USER], check=True, capture_output=True)
+
+    def _start_slurmrestd(self) -> None:
+        pw = pwd.getpwnam(REST_USER)
+        groups = os.getgrouplist(REST_USER, pw.pw_gid)
+        log = open(self.rest_log, "ab")
+        self.rest = subprocess.Popen(
+            [SLURMRESTD, "-f", str(self.conf), "-s", f"openapi/{OPENAPI}", "-a", "rest_auth/jwt",
+             f"127.0.0.1:{REST_PORT}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
+            user=pw.pw_uid, group=pw.pw_gid, extra_groups=groups,
+            env={"PATH": "/usr/bin:/bin", "SLURM_JWT": "daemon", "SLURM_CONF": str(self.conf)})
+        log.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.rest.poll() is not None:
+                raise SlurmError(f"slurmrestd exited {self.rest.returncode}:\n{self.tail(self.rest_log)}")
+            try:
+                urllib.request.urlopen(f"{self.rest_url}/openapi", timeout=2).close()
+                return
+            except urllib.error.HTTPError:
+                return  # it answers HTTP
+            except OSError:
+                time.sleep(0.1)
+        raise SlurmError(f"slurmrestd did not answer within 15 s:\n{self.tail(self.rest_log)}")
+
+    # -- helpers for tests --------------------------------------------------------------
+    def tail(self, path: Path, lines: int = 30) -> str:
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return f"({path} unreadable)"
+
+    def client_env(self, token: str) -> dict[str, str]:
+        return {**self.env, "SLURM_JWT": token}
+
+    def squeue_as(self, user: str, token: str, *args: str) -> subprocess.CompletedProcess:
+        return run_as(user, "squeue", *args, env=self.client_env(token))
+
+    def sbatch_as(self, user: str, token: str, *args: str,
+                  wrap: str = "sleep 1") -> subprocess.CompletedProcess:
+        return run_as(user, "sbatch", "--parsable", "--chdir=/tmp", "--output=/dev/null",
+                      "--job-name=sjt-test", *args, "--wrap", wrap, env=self.client_env(token))
+
+    def scancel_all(self) -> None:
+        """Cancel every job (as root, over munge)."""
+        subprocess.run(["scancel", "--full", "--quiet", "--name=sjt-test"], capture_output=True,
+                       env={"PATH": "/usr/bin:/bin", **self.env}, timeout=30)
+
+    def rest_request(self, user_name: str | None, token: str | None,
+                     path: str = f"/slurm/{OPENAPI}/ping") -> tuple[int, bytes]:
+        """GET PATH with the slurmrestd headers (in-process: the token is in no argv)."""
+        headers = {}
+        if user_name is not None:
+            headers["X-SLURM-USER-NAME"] = user_name
+        if token is not None:
+            headers["X-SLURM-USER-TOKEN"] = token
+        req = urllib.request.Request(self.rest_url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=15) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def rest_get(self, user_name: str | None, token: str | None,
+                 path: str = f"/slurm/{OPENAPI}/ping") -> int:
+        return self.rest_request(user_name, token, path)[0]
+
+    def rest_json(self, user_name: str, token: str, path: str) -> dict:
+        status, body = self.rest_request(user_name, token, path)
+        if status != 200:
+            raise SlurmError(f"GET {path}: HTTP {status}: {body[:300]!r}")
+        return json.loads(body)
