@@ -207,7 +207,7 @@ def keygen(path: str, owner: str | None, group: str | None, force: bool) -> None
                                    f"(every token signed with it stops working)")
     except OSError as exc:
         raise Failure(EXIT_KEYGEN, f"cannot write {path}: {exc.strerror}")
-    click.echo(f"wrote a 32-byte key to {path} ({owner}:{group or gid} {mode:04o}); "
+    click.echo(f"wrote a 32-byte key to {path} ({owner}:{grp.getgrgid(gid).gr_name} {mode:04o}); "
                f"restart slurmctld and slurmrestd to use it")
 
 

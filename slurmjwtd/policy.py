@@ -51,7 +51,7 @@ def decide_mint(caller: Caller, target: Account | None, requested_name: str,
         return refuse(Code.UNKNOWN_USER, "unknown-user", f"no such user: {requested_name}")
     if not caller.is_root and caller.uid != target.uid:
         return refuse(Code.PERMISSION_DENIED, "other-user",
-                      f"uid {caller.uid} may not get a token for {target.name}; only root may")
+                      f"uid {caller.uid} may get only its own token, not {target.name}'s")
     if target.uid < config.min_uid:
         return refuse(Code.BELOW_MIN_UID, "below-min-uid",
                       f"{target.name} (uid {target.uid}) is below min_uid {config.min_uid}")
