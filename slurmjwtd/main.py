@@ -6,6 +6,7 @@ Exit status: 0 clean stop or valid configuration, 1 configuration error,
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -30,13 +31,16 @@ def load_signer(config: Config) -> HS256Signer:
     return HS256Signer(read_key(config.key_file, allowed_owners(config.slurm_user)))
 
 
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value)  # a JSON string or number is a TOML one
+
+
 def show_defaults() -> None:
+    """Every key, commented out at its default: an example configuration file."""
     for name, kind, default, doc in describe_keys():
-        value = str(default).lower() if isinstance(default, bool) else default
-        click.echo(f"# {doc} ({kind})")
-        click.echo(f"#{name} = {value!r}" if isinstance(value, str) and kind == "str"
-                   else f"#{name} = {value}")
-        click.echo()
+        click.echo(f"# {doc} ({kind})\n#{name} = {toml_value(default)}\n")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

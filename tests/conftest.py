@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import grp
 import itertools
-import json
 import os
 import pwd
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from slurmjwtd.client import call
+from slurmjwtd.main import toml_value
 
 VENV = Path(os.environ.get("SLURMJWT_VENV", "/opt/slurmjwt/venv"))
 SLURMJWT = str(VENV / "bin" / "slurmjwt")
@@ -98,12 +98,6 @@ def make_key(path: Path, owner: str = "slurm", group: str = KEY_GROUP, mode: int
     shutil.chown(path, owner, group)
     os.chmod(path, mode)
     return key
-
-
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return json.dumps(value)  # JSON strings, numbers and lists are valid TOML
 
 
 @dataclass
