@@ -13,6 +13,7 @@ import collections
 import logging
 import os
 import pwd
+import resource
 import selectors
 import signal
 import socket
@@ -32,6 +33,7 @@ from .signer import HS256Signer, mint_token
 log = logging.getLogger("slurmjwtd")
 _PEERCRED = struct.Struct("3i")
 _ACCEPT_BURST = 64  # connections taken per wakeup before serving other ready sockets
+_ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
 _OPERATIONS: dict[str, frozenset[str]] = {
     "MINT": frozenset({"user", "lifetime"}),
     "OPEN": frozenset({"user", "lifetime", "tty", "rhost", "service"}),
@@ -133,11 +135,15 @@ class Server:
         self._per_uid: collections.Counter[int] = collections.Counter()
         self._signals: list[int] = []
         self._stopping = False
+        self._resume_accept_at: float | None = None
         self._wakeup_r, self._wakeup_w = socket.socketpair()
 
     # -- life -------------------------------------------------------------------------------
     def startup(self, listener: socket.socket | None = None) -> None:
         config = self.state.config
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:  # each waiting client holds a descriptor: allow as many as we may
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         try:
             os.makedirs(os.path.dirname(config.session_file), mode=0o755, exist_ok=True)
             live = self.state.registry.load()
@@ -170,7 +176,9 @@ class Server:
                     self._handle_signals()
                 else:
                     self._read(key.data)
-            self._expire(time.monotonic())
+            now = time.monotonic()
+            self._expire(now)
+            self._resume_accept(now)
 
     def shutdown(self) -> None:
         """Stop listening, let requests in flight finish (serve() did), save the registry."""
@@ -198,7 +206,9 @@ class Server:
 
     def _close_listener(self) -> None:
         assert self._listener is not None
-        self._selector.unregister(self._listener)
+        if self._resume_accept_at is None:
+            self._selector.unregister(self._listener)
+        self._resume_accept_at = None
         self._listener.close()
         self._listener = None
         if self._bound_path is not None:
@@ -209,10 +219,16 @@ class Server:
 
     # -- connections ------------------------------------------------------------------------
     def _next_timeout(self) -> float | None:
-        if not self._pending:
-            return None
-        first = next(iter(self._pending.values()))
-        return max(0.0, first.deadline - time.monotonic())
+        deadlines = [self._resume_accept_at] if self._resume_accept_at is not None else []
+        if self._pending:
+            deadlines.append(next(iter(self._pending.values())).deadline)
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _resume_accept(self, now: float) -> None:
+        if self._resume_accept_at is not None and self._resume_accept_at <= now:
+            self._resume_accept_at = None
+            if self._listener is not None:
+                self._selector.register(self._listener, selectors.EVENT_READ, None)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -221,8 +237,11 @@ class Server:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: keep serving those we have
-                log.error("accept: %s", exc.strerror)
+            except OSError as exc:  # EMFILE and friends: serve those we have, retry shortly
+                log.error("accept: %s; pausing new connections for %g s", exc.strerror,
+                          _ACCEPT_PAUSE)
+                self._selector.unregister(self._listener)
+                self._resume_accept_at = time.monotonic() + _ACCEPT_PAUSE
                 return
             sock.setblocking(False)
             caller = peer_caller(sock)

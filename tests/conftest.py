@@ -106,6 +106,7 @@ class Daemon:
 
     dir: Path
     settings: dict[str, object] = field(default_factory=dict)
+    prefix: tuple[str, ...] = ()  # a command to run the daemon under, e.g. prlimit
     proc: subprocess.Popen | None = None
 
     @property
@@ -131,7 +132,7 @@ class Daemon:
             make_key(self.key_file)
         (self.dir / "slurmjwtd.toml").write_text(self.config_text())
         log = open(self.dir / "daemon.log", "a")
-        self.proc = subprocess.Popen([SLURMJWTD, "--config", str(self.dir / "slurmjwtd.toml")],
+        self.proc = subprocess.Popen([*self.prefix, SLURMJWTD, "--config", str(self.dir / "slurmjwtd.toml")],
                                      stdout=log, stderr=log)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -178,8 +179,8 @@ def make_daemon(users, workdir):
     """Start a daemon with its own directory and SETTINGS; stopped after the test."""
     started: list[Daemon] = []
 
-    def start(**settings: object) -> Daemon:
-        d = Daemon(workdir / f"d{next(_daemon_numbers)}", dict(settings))  # short: sun_path is 108 bytes
+    def start(prefix: tuple[str, ...] = (), **settings: object) -> Daemon:
+        d = Daemon(workdir / f"d{next(_daemon_numbers)}", dict(settings), prefix)  # short: sun_path is 108 bytes
         shutil.rmtree(d.dir, ignore_errors=True)
         started.append(d)
         return d.start()

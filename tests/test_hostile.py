@@ -114,3 +114,16 @@ def test_many_clients_at_once(hostile):
         idle.sendall(b"SJWT/1 STATUS\n")
         assert idle.recv(500).startswith(b"SJWT/1 OK ")
     still_serves(hostile)
+
+
+def test_running_out_of_descriptors_pauses_accepting_then_recovers(make_daemon, users):
+    d = make_daemon(prefix=("prlimit", "--nofile=48:48"), client_timeout=TIMEOUT)
+    idle = [connect(d.socket) for _ in range(80)]  # root: no per-uid cap; more than 48 fds
+    try:
+        answer = call(d.socket, "MINT", {"user": "sjt-alice"}, timeout=TIMEOUT * 6)
+        assert answer.ok  # served once the idle clients were dropped at their deadline
+    finally:
+        for s in idle:
+            s.close()
+    assert "pausing new connections" in d.log
+    still_serves(d)
