@@ -33,6 +33,7 @@ LEADER = str(Path(__file__).with_name("leader.py"))
 USERS = {"alice": "sjt-alice", "bob": "sjt-bob"}
 SYSTEM_USER = "sjt-sys"
 KEY_GROUP = "slurmjwt"
+GROUP_MARK = Path("/var/tmp/slurmjwt-test-made-group")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -48,11 +49,11 @@ def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
 
 def run_as(user: str, *args: str, env: dict[str, str] | None = None,
            input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run ARGS as USER with a clean environment plus ENV."""
-    base = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", f"HOME=/tmp", "LANG=C.UTF-8"]
-    base += [f"{k}={v}" for k, v in (env or {}).items()]
-    return subprocess.run(["runuser", "-u", user, "--", *base, *args], capture_output=True,
-                          text=True, input=input, timeout=timeout)
+    """Run ARGS as USER with a clean environment plus ENV (passed as the environment,
+    never in argv, where a token would show in ps)."""
+    clean = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+    return subprocess.run(["/usr/sbin/runuser", "-u", user, "--", *args], capture_output=True, text=True,
+                          input=input, timeout=timeout, env=clean | (env or {}))
 
 
 def _remove_user(name: str) -> None:
@@ -69,21 +70,25 @@ def users() -> dict[str, pwd.struct_passwd]:
         extra = ["-r"] if name == SYSTEM_USER else []
         sh("useradd", "-M", "-s", "/bin/sh", *extra, name)
         made[name] = pwd.getpwnam(name)
-    made_group = False
+    made_group = GROUP_MARK.exists()  # made by a run that crashed before removing it
     try:
         grp.getgrnam(KEY_GROUP)
     except KeyError:
         sh("groupadd", "-r", KEY_GROUP)
+        GROUP_MARK.touch()
         made_group = True
     yield {key: made[name] for key, name in USERS.items()} | {"sys": made[SYSTEM_USER]}
     for name in made:
         _remove_user(name)
     if made_group:
         sh("groupdel", KEY_GROUP, check=False)
+        GROUP_MARK.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
 def workdir() -> Path:
+    # a crashed run may have left daemons serving sockets under WORK
+    subprocess.run(["pkill", "-TERM", "-f", f"slurmjwtd --config {WORK}/"], capture_output=True)
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(mode=0o755)
     os.chmod(WORK, 0o755)

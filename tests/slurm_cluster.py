@@ -6,8 +6,16 @@ has to answer for a user whose token slurmctld accepts.
 
 Everything started here is a child of the test process, stopped by its pid.
 munged is left alone if one already answers; it is stopped at stop() only if
-this harness started it. Leftovers of a crashed run (a slurmctld or slurmrestd
-still running with this cluster's configuration) are killed before starting.
+this harness started it (or an earlier, crashed run of it: see MUNGE_MARK).
+Leftovers of a crashed run (a slurmctld, slurmscriptd or slurmrestd still running
+with this cluster's configuration) are killed before starting.
+
+slurmrestd runs as the unprivileged system user `slurmrest` (Slurm refuses root
+and SlurmUser there), added to group `slurmjwt` to read the 0640 key. The user is
+created if missing and left in place, like the `slurm` user the package makes.
+
+Ports: slurmctld 16817, slurmrestd 16820 on 127.0.0.1 (16818 is configured for a
+slurmd that never runs).
 """
 
 from __future__ import annotations
@@ -102,20 +110,27 @@ def _port_answers(port: int) -> bool:
         return False
 
 
-def _processes() -> list[tuple[int, str, list[str]]]:
-    """(pid, comm, argv) of every process we can see."""
+def _slurm_processes(conf: Path) -> list[int]:
+    """Pids of live slurmctld, slurmscriptd and slurmrestd processes started with CONF:
+    named in their argv (-f CONF) or in their environment (SLURM_CONF=CONF, which
+    slurmscriptd inherits from slurmctld; its argv is only "slurmctld: slurmscriptd")."""
     found = []
+    conf_b, env_b = str(conf).encode(), f"SLURM_CONF={conf}".encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/comm") as fh:
-                comm = fh.read().strip()
+                if fh.read().strip() not in _OUR_BINARIES:
+                    continue
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+                argv = fh.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                environ = fh.read().split(b"\0")
         except OSError:
             continue
-        found.append((int(entry), comm, argv))
+        if (conf_b in argv or env_b in environ) and _pid_alive(int(entry)):
+            found.append(int(entry))
     return found
 
 
@@ -161,9 +176,12 @@ class SlurmCluster:
         self.rest: subprocess.Popen | None = None
         self.munged_pid: int | None = None  # set only if this harness started munged
         self._started_once = False
+        self._made_rest_user = False
 
     # -- life ---------------------------------------------------------------------------
     def start(self) -> "SlurmCluster":
+        if self.running():
+            return self
         for binary in (SLURMCTLD, SLURMRESTD, MUNGED):
             if not os.access(binary, os.X_OK):
                 raise SlurmError(f"{binary} missing: apt-get install slurmctld slurmrestd "
@@ -184,9 +202,7 @@ class SlurmCluster:
 
     def stop(self) -> None:
         """Stop what this harness started, newest first; munged only if we started it."""
-        _stop_child(self.rest)
-        _stop_child(self.ctld)
-        self._reap_scriptd()
+        self._stop_slurm()
         if self.munged_pid is not None:
             _kill_pid(self.munged_pid)
             try:
@@ -194,12 +210,16 @@ class SlurmCluster:
             except FileNotFoundError:
                 pass
             self.munged_pid = None
+        if self._made_rest_user:
+            subprocess.run(["userdel", REST_USER], capture_output=True)
+            self._made_rest_user = False
+
+    def running(self) -> bool:
+        return all(p is not None and p.poll() is None for p in (self.ctld, self.rest))
 
     def restart(self) -> "SlurmCluster":
         """Stop slurmctld and slurmrestd and start them again (state kept; keys re-read)."""
-        _stop_child(self.rest)
-        _stop_child(self.ctld)
-        self._reap_scriptd()
+        self._stop_slurm()
         self.write_conf()
         try:
             self._start_slurmctld(clear_state=False)
@@ -210,18 +230,22 @@ class SlurmCluster:
         return self
 
     def kill_leftovers(self) -> None:
-        """Kill slurm daemons a crashed run left with this configuration or on our ports."""
+        """Kill slurm daemons a crashed run left with this configuration; refuse to start
+        if anything else holds our ports (it is not ours to kill)."""
         mine = {p.pid for p in (self.ctld, self.rest) if p is not None and p.poll() is None}
-        for pid, comm, argv in _processes():
-            if pid in mine or comm not in _OUR_BINARIES:
-                continue
-            text = " ".join(argv)
-            if str(self.conf) in text or f":{REST_PORT}" in text:
+        for pid in _slurm_processes(self.conf):
+            if pid not in mine:
                 _kill_pid(pid)
         for port in (CTLD_PORT, REST_PORT):
+            # a killed daemon's listener can linger a moment after the process is gone
+            deadline = time.monotonic() + 5
+            while _port_answers(port) and time.monotonic() < deadline:
+                time.sleep(0.1)
             if _port_answers(port):
+                ss = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True,
+                                    text=True).stdout.strip()
                 raise SlurmError(f"127.0.0.1:{port} is in use by a process this harness does not "
-                                 f"know; see: ss -tlnp 'sport = :{port}'")
+                                 f"know: {ss or '(ss shows nothing)'}")
 
     # -- munged -------------------------------------------------------------------------
     def _start_munged(self) -> None:
@@ -312,9 +336,9 @@ class SlurmCluster:
         while time.monotonic() < deadline:
             if self.ctld.poll() is not None:
                 raise SlurmError(f"slurmctld exited {self.ctld.returncode}:\n{self.tail(self.ctld_log)}")
-            if self.ping():
+            if _port_answers(CTLD_PORT) and self.ping():
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise SlurmError(f"slurmctld not UP within 20 s:\n{self.tail(self.ctld_log)}")
 
     def ping(self) -> bool:
@@ -325,11 +349,12 @@ class SlurmCluster:
             return False
         return run.returncode == 0 and "is UP" in run.stdout
 
-    def _reap_scriptd(self) -> None:
-        """slurmscriptd (slurmctld's helper) exits with its parent; make sure it did."""
-        for pid, comm, argv in _processes():
-            if comm == "slurmscriptd" and str(self.conf) in " ".join(argv):
-                _kill_pid(pid, timeout=5)
+    def _stop_slurm(self) -> None:
+        """Stop slurmrestd, then slurmctld; its slurmscriptd exits with it (checked)."""
+        _stop_child(self.rest)
+        _stop_child(self.ctld)
+        for pid in _slurm_processes(self.conf):
+            _kill_pid(pid, timeout=5)
 
     # -- slurmrestd ---------------------------------------------------------------------
     def _ensure_rest_user(self) -> None:
@@ -338,6 +363,7 @@ class SlurmCluster:
         except KeyError:
             subprocess.run(["useradd", "-r", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
                             REST_USER], check=True, capture_output=True)
+            self._made_rest_user = True
         try:
             members = grp.getgrnam(KEY_GROUP).gr_mem
         except KeyError:
@@ -387,8 +413,13 @@ class SlurmCluster:
         return run_as(user, "sbatch", "--parsable", "--chdir=/tmp", "--output=/dev/null",
                       "--job-name=sjt-test", *args, "--wrap", wrap, env=self.client_env(token))
 
+    def scancel_as(self, user: str, token: str, *job_ids: str) -> subprocess.CompletedProcess:
+        return run_as(user, "scancel", *job_ids, env=self.client_env(token))
+
     def scancel_all(self) -> None:
-        """Cancel every job (as root, over munge)."""
+        """Cancel every job the helpers submitted (as root, over munge)."""
+        if self.ctld is None or self.ctld.poll() is not None:
+            return
         subprocess.run(["scancel", "--full", "--quiet", "--name=sjt-test"], capture_output=True,
                        env={"PATH": "/usr/bin:/bin", **self.env}, timeout=30)
 
