@@ -21,6 +21,8 @@ MAX_REQUEST = 1024  # bytes, newline included
 MAX_RESPONSE = 4096  # bytes, newline included
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@+,")
+_SAFE_TEXT = re.compile(r"[A-Za-z0-9._~:/@+,-]+\Z")  # fast path: a value needing no escapes
+_WIRE_VALUE = re.compile(r"[A-Za-z0-9._~:/@+,%-]*\Z")
 _KEY = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _OP = re.compile(r"[A-Z]{1,16}\Z")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -46,10 +48,11 @@ class Code(str, enum.Enum):
 class ProtocolError(Exception):
     """A request the daemon refuses; carries the code sent on the wire."""
 
-    def __init__(self, code: Code, message: str) -> None:
+    def __init__(self, code: Code, message: str, audited: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.audited = audited  # the daemon has already logged this refusal
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,9 @@ class Response:
 
 
 def quote(value: str) -> str:
-    raw = value.encode()
-    if all(b in _SAFE for b in raw) and raw:
+    if _SAFE_TEXT.match(value):
         return value
-    return "".join(chr(b) if b in _SAFE else "%%%02X" % b for b in raw)
+    return "".join(chr(b) if b in _SAFE else "%%%02X" % b for b in value.encode())
 
 
 def unquote(value: str) -> str:
@@ -97,7 +99,7 @@ def _decode_pairs(words: list[str]) -> dict[str, str]:
             raise ValueError(f"malformed argument {word[:40]!r}")
         if key in pairs:
             raise ValueError(f"argument {key!r} given twice")
-        if any(b not in _SAFE and b != 0x25 for b in value.encode()):
+        if not _WIRE_VALUE.match(value):
             raise ValueError(f"argument {key!r}: characters must be percent-encoded")
         pairs[key] = unquote(value)
     return pairs

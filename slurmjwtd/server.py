@@ -22,18 +22,20 @@ import time
 from dataclasses import dataclass, field
 
 from . import __version__
-from .audit import audit
+from .audit import AuditLog
 from .config import Config
 from .policy import Account, Caller, Decision, decide_mint, decide_session_change
 from .protocol import (MAX_REQUEST, Code, ProtocolError, Request, encode_error, encode_ok,
                        parse_request)
 from .sessions import SessionRegistry
-from .signer import HS256Signer, mint_token
+from .signer import HS256Signer, Token, mint_token
 
 log = logging.getLogger("slurmjwtd")
 _PEERCRED = struct.Struct("3i")
 _ACCEPT_BURST = 64  # connections taken per wakeup before serving other ready sockets
 _ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
+_PRUNE_INTERVAL = 60.0  # seconds between sweeps for sessions whose leader has gone
+_NOWAIT = socket.MSG_DONTWAIT  # per call, which spares a fcntl per connection
 _OPERATIONS: dict[str, frozenset[str]] = {
     "MINT": frozenset({"user", "lifetime"}),
     "OPEN": frozenset({"user", "lifetime", "tty", "rhost", "service"}),
@@ -59,6 +61,7 @@ class DaemonState:
     config: Config
     signer: HS256Signer
     registry: SessionRegistry
+    audit: AuditLog = field(default_factory=AuditLog)
     counters: Counters = field(default_factory=Counters)
     started: float = field(default_factory=time.monotonic)
 
@@ -136,6 +139,7 @@ class Server:
         self._signals: list[int] = []
         self._stopping = False
         self._resume_accept_at: float | None = None
+        self._next_prune = time.monotonic() + _PRUNE_INTERVAL
         self._wakeup_r, self._wakeup_w = socket.socketpair()
 
     # -- life -------------------------------------------------------------------------------
@@ -179,6 +183,7 @@ class Server:
             now = time.monotonic()
             self._expire(now)
             self._resume_accept(now)
+            self._keep_registry(now)
 
     def shutdown(self) -> None:
         """Stop listening, let requests in flight finish (serve() did), save the registry."""
@@ -218,11 +223,25 @@ class Server:
                 pass
 
     # -- connections ------------------------------------------------------------------------
-    def _next_timeout(self) -> float | None:
-        deadlines = [self._resume_accept_at] if self._resume_accept_at is not None else []
+    def _next_timeout(self) -> float:
+        deadlines = [self._next_prune]
+        if self._resume_accept_at is not None:
+            deadlines.append(self._resume_accept_at)
         if self._pending:
             deadlines.append(next(iter(self._pending.values())).deadline)
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _keep_registry(self, now: float) -> None:
+        """Sweep out dead sessions now and then; save once per turn, whatever changed."""
+        registry = self.state.registry
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_INTERVAL
+            registry.prune()
+        if registry.dirty:
+            try:
+                registry.save()
+            except OSError as exc:
+                log.error("could not save sessions to %s: %s", registry.path, exc.strerror)
 
     def _resume_accept(self, now: float) -> None:
         if self._resume_accept_at is not None and self._resume_accept_at <= now:
@@ -243,7 +262,6 @@ class Server:
                 self._selector.unregister(self._listener)
                 self._resume_accept_at = time.monotonic() + _ACCEPT_PAUSE
                 return
-            sock.setblocking(False)
             caller = peer_caller(sock)
             if not caller.is_root and self._per_uid[caller.uid] >= self.state.config.max_clients_per_uid:
                 self._refuse_quietly(sock, caller, Code.BUSY, "too many connections from this uid")
@@ -254,7 +272,7 @@ class Server:
 
     def _read(self, conn: Connection, fresh: bool = False) -> None:
         try:
-            data = conn.sock.recv(MAX_REQUEST + 1 - len(conn.buf))
+            data = conn.sock.recv(MAX_REQUEST + 1 - len(conn.buf), _NOWAIT)
         except BlockingIOError:
             if fresh:  # the request has not arrived yet: wait for it
                 self._pending[conn.sock.fileno()] = conn
@@ -292,7 +310,7 @@ class Server:
             del self._per_uid[conn.caller.uid]
         if reply is not None:
             try:
-                conn.sock.send(reply)  # <= MAX_RESPONSE into an empty socket buffer
+                conn.sock.send(reply, _NOWAIT)  # <= MAX_RESPONSE into an empty socket buffer
             except OSError:
                 pass
         conn.sock.close()
@@ -300,15 +318,14 @@ class Server:
     def _refuse_quietly(self, sock: socket.socket, caller: Caller, code: Code, message: str) -> None:
         reply = self._refusal(caller, code, message)
         try:
-            sock.send(reply)
+            sock.send(reply, _NOWAIT)
         except OSError:
             pass
         sock.close()
 
-    def _refusal(self, caller: Caller, code: Code, message: str, op: str = "-") -> bytes:
-        self.state.counters.refused += 1
-        audit(decision="refused", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
-              code=code.value, reason=code.value)
+    def _refusal(self, caller: Caller, code: Code, message: str) -> bytes:
+        """Audit and encode a refusal that happened before any operation was read."""
+        self._refuse("-", caller, code, code.value, message)
         return encode_error(code, message)
 
     # -- requests ---------------------------------------------------------------------------
@@ -319,55 +336,63 @@ class Server:
             if end + 1 != len(buf):
                 raise ProtocolError(Code.BAD_REQUEST, "one request per connection")
             request = parse_request(buf[:end])
-            op = request.op
-            allowed = _OPERATIONS.get(op)
+            op = request.op.lower()
+            allowed = _OPERATIONS.get(request.op)
             if allowed is None:
-                raise ProtocolError(Code.BAD_REQUEST, f"unknown operation {op}")
+                raise ProtocolError(Code.BAD_REQUEST, f"unknown operation {request.op}")
             extra = set(request.args) - allowed
             if extra:
-                raise ProtocolError(Code.BAD_REQUEST, f"{op} takes no argument {sorted(extra)[0]}")
-            return encode_ok(getattr(self, "_op_" + op.lower())(caller, request))
+                raise ProtocolError(Code.BAD_REQUEST, f"{request.op} takes no argument {min(extra)}")
+            return encode_ok(getattr(self, "_op_" + op)(caller, request))
         except ProtocolError as exc:
-            if exc.code in (Code.BAD_REQUEST, Code.UNSUPPORTED_VERSION):
-                return self._refusal(caller, exc.code, exc.message, op.lower())
-            return encode_error(exc.code, exc.message)  # already audited by the operation
+            if not exc.audited:  # malformed requests, refused before any decision was made
+                self._refuse(op, caller, exc.code, exc.code.value, exc.message)
+            return encode_error(exc.code, exc.message)
         except Exception:
             log.exception("internal error answering uid %d pid %d", caller.uid, caller.pid)
             self.state.counters.refused += 1
             return encode_error(Code.INTERNAL, "internal error; see the slurmjwtd log")
 
-    def _deny(self, op: str, caller: Caller, decision: Decision, user: str = "",
-              uid: int | None = None) -> ProtocolError:
-        assert decision.code is not None
+    def _refuse(self, op: str, caller: Caller, code: Code, reason: str, message: str,
+                **fields: object) -> ProtocolError:
+        """Count and audit a refusal; return the error to raise."""
         self.state.counters.refused += 1
-        audit(decision="refused", op=op, caller_uid=caller.uid, caller_pid=caller.pid, user=user,
-              uid=uid, reason=decision.reason, code=decision.code.value, detail=decision.message)
-        return ProtocolError(decision.code, decision.message)
+        self.state.audit(decision="refused", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
+                         reason=reason, code=code.value, detail=message, **fields)
+        return ProtocolError(code, message, audited=True)
 
-    def _decide_mint(self, op: str, caller: Caller, request: Request) -> tuple[Account, Decision]:
-        config = self.state.config
+    def _grant(self, op: str, caller: Caller, **fields: object) -> None:
+        self.state.audit(decision="granted", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
+                         **fields)
+
+    def _deny(self, op: str, caller: Caller, decision: Decision, **fields: object) -> ProtocolError:
+        assert decision.code is not None
+        return self._refuse(op, caller, decision.code, decision.reason, decision.message, **fields)
+
+    def _mint_for(self, op: str, caller: Caller, request: Request) -> tuple[Account, Decision]:
+        """Resolve the account asked for and decide; raise the refusal if refused."""
         lifetime = parse_lifetime(request.args.get("lifetime"))
         name = request.args.get("user")
-        if name is None and op == "open":
-            raise ProtocolError(Code.BAD_REQUEST, "OPEN needs user=")
         target = lookup_uid(caller.uid) if name is None else lookup_name(name)
         shown = name if name is not None else f"uid {caller.uid}"
         has_session = (not caller.is_root and target is not None and target.uid == caller.uid
-                       and self.state.registry.live_count(target.uid) > 0)
-        decision = decide_mint(caller, target, shown, lifetime, has_session, config)
+                       and self.state.registry.has_live_session(target.uid))
+        decision = decide_mint(caller, target, shown, lifetime, has_session, self.state.config)
         if not decision.granted:
-            raise self._deny(op, caller, decision, target.name if target else shown,
-                             target.uid if target else None)
+            raise self._deny(op, caller, decision, user=target.name if target else shown,
+                             uid=target.uid if target else None)
         assert target is not None
         return target, decision
 
-    def _op_mint(self, caller: Caller, request: Request) -> dict[str, object]:
-        target, decision = self._decide_mint("mint", caller, request)
-        token = mint_token(self.state.signer, target.name, decision.lifetime, int(time.time()))
+    def _issue(self, target: Account, decision: Decision) -> Token:
         self.state.counters.granted += 1
-        audit(decision="granted", op="mint", caller_uid=caller.uid, caller_pid=caller.pid,
-              user=target.name, uid=target.uid, reason=decision.reason, lifetime=decision.lifetime,
-              exp=token.exp, jti=token.jti)
+        return mint_token(self.state.signer, target.name, decision.lifetime, int(time.time()))
+
+    def _op_mint(self, caller: Caller, request: Request) -> dict[str, object]:
+        target, decision = self._mint_for("mint", caller, request)
+        token = self._issue(target, decision)
+        self._grant("mint", caller, user=target.name, uid=target.uid, reason=decision.reason,
+                    lifetime=decision.lifetime, exp=token.exp, jti=token.jti)
         return {"token": token.jwt, "user": target.name, "exp": token.exp, "jti": token.jti,
                 "lifetime": decision.lifetime}
 
@@ -375,35 +400,35 @@ class Server:
         args = request.args
         allowed = decide_session_change(caller, "OPEN")
         if not allowed.granted:
-            raise self._deny("open", caller, allowed, args.get("user", ""))
-        target, decision = self._decide_mint("open", caller, request)
-        tty, rhost, service = args.get("tty", ""), args.get("rhost", ""), args.get("service", "")
-        session = self.state.registry.open(target.name, target.uid, caller.pid, tty, rhost, service)
+            raise self._deny("open", caller, allowed, user=args.get("user"))
+        if "user" not in args:
+            raise ProtocolError(Code.BAD_REQUEST, "OPEN needs user=")
+        target, decision = self._mint_for("open", caller, request)
+        where = {"tty": args.get("tty", ""), "rhost": args.get("rhost", ""),
+                 "service": args.get("service", "")}
+        session = self.state.registry.open(target.name, target.uid, caller.pid, **where)
         if session is None:
             raise ProtocolError(Code.BAD_REQUEST, "the calling process exited before its session opened")
-        token = mint_token(self.state.signer, target.name, decision.lifetime, int(time.time()))
-        self.state.counters.granted += 1
-        audit(decision="granted", op="open", caller_uid=caller.uid, caller_pid=caller.pid,
-              user=target.name, uid=target.uid, reason=decision.reason, lifetime=decision.lifetime,
-              exp=token.exp, jti=token.jti, session=session.id, tty=tty, rhost=rhost, service=service)
+        token = self._issue(target, decision)
+        self._grant("open", caller, user=target.name, uid=target.uid, reason=decision.reason,
+                    lifetime=decision.lifetime, exp=token.exp, jti=token.jti, session=session.id,
+                    **where)
         return {"session": session.id, "token": token.jwt, "user": target.name, "exp": token.exp,
                 "jti": token.jti, "lifetime": decision.lifetime}
 
     def _op_close(self, caller: Caller, request: Request) -> dict[str, object]:
-        session_id = request.args.get("session")
         allowed = decide_session_change(caller, "CLOSE")
         if not allowed.granted:
             raise self._deny("close", caller, allowed)
+        session_id = request.args.get("session")
         if not session_id:
             raise ProtocolError(Code.BAD_REQUEST, "CLOSE needs session=")
         session = self.state.registry.close(session_id)
         if session is None:
-            self.state.counters.refused += 1
-            audit(decision="refused", op="close", caller_uid=caller.uid, caller_pid=caller.pid,
-                  session=session_id, reason="no-such-session", code=Code.NO_SUCH_SESSION.value)
-            raise ProtocolError(Code.NO_SUCH_SESSION, f"no open session {session_id}")
-        audit(decision="granted", op="close", caller_uid=caller.uid, caller_pid=caller.pid,
-              user=session.user, uid=session.uid, session=session.id, reason="root-request")
+            raise self._refuse("close", caller, Code.NO_SUCH_SESSION, "no-such-session",
+                               f"no open session {session_id}", session=session_id)
+        self._grant("close", caller, user=session.user, uid=session.uid, session=session.id,
+                    reason="root-request")
         return {"session": session.id, "user": session.user}
 
     def _op_status(self, caller: Caller, request: Request) -> dict[str, object]:

@@ -48,12 +48,29 @@ class Session:
 
 
 class SessionRegistry:
+    """Open sessions by id and by uid. Changes mark the registry dirty; the server
+    saves it once per turn of its loop, so a storm of logins costs one write."""
+
     def __init__(self, path: str) -> None:
         self.path = path
+        self.dirty = False
         self._sessions: dict[str, Session] = {}
+        self._by_uid: dict[int, dict[str, Session]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def _add(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        self._by_uid.setdefault(session.uid, {})[session.id] = session
+
+    def _remove(self, session: Session) -> None:
+        del self._sessions[session.id]
+        mine = self._by_uid[session.uid]
+        del mine[session.id]
+        if not mine:
+            del self._by_uid[session.uid]
+        self.dirty = True
 
     def load(self) -> int:
         """Read the saved registry, keep the sessions still live; return how many."""
@@ -66,23 +83,24 @@ class SessionRegistry:
         except (OSError, ValueError, TypeError) as exc:
             raise ValueError(f"session file {self.path}: unreadable ({exc}); "
                              f"move it aside to start with no sessions") from None
-        self._sessions = {s.id: s for s in sessions if s.is_live()}
-        if len(self._sessions) != len(sessions):
-            self.save()
+        for session in sessions:
+            if session.is_live():
+                self._add(session)
+        self.dirty = len(self._sessions) != len(sessions)
         return len(self._sessions)
 
     def save(self) -> None:
-        directory = os.path.dirname(self.path)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sessions.")
+        """Replace the file atomically. No fsync: it lives on a runtime (tmpfs) directory,
+        and a power loss that could lose it ends every login anyway."""
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".sessions.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump([dataclasses.asdict(s) for s in self._sessions.values()], fh)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             os.unlink(tmp)
             raise
+        self.dirty = False
 
     def open(self, user: str, uid: int, leader_pid: int, tty: str, rhost: str,
              service: str) -> Session | None:
@@ -92,22 +110,27 @@ class SessionRegistry:
             return None
         session = Session(secrets.token_hex(8), user, uid, leader_pid, start, tty, rhost,
                           service, int(time.time()))
-        self._sessions[session.id] = session
-        self.save()
+        self._add(session)
+        self.dirty = True
         return session
 
     def close(self, session_id: str) -> Session | None:
-        session = self._sessions.pop(session_id, None)
+        session = self._sessions.get(session_id)
         if session is not None:
-            self.save()
+            self._remove(session)
         return session
 
-    def live_count(self, uid: int) -> int:
-        """Live sessions of UID; sessions whose leader has gone are dropped."""
-        mine = [s for s in self._sessions.values() if s.uid == uid]
-        dead = [s for s in mine if not s.is_live()]
-        for s in dead:
-            del self._sessions[s.id]
-        if dead:
-            self.save()
-        return len(mine) - len(dead)
+    def has_live_session(self, uid: int) -> bool:
+        """Whether UID has a session whose leader lives; dead ones met on the way are dropped."""
+        for session in list(self._by_uid.get(uid, {}).values()):
+            if session.is_live():
+                return True
+            self._remove(session)
+        return False
+
+    def prune(self) -> int:
+        """Drop every session whose leader has gone; return how many."""
+        dead = [s for s in self._sessions.values() if not s.is_live()]
+        for session in dead:
+            self._remove(session)
+        return len(dead)

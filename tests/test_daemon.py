@@ -8,7 +8,7 @@ import stat
 
 import jwt
 
-from conftest import PYTHON, SLURMJWT, Leader, run_as
+from conftest import PYTHON, SLURMJWT, run_as
 from slurmjwtd.client import call
 from slurmjwtd.sessions import Session
 
