@@ -29,15 +29,17 @@ venv: deps
 	@$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 	@rm -rf build slurmjwt.egg-info
 
+# pytest's exit 5 (nothing collected) must not pass for success
 test: venv
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	@SLURMJWT_VENV=$(VENV) $(PYTHON) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$status
 
 demo: venv
-	@$(PYTHON) tests/demo.py
+	@SLURMJWT_VENV=$(VENV) $(PYTHON) tests/demo.py
 
 bench: venv
-	$(MAKE) -C bench
-	$(PYTHON) bench/bench.py
+	SLURMJWT_VENV=$(VENV) $(PYTHON) bench/bench.py
 
 clean:
 	rm -rf build *.egg-info .pytest_cache
