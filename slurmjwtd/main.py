@@ -67,7 +67,7 @@ def main(config_path: str | None, check_config: bool, print_defaults: bool) -> N
         click.echo(f"slurmjwtd: configuration {config_path or DEFAULT_CONFIG} and key file "
                    f"{config.key_file} are valid")
         return
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, datefmt="%Y-%m-%dT%H:%M:%S%z",
                         format="%(asctime)s slurmjwtd %(levelname)s %(message)s")
     server = Server(DaemonState(config, signer, SessionRegistry(config.session_file)))
     try:

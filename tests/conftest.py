@@ -232,3 +232,15 @@ def leaders():
     for leader in made:
         if leader.proc.poll() is None:
             leader.die()
+
+
+@pytest.fixture(scope="session")
+def slurm(daemon, workdir):
+    """slurmctld + slurmrestd verifying with the shared daemon's key."""
+    from slurm_cluster import SlurmCluster  # it imports run_as from here
+
+    cluster = SlurmCluster(workdir / "slurm", daemon.key_file)
+    cluster.start()
+    yield cluster
+    cluster.scancel_all()
+    cluster.stop()

@@ -14,23 +14,11 @@ import json
 import subprocess
 import time
 
-import pytest
-
 from conftest import SLURMJWT
-from slurm_cluster import OPENAPI, SlurmCluster
+from slurm_cluster import OPENAPI
 
 PING = f"/slurm/{OPENAPI}/ping"
 JOBS = f"/slurm/{OPENAPI}/jobs"
-
-
-@pytest.fixture(scope="session")
-def slurm(daemon, workdir) -> SlurmCluster:
-    """slurmctld + slurmrestd verifying with the shared daemon's key."""
-    cluster = SlurmCluster(workdir / "slurm", daemon.key_file)
-    cluster.start()
-    yield cluster
-    cluster.scancel_all()
-    cluster.stop()
 
 
 # -- helpers ----------------------------------------------------------------------------

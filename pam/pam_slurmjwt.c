@@ -1,0 +1,201 @@
+/* pam_slurmjwt: a PAM session module that puts a Slurm JWT from slurmjwtd in the
+ * login's environment (pam/README.md). It holds no key: at open it asks the daemon
+ * to open a login session and mint its token; at close it closes that session.
+ *
+ * Every wait is bounded by timeout=, every failure logs one line to authpriv and
+ * maps to one PAM code, and the token is never logged and is wiped after use.
+ */
+#define _GNU_SOURCE
+#define PAM_SM_SESSION
+#include <security/pam_ext.h>
+#include <security/pam_modules.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#include "sjwt_client.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define DATA_KEY "pam_slurmjwt_session"
+#define MAX_ENV_NAME 64
+
+struct options {
+	const char *socket;
+	int timeout_ms;
+	const char *env;
+	int debug;
+};
+
+static int valid_env_name(const char *s)
+{
+	size_t n = strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_0123456789");
+	return n > 0 && n <= MAX_ENV_NAME && s[n] == '\0' && !(s[0] >= '0' && s[0] <= '9');
+}
+
+/* Like pam_env, a bad argument is logged and ignored: a typo must not lock anyone out. */
+static void parse_options(pam_handle_t *pamh, int argc, const char **argv, struct options *opt)
+{
+	opt->socket = "/run/slurmjwt/slurmjwtd.sock";
+	opt->timeout_ms = 2000;
+	opt->env = "SLURM_JWT";
+	opt->debug = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *arg = argv[i];
+		if (strncmp(arg, "socket=", 7) == 0 && arg[7] == '/')
+			opt->socket = arg + 7;
+		else if (strncmp(arg, "timeout=", 8) == 0) {
+			char *end;
+			long ms = strtol(arg + 8, &end, 10);
+			if (*end == '\0' && ms >= 1 && ms <= 60000)
+				opt->timeout_ms = (int)ms;
+			else
+				pam_syslog(pamh, LOG_ERR, "ignoring %s: want 1 to 60000 ms", arg);
+		} else if (strncmp(arg, "env=", 4) == 0 && valid_env_name(arg + 4))
+			opt->env = arg + 4;
+		else if (strcmp(arg, "debug") == 0)
+			opt->debug = 1;
+		else
+			pam_syslog(pamh, LOG_ERR, "ignoring unknown or malformed argument: %s", arg);
+	}
+}
+
+static const char *item(pam_handle_t *pamh, int type)
+{
+	const void *value = NULL;
+	if (pam_get_item(pamh, type, &value) != PAM_SUCCESS || value == NULL ||
+	    *(const char *)value == '\0')
+		return NULL;
+	return value;
+}
+
+/* The PAM code for a failed call: an absent daemon means no token, not a failed login. */
+static int call_failed(pam_handle_t *pamh, const struct options *opt, const char *what,
+		       const char *user, int rc)
+{
+	pam_syslog(pamh, rc == SJWT_ERR_UNREACHABLE ? LOG_NOTICE : LOG_ERR,
+		   "%s for %s: %s (socket %s, timeout %d ms)", what, user, sjwt_strerror(rc),
+		   opt->socket, opt->timeout_ms);
+	return rc == SJWT_ERR_UNREACHABLE ? PAM_IGNORE : PAM_SESSION_ERR;
+}
+
+/* Refusals that mean "no token for this login", not "something is broken". */
+static int not_for_this_login(const char *code)
+{
+	return strcmp(code, "below-min-uid") == 0 || strcmp(code, "unknown-user") == 0 ||
+	       strcmp(code, "permission-denied") == 0 || strcmp(code, "no-such-session") == 0;
+}
+
+static int refused(pam_handle_t *pamh, const char *what, const char *user, const char *answer)
+{
+	char code[64] = "garbled";
+	const char *message = strchr(answer + strlen("SJWT/1 ERR "), ' ');
+	int ignore;
+
+	sjwt_answer_code(answer, code, sizeof code);
+	ignore = not_for_this_login(code);
+	pam_syslog(pamh, ignore ? LOG_NOTICE : LOG_ERR, "%s for %s refused (%s):%s", what, user,
+		   code, message ? message : "");
+	return ignore ? PAM_IGNORE : PAM_SESSION_ERR;
+}
+
+static void free_data(pam_handle_t *pamh, void *data, int status)
+{
+	(void)pamh;
+	(void)status;
+	free(data);
+}
+
+static int export_token(pam_handle_t *pamh, const struct options *opt, const char *answer)
+{
+	char token[SJWT_MAX_ANSWER], session[64], env[MAX_ENV_NAME + 1 + SJWT_MAX_ANSWER];
+	char *saved;
+	int rc = PAM_SESSION_ERR;
+
+	if (sjwt_answer_field(answer, "token", token, sizeof token) != SJWT_OK ||
+	    sjwt_answer_field(answer, "session", session, sizeof session) != SJWT_OK) {
+		pam_syslog(pamh, LOG_ERR, "slurmjwtd's answer lacks a token or session");
+		goto out;
+	}
+	if ((saved = strdup(session)) == NULL) {
+		rc = PAM_BUF_ERR;
+		goto out;
+	}
+	if (pam_set_data(pamh, DATA_KEY, saved, free_data) != PAM_SUCCESS) {
+		free(saved);
+		rc = PAM_BUF_ERR;
+		goto out;
+	}
+	snprintf(env, sizeof env, "%s=%s", opt->env, token);
+	rc = pam_putenv(pamh, env);
+	if (rc != PAM_SUCCESS)
+		pam_syslog(pamh, LOG_ERR, "pam_putenv(%s): %s", opt->env, pam_strerror(pamh, rc));
+	else if (opt->debug)
+		pam_syslog(pamh, LOG_DEBUG, "%s set, session %s", opt->env, session);
+out:
+	explicit_bzero(token, sizeof token);
+	explicit_bzero(env, sizeof env);
+	return rc;
+}
+
+EXPORT int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+	struct options opt;
+	char request[SJWT_MAX_REQUEST + 1], answer[SJWT_MAX_ANSWER];
+	const char *user = item(pamh, PAM_USER);
+	int rc;
+
+	(void)flags;
+	parse_options(pamh, argc, argv, &opt);
+	if (user == NULL) {
+		pam_syslog(pamh, LOG_ERR, "no PAM_USER: nothing to open a session for");
+		return PAM_SESSION_ERR;
+	}
+	if (sjwt_build_request(request, sizeof request, "OPEN", "user", user,
+			       "tty", item(pamh, PAM_TTY), "rhost", item(pamh, PAM_RHOST),
+			       "service", item(pamh, PAM_SERVICE), (char *)NULL) < 0) {
+		pam_syslog(pamh, LOG_ERR, "request for %s too long", user);
+		return PAM_SESSION_ERR;
+	}
+	rc = sjwt_call(opt.socket, opt.timeout_ms, request, answer, sizeof answer);
+	if (rc != SJWT_OK)
+		rc = call_failed(pamh, &opt, "no token", user, rc);
+	else if (!sjwt_answer_ok(answer))
+		rc = refused(pamh, "token", user, answer);
+	else
+		rc = export_token(pamh, &opt, answer);
+	explicit_bzero(answer, sizeof answer);
+	return rc;
+}
+
+EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+	struct options opt;
+	char request[SJWT_MAX_REQUEST + 1], answer[SJWT_MAX_ANSWER];
+	const void *session = NULL;
+	const char *user = item(pamh, PAM_USER);
+	int rc;
+
+	(void)flags;
+	parse_options(pamh, argc, argv, &opt);
+	if (pam_get_data(pamh, DATA_KEY, &session) != PAM_SUCCESS || session == NULL)
+		return PAM_IGNORE; /* open_session set no token: nothing to close */
+	if (user == NULL)
+		user = "?";
+	if (sjwt_build_request(request, sizeof request, "CLOSE", "session", (const char *)session,
+			       (char *)NULL) < 0)
+		return PAM_SESSION_ERR;
+	rc = sjwt_call(opt.socket, opt.timeout_ms, request, answer, sizeof answer);
+	if (rc != SJWT_OK)
+		rc = call_failed(pamh, &opt, "session not closed", user, rc);
+	else if (!sjwt_answer_ok(answer))
+		rc = refused(pamh, "close", user, answer);
+	else {
+		if (opt.debug)
+			pam_syslog(pamh, LOG_DEBUG, "session %s closed", (const char *)session);
+		rc = PAM_SUCCESS;
+	}
+	pam_set_data(pamh, DATA_KEY, NULL, NULL);
+	return rc;
+}
