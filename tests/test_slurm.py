@@ -15,7 +15,7 @@ import subprocess
 import time
 
 from conftest import SLURMJWT
-from slurm_cluster import OPENAPI
+from slurm_cluster import OPENAPI, SlurmCluster
 
 PING = f"/slurm/{OPENAPI}/ping"
 JOBS = f"/slurm/{OPENAPI}/jobs"
