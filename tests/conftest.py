@@ -29,6 +29,7 @@ SLURMJWTD = str(VENV / "bin" / "slurmjwtd")
 PYTHON = str(VENV / "bin" / "python")
 WORK = Path("/tmp/slurmjwt-test")
 LEADER = str(Path(__file__).with_name("leader.py"))
+MODULE = str(Path(__file__).resolve().parent.parent / "pam" / "pam_slurmjwt.so")
 USERS = {"alice": "sjt-alice", "bob": "sjt-bob"}
 SYSTEM_USER = "sjt-sys"
 KEY_GROUP = "slurmjwt"
@@ -38,8 +39,9 @@ GROUP_MARK = Path("/var/tmp/slurmjwt-test-made-group")
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.geteuid() != 0:
         pytest.exit("the tests run as root (they make users and start services): sudo make test", 2)
-    if not os.access(SLURMJWT, os.X_OK):
-        pytest.exit(f"{SLURMJWT} missing: run the tests through `make test`", 2)
+    for needed in (SLURMJWT, MODULE):
+        if not os.path.exists(needed):
+            pytest.exit(f"{needed} missing: run the tests through `make test`", 2)
 
 
 def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:

@@ -1,0 +1,312 @@
+"""pam_slurmjwt.so in a real PAM stack, driven by python-pam and pamtester.
+
+A token after open_session, the session gone after close_session, and every
+failure (daemon down, refusal, garbage, an over-long answer, a daemon that never
+answers) bounded by the timeout, logged in one authpriv line, no variable set,
+and the documented PAM code: `optional` stacks go on, `required` ones deny
+where the module says PAM_SESSION_ERR.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import jwt
+import pam
+import pytest
+
+from conftest import MODULE, SLURMJWT, run_as
+
+TIMEOUT_MS = 400
+SERVICES = ("sjt-pam-optional", "sjt-pam-required")
+SYSLOG = Path("/dev/log")
+SYSLOG_MARK = Path("/run/slurmjwt-test-devlog")
+LOG_AUTHPRIV = 10
+
+
+def write_service(name: str, socket_path: str, control: str, extra: str = "") -> None:
+    Path("/etc/pam.d", name).write_text(
+        "auth required pam_permit.so\n"
+        "account required pam_permit.so\n"
+        "session required pam_permit.so\n"
+        f"session {control} {MODULE} socket={socket_path} timeout={TIMEOUT_MS} {extra}\n")
+
+
+@pytest.fixture
+def stacks():
+    """Write the two test PAM services for a socket; remove them afterwards."""
+    def point_at(socket_path: str, extra: str = "") -> None:
+        write_service(SERVICES[0], socket_path, "optional", extra)
+        write_service(SERVICES[1], socket_path, "required", extra)
+
+    yield point_at
+    for name in SERVICES:
+        Path("/etc/pam.d", name).unlink(missing_ok=True)
+
+
+class SyslogCapture:
+    """A datagram socket at /dev/log: what the module sends to syslog lands here."""
+
+    def __init__(self) -> None:
+        if SYSLOG_MARK.exists():  # ours, left by a crashed run
+            SYSLOG.unlink(missing_ok=True)
+        self.saved = None
+        if SYSLOG.exists():  # a real syslog: step it aside for the test, then put it back
+            self.saved = SYSLOG.with_name("log.slurmjwt-test")
+            SYSLOG.rename(self.saved)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(SYSLOG))
+        SYSLOG_MARK.touch()
+        os.chmod(SYSLOG, 0o666)
+        self.sock.setblocking(False)
+
+    def records(self) -> list[tuple[int, str]]:
+        """(facility, message) of everything logged since the last call."""
+        out = []
+        while True:
+            try:
+                data = self.sock.recv(8192).decode(errors="replace")
+            except BlockingIOError:
+                return out
+            priority, _, message = data[1:].partition(">")
+            out.append((int(priority) // 8, message))
+
+    def module_lines(self) -> list[str]:
+        return [m for facility, m in self.records()
+                if "pam_slurmjwt" in m and facility == LOG_AUTHPRIV]
+
+    def close(self) -> None:
+        self.sock.close()
+        SYSLOG.unlink(missing_ok=True)
+        SYSLOG_MARK.unlink(missing_ok=True)
+        if self.saved is not None:
+            self.saved.rename(SYSLOG)
+
+
+@pytest.fixture
+def syslog():
+    capture = SyslogCapture()
+    yield capture
+    capture.close()
+
+
+def pamtester(service: str, user: str, *ops: str, prefix: tuple[str, ...] = ()):
+    started = time.monotonic()
+    result = subprocess.run([*prefix, "pamtester", "-v", "-I", "rhost=198.51.100.4", service, user,
+                             *(ops or ("open_session",))], capture_output=True, text=True,
+                            timeout=60)
+    return result, time.monotonic() - started
+
+
+# -- the working path ----------------------------------------------------------------------
+def test_open_session_puts_a_token_in_the_pam_environment(daemon, users, stacks):
+    alice = users["alice"].pw_name
+    stacks(daemon.socket)
+    p = pam.PamAuthenticator()
+    assert p.authenticate(alice, "", service=SERVICES[1], call_end=False), p.reason
+    p.pam_set_item(p.handle, pam.PAM_RHOST, ctypes.c_char_p(b"203.0.113.9"))
+    try:
+        assert p.open_session() == pam.PAM_SUCCESS
+        token = p.getenv("SLURM_JWT")
+        claims = jwt.decode(token, daemon.key_file.read_bytes(), algorithms=["HS256"])
+        assert claims["sun"] == alice and claims["exp"] - claims["iat"] == 3600
+        refresh = run_as(alice, SLURMJWT, "refresh", env={"SLURMJWT_SOCKET": daemon.socket})
+        assert refresh.returncode == 0, refresh.stderr  # the login's session counts
+        assert p.close_session() == pam.PAM_SUCCESS
+    finally:
+        p.end()
+    after = run_as(alice, SLURMJWT, "refresh", env={"SLURMJWT_SOCKET": daemon.socket})
+    assert after.returncode == 5 and "no-session" in after.stderr  # the last session closed
+    opened = [line for line in daemon.log.splitlines() if f"session={claims['jti']}" in line
+              or ("op=open" in line and f"jti={claims['jti']}" in line)]
+    assert opened and "rhost=203.0.113.9" in opened[0] and f"service={SERVICES[1]}" in opened[0]
+
+
+def test_env_argument_names_the_variable(daemon, users, stacks):
+    stacks(daemon.socket, "env=SLURM_JWT_TOKEN")
+    p = pam.PamAuthenticator()
+    assert p.authenticate(users["bob"].pw_name, "", service=SERVICES[0], call_end=False)
+    try:
+        assert p.open_session() == pam.PAM_SUCCESS
+        assert p.getenv("SLURM_JWT") is None
+        jwt.decode(p.getenv("SLURM_JWT_TOKEN"), daemon.key_file.read_bytes(), algorithms=["HS256"])
+        assert p.close_session() == pam.PAM_SUCCESS
+    finally:
+        p.end()
+
+
+def test_pamtester_opens_and_closes(daemon, users, stacks):
+    stacks(daemon.socket)
+    result, _ = pamtester(SERVICES[1], users["alice"].pw_name, "open_session", "close_session")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in daemon.log.splitlines() if "rhost=198.51.100.4" in line]
+    assert lines and "op=open" in lines[-1]
+    session = lines[-1].split("session=")[1].split()[0]
+    assert f"op=close caller_uid=0" in daemon.log and f"session={session}" in daemon.log.split(
+        "op=close")[-1]
+
+
+def test_user_refused_by_policy_logs_in_without_a_token(daemon, users, stacks, syslog):
+    stacks(daemon.socket)
+    for service in SERVICES:  # PAM_IGNORE: even a `required` stack lets them in
+        p = pam.PamAuthenticator()
+        assert p.authenticate(users["sys"].pw_name, "", service=service, call_end=False)
+        try:
+            assert p.open_session() == pam.PAM_SUCCESS
+            assert p.getenv("SLURM_JWT") is None
+            assert p.close_session() == pam.PAM_SUCCESS
+        finally:
+            p.end()
+    lines = syslog.module_lines()
+    assert len(lines) == 2 and all("below-min-uid" in line for line in lines), lines
+
+
+# -- failures: bounded, logged once, no variable, the documented code -----------------------
+class FakeDaemon:
+    """A socket that misbehaves in one way: it never answers, or answers BYTES."""
+
+    def __init__(self, path: str, answer: bytes | None) -> None:
+        self.path, self.answer = path, answer
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(16)
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(conn)  # keep it open: a hung daemon never closes
+            if self.answer is not None:
+                conn.recv(2048)
+                conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+        os.unlink(self.path)
+
+
+FAILURES = {
+    # name: (what the daemon does, PAM code the module returns, what the log line says)
+    "never-answers": (None, "PAM_SESSION_ERR", "did not answer in time"),
+    "garbage": (b"HTTP/1.1 200 OK\r\n\r\n", "PAM_SESSION_ERR", "garbled answer"),
+    "over-long": (b"SJWT/1 OK token=" + b"a" * 5000, "PAM_SESSION_ERR", "garbled answer"),
+    "no-newline": (b"SJWT/1 OK token=a.b.c", "PAM_SESSION_ERR", "did not answer in time"),
+    "nul-byte": (b"SJWT/1 OK token=a\0b session=x\n", "PAM_SESSION_ERR", "garbled answer"),
+    "internal-error": (b"SJWT/1 ERR internal boom\n", "PAM_SESSION_ERR", "refused (internal)"),
+    "ok-without-token": (b"SJWT/1 OK session=abc\n", "PAM_SESSION_ERR", "lacks a token"),
+}
+
+
+@pytest.mark.parametrize("name", list(FAILURES))
+def test_misbehaving_daemon(workdir, users, stacks, syslog, name):
+    behaviour, code, says = FAILURES[name]
+    path = str(workdir / f"fake-{name}.sock")
+    fake = FakeDaemon(path, behaviour)
+    stacks(path)
+    try:
+        optional, took = pamtester(SERVICES[0], users["alice"].pw_name)
+        required, took_required = pamtester(SERVICES[1], users["alice"].pw_name)
+    finally:
+        fake.close()
+    assert optional.returncode == 0, optional.stderr  # `optional`: the login goes on
+    assert required.returncode != 0  # `required`: PAM_SESSION_ERR denies
+    assert "Cannot make/remove an entry for the specified session" in required.stderr
+    for elapsed in (took, took_required):
+        assert elapsed < TIMEOUT_MS / 1000 + 1.0  # the timeout, plus pamtester's own start
+    if says == "did not answer in time":
+        assert took >= TIMEOUT_MS / 1000
+    lines = syslog.module_lines()
+    assert len(lines) == 2 and all(says in line for line in lines), lines
+    assert "a" * 50 not in " ".join(lines)
+
+
+@pytest.mark.parametrize("kind", ["missing", "not-a-socket", "nobody-listening"])
+def test_unreachable_daemon_is_ignored(workdir, users, stacks, syslog, kind):
+    path = workdir / f"down-{kind}.sock"
+    path.unlink(missing_ok=True)
+    if kind == "not-a-socket":
+        path.write_text("")
+    elif kind == "nobody-listening":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(path))
+        s.close()  # bound, never listened: connect is refused
+    stacks(str(path))
+    try:
+        for service in SERVICES:  # PAM_IGNORE: no token, and no one locked out
+            result, took = pamtester(service, users["alice"].pw_name, "open_session",
+                                     "close_session")
+            assert result.returncode == 0, result.stderr
+            assert took < TIMEOUT_MS / 1000 + 1.0
+    finally:
+        path.unlink(missing_ok=True)
+    lines = syslog.module_lines()
+    assert len(lines) == 2 and all("slurmjwtd is not reachable" in line for line in lines), lines
+
+
+def test_bad_arguments_are_logged_and_ignored(daemon, users, syslog):
+    write_service(SERVICES[1], daemon.socket, "required", "timeout=soon env=1BAD colour=blue")
+    try:
+        p = pam.PamAuthenticator()
+        assert p.authenticate(users["alice"].pw_name, "", service=SERVICES[1], call_end=False)
+        try:
+            assert p.open_session() == pam.PAM_SUCCESS
+            assert p.getenv("SLURM_JWT")  # defaults used: still a token
+            p.close_session()
+        finally:
+            p.end()
+    finally:
+        Path("/etc/pam.d", SERVICES[1]).unlink()
+    lines = syslog.module_lines()
+    assert any("timeout=soon" in line for line in lines)
+    assert any("colour=blue" in line for line in lines)
+
+
+def test_no_token_in_syslog_even_with_debug(daemon, users, stacks, syslog):
+    stacks(daemon.socket, "debug")
+    p = pam.PamAuthenticator()
+    assert p.authenticate(users["alice"].pw_name, "", service=SERVICES[0], call_end=False)
+    try:
+        assert p.open_session() == pam.PAM_SUCCESS
+        token = p.getenv("SLURM_JWT")
+        p.close_session()
+    finally:
+        p.end()
+    text = " ".join(m for _, m in syslog.records())
+    assert "SLURM_JWT set" in text and token not in text and token.split(".")[2] not in text
+
+
+# -- memory ----------------------------------------------------------------------------------
+VALGRIND = ("valgrind", "--quiet", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
+            "--show-leak-kinds=definite,indirect", "--error-exitcode=99")
+
+
+@pytest.mark.parametrize("case", ["token", "garbage", "down"])
+def test_no_leaks_under_valgrind(daemon, workdir, users, stacks, case):
+    fake = None
+    path = daemon.socket
+    if case == "garbage":
+        path = str(workdir / "fake-valgrind.sock")
+        fake = FakeDaemon(path, b"SJWT/1 OK nonsense\n")
+    elif case == "down":
+        path = str(workdir / "nothing-here.sock")
+    stacks(path)
+    try:
+        result, _ = pamtester(SERVICES[0], users["alice"].pw_name, "open_session",
+                              "close_session", prefix=VALGRIND)
+    finally:
+        if fake:
+            fake.close()
+    assert result.returncode == 0, result.stderr
+    assert "pam_slurmjwt" not in result.stderr and "Invalid" not in result.stderr, result.stderr
