@@ -358,7 +358,7 @@ class Server:
         """Count and audit a refusal; return the error to raise."""
         self.state.counters.refused += 1
         self.state.audit(decision="refused", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
-                         reason=reason, code=code.value, detail=message, **fields)
+                         **fields, reason=reason, code=code.value, detail=message)
         return ProtocolError(code, message, audited=True)
 
     def _grant(self, op: str, caller: Caller, **fields: object) -> None:

@@ -160,7 +160,7 @@ def test_cli_show_status_and_errors(daemon, users, leaders):
     assert shown.returncode == 0 and f"user:    {alice}" in shown.stdout
     assert "left:    1h 00m" in shown.stdout or "left:    59m" in shown.stdout
     from_stdin = run_as(alice, SLURMJWT, "show", "-", input=token + "\n")
-    assert from_stdin.stdout == shown.stdout
+    assert from_stdin.stdout.split("left:")[0] == shown.stdout.split("left:")[0]
     bad = run_as(alice, SLURMJWT, "show", env={"SLURM_JWT": "not-a-token"})
     assert bad.returncode == 7 and bad.stderr.count("\n") == 1
     status = run_as(alice, SLURMJWT, "status", env=env)
