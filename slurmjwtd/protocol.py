@@ -26,6 +26,7 @@ _WIRE_VALUE = re.compile(r"[A-Za-z0-9._~:/@+,%-]*\Z")
 _KEY = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _OP = re.compile(r"[A-Z]{1,16}\Z")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Code(str, enum.Enum):
@@ -76,13 +77,13 @@ def quote(value: str) -> str:
 
 
 def unquote(value: str) -> str:
+    if "%" not in value:  # nothing escaped: the wire check already allowed only safe characters
+        return value
     raw = value.encode("ascii")
-    if b"%" in raw:
-        if raw.count(b"%") != len(_PERCENT.findall(raw)):
-            raise ValueError("bad percent-escape")
-        raw = _PERCENT.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
-    text = raw.decode()  # UnicodeDecodeError is a ValueError
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if raw.count(b"%") != len(_PERCENT.findall(raw)):
+        raise ValueError("bad percent-escape")
+    text = _PERCENT.sub(lambda m: bytes([int(m.group(1), 16)]), raw).decode()  # may raise ValueError
+    if _CONTROL.search(text):
         raise ValueError("control character")
     return text
 

@@ -56,16 +56,19 @@ class SessionRegistry:
         self.dirty = False
         self._sessions: dict[str, Session] = {}
         self._by_uid: dict[int, dict[str, Session]] = {}
+        self._json: dict[str, str] = {}  # each session serialised once, when it opens
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def _add(self, session: Session) -> None:
         self._sessions[session.id] = session
+        self._json[session.id] = json.dumps(dataclasses.asdict(session))
         self._by_uid.setdefault(session.uid, {})[session.id] = session
 
     def _remove(self, session: Session) -> None:
         del self._sessions[session.id]
+        del self._json[session.id]
         mine = self._by_uid[session.uid]
         del mine[session.id]
         if not mine:
@@ -95,7 +98,7 @@ class SessionRegistry:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".sessions.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump([dataclasses.asdict(s) for s in self._sessions.values()], fh)
+                fh.write("[" + ",\n".join(self._json.values()) + "]\n")
             os.replace(tmp, self.path)
         except BaseException:
             os.unlink(tmp)

@@ -310,3 +310,29 @@ def test_no_leaks_under_valgrind(daemon, workdir, users, stacks, case):
             fake.close()
     assert result.returncode == 0, result.stderr
     assert "pam_slurmjwt" not in result.stderr and "Invalid" not in result.stderr, result.stderr
+
+
+# -- the build -------------------------------------------------------------------------------
+def test_module_is_hardened_and_exports_only_its_entry_points():
+    dynamic = subprocess.run(["readelf", "-dW", MODULE], capture_output=True, text=True).stdout
+    segments = subprocess.run(["readelf", "-lW", MODULE], capture_output=True, text=True).stdout
+    assert "BIND_NOW" in dynamic and "GNU_RELRO" in segments  # full RELRO
+    stack = [line for line in segments.splitlines() if "GNU_STACK" in line]
+    assert stack and "RWE" not in stack[0]
+    symbols = subprocess.run(["nm", "-D", "--defined-only", MODULE], capture_output=True,
+                             text=True).stdout.split()
+    functions = {symbols[i + 1] for i, kind in enumerate(symbols) if kind == "T"}
+    assert functions == {"pam_sm_open_session", "pam_sm_close_session"}
+    libc = subprocess.run(["nm", "-D", "--undefined-only", MODULE], capture_output=True,
+                          text=True).stdout
+    assert "__stack_chk_fail" in libc and "explicit_bzero" in libc
+
+
+def test_install_honours_destdir(tmp_path):
+    result = subprocess.run(["make", "-s", "-C", str(Path(MODULE).parent), "install",
+                             f"DESTDIR={tmp_path}", "PAMDIR=/lib/security"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    installed = tmp_path / "lib/security/pam_slurmjwt.so"
+    assert installed.read_bytes() == Path(MODULE).read_bytes()
+    assert oct(installed.stat().st_mode & 0o777) == "0o644"
