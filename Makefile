@@ -7,10 +7,23 @@ VENV    ?= /opt/slurmjwt/venv
 PYTHON  := $(VENV)/bin/python
 APT_PACKAGES := slurmctld slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
 	libpam0g-dev pamtester openssh-server openssh-client valgrind libsystemd-dev pkg-config \
-	python3-venv python3-dev gcc make curl procps passwd util-linux
+	python3-venv python3-dev python3-click python3-systemd systemd gcc binutils make curl \
+	procps passwd util-linux
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv module test demo bench clean
+# `make install`: where a Debian admin expects things; DESTDIR and PREFIX are honoured
+PREFIX      ?= /usr/local
+SYSCONFDIR  ?= /etc
+LIBDIR      := $(PREFIX)/lib/slurmjwt
+BINDIR      := $(PREFIX)/bin
+SBINDIR     := $(PREFIX)/sbin
+DOCDIR      := $(PREFIX)/share/doc/slurmjwt
+UNITDIR     ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
+SYSUSERSDIR ?= /usr/lib/sysusers.d
+TMPFILESDIR ?= /usr/lib/tmpfiles.d
+RUNTIME_PACKAGES := python3 python3-click python3-systemd
+
+.PHONY: all deps venv module test demo bench install install-deps clean
 
 all: venv module
 
@@ -43,6 +56,42 @@ demo: venv module
 
 bench: venv module
 	SLURMJWT_VENV=$(VENV) $(PYTHON) bench/bench.py
+
+# the daemon and CLI run on Debian's python3 (-I: no PYTHONPATH, no user site, no cwd)
+define launcher
+#!/usr/bin/python3 -I
+import sys
+sys.path.insert(0, "$(LIBDIR)")
+from slurmjwtd.$(1) import main
+main()
+endef
+export LAUNCHER_CLI := $(call launcher,cli)
+export LAUNCHER_DAEMON := $(call launcher,main)
+
+install-deps:
+	apt-get install -y --no-install-recommends $(RUNTIME_PACKAGES)
+
+install: module
+	install -d $(DESTDIR)$(LIBDIR)/slurmjwtd $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DOCDIR)
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/slurmjwt
+	install -m 0644 slurmjwtd/*.py $(DESTDIR)$(LIBDIR)/slurmjwtd/
+	printf '%s\n' "$$LAUNCHER_CLI" > $(DESTDIR)$(BINDIR)/slurmjwt
+	printf '%s\n' "$$LAUNCHER_DAEMON" > $(DESTDIR)$(SBINDIR)/slurmjwtd
+	chmod 0755 $(DESTDIR)$(BINDIR)/slurmjwt $(DESTDIR)$(SBINDIR)/slurmjwtd
+	sed 's|/usr/local/|$(PREFIX)/|g; s|/etc/slurmjwt/|$(SYSCONFDIR)/slurmjwt/|' \
+	  systemd/slurmjwtd.service > $(DESTDIR)$(UNITDIR)/slurmjwtd.service
+	install -m 0644 systemd/slurmjwtd.socket $(DESTDIR)$(UNITDIR)/slurmjwtd.socket
+	install -m 0644 systemd/slurmjwtd.sysusers $(DESTDIR)$(SYSUSERSDIR)/slurmjwt.conf
+	install -m 0644 systemd/slurmjwtd.tmpfiles $(DESTDIR)$(TMPFILESDIR)/slurmjwt.conf
+	/usr/bin/python3 -I -c 'import sys; sys.path.insert(0, "."); \
+	  from slurmjwtd.config import example_config; print(example_config(), end="")' \
+	  > $(DESTDIR)$(SYSCONFDIR)/slurmjwt/slurmjwtd.toml.example
+	[ -e $(DESTDIR)$(SYSCONFDIR)/slurmjwt/slurmjwtd.toml ] || install -m 0644 \
+	  $(DESTDIR)$(SYSCONFDIR)/slurmjwt/slurmjwtd.toml.example $(DESTDIR)$(SYSCONFDIR)/slurmjwt/slurmjwtd.toml
+	install -m 0644 README.md docs/*.md $(DESTDIR)$(DOCDIR)/
+	install -m 0644 pam/README.md $(DESTDIR)$(DOCDIR)/pam_slurmjwt.md
+	$(MAKE) -s -C pam install DESTDIR=$(DESTDIR)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -54,3 +54,18 @@ class AuditLog:
             os.write(self.fd, line.encode())
         except OSError:
             pass  # a full or closed log must not stop the daemon serving logins
+
+
+class JournalAuditLog:
+    """Writes audit lines to the journal, each field also as SLURMJWT_<FIELD> for
+    `journalctl SLURMJWT_USER=alice`; refusals at priority notice, grants at info."""
+
+    def __init__(self) -> None:
+        from systemd import journal  # only under systemd
+        self._send = journal.send
+
+    def __call__(self, **fields: object) -> None:
+        extra = {f"SLURMJWT_{k.upper()}": str(v) for k, v in fields.items()
+                 if v is not None and v != ""}
+        self._send(format_audit(fields), PRIORITY=5 if fields.get("decision") == "refused" else 6,
+                   SYSLOG_IDENTIFIER="slurmjwtd", **extra)

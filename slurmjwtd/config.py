@@ -7,6 +7,7 @@ docs/configuration.md and `slurmjwtd --print-defaults` are made from it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -52,6 +53,18 @@ class Config:
         if self.lifetime > self.max_lifetime:
             raise ConfigError(
                 f"key 'lifetime': {self.lifetime} exceeds max_lifetime ({self.max_lifetime})")
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value)  # a JSON string, number or list is a TOML one
+
+
+def example_config() -> str:
+    """Every key, commented out at its default, with its meaning: an example file."""
+    return "".join(f"# {doc} ({kind})\n#{name} = {toml_value(default)}\n\n"
+                   for name, kind, default, doc in describe_keys())
 
 
 def describe_keys() -> list[tuple[str, str, object, str]]:

@@ -6,14 +6,14 @@ Exit status: 0 clean stop or valid configuration, 1 configuration error,
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 
 import click
 
-from . import __version__
-from .config import DEFAULT_CONFIG, Config, ConfigError, describe_keys, load_config
+from . import __version__, service
+from .audit import AuditLog, JournalAuditLog
+from .config import DEFAULT_CONFIG, Config, ConfigError, example_config, load_config
 from .keyfile import KeyFileError, allowed_owners, read_key
 from .server import DaemonState, Server, StartupError
 from .sessions import SessionRegistry
@@ -31,18 +31,6 @@ def load_signer(config: Config) -> HS256Signer:
     return HS256Signer(read_key(config.key_file, allowed_owners(config.slurm_user)))
 
 
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return json.dumps(value)  # a JSON string or number is a TOML one
-
-
-def show_defaults() -> None:
-    """Every key, commented out at its default: an example configuration file."""
-    for name, kind, default, doc in describe_keys():
-        click.echo(f"# {doc} ({kind})\n#{name} = {toml_value(default)}\n")
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", default=None, metavar="PATH",
               help=f"Configuration file [default: {DEFAULT_CONFIG}, optional].")
@@ -53,7 +41,7 @@ def show_defaults() -> None:
 def main(config_path: str | None, check_config: bool, print_defaults: bool) -> None:
     """The slurmjwt token daemon (runs in the foreground)."""
     if print_defaults:
-        show_defaults()
+        click.echo(example_config(), nl=False)
         return
     try:
         config = load_config(config_path or DEFAULT_CONFIG, required=config_path is not None)
@@ -67,14 +55,36 @@ def main(config_path: str | None, check_config: bool, print_defaults: bool) -> N
         click.echo(f"slurmjwtd: configuration {config_path or DEFAULT_CONFIG} and key file "
                    f"{config.key_file} are valid")
         return
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, datefmt="%Y-%m-%dT%H:%M:%S%z",
-                        format="%(asctime)s slurmjwtd %(levelname)s %(message)s")
-    server = Server(DaemonState(config, signer, SessionRegistry(config.session_file)))
+    journal = service.journal_stream()
+    setup_logging(journal)
+    state = DaemonState(config, signer, SessionRegistry(config.session_file),
+                        audit=JournalAuditLog() if journal else AuditLog())
+    path = config_path or DEFAULT_CONFIG
+
+    def reload() -> tuple[Config, HS256Signer]:
+        fresh = load_config(path, required=config_path is not None)
+        return fresh, load_signer(fresh)
+
+    server = Server(state, reload, service.Notifier())
     try:
-        server.startup()
-    except (StartupError, OSError) as exc:
+        server.startup(service.inherited_listener())
+    except (StartupError, ValueError, OSError) as exc:
         fail(EXIT_RUNTIME, str(exc))
     try:
         server.serve()
     finally:
         server.shutdown()
+
+
+def setup_logging(journal: bool) -> None:
+    """The journal when systemd connected stderr to it, else stderr with timestamps."""
+    if journal:
+        from systemd.journal import JournalHandler
+        handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="slurmjwtd")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s slurmjwtd %(levelname)s %(message)s",
+                                               "%Y-%m-%dT%H:%M:%S%z"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)

@@ -10,6 +10,7 @@ its deadline. `_answer` is the one place where errors become protocol codes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import pwd
@@ -20,6 +21,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import __version__
 from .audit import AuditLog
@@ -27,6 +29,7 @@ from .config import Config
 from .policy import Account, Caller, Decision, decide_mint, decide_session_change
 from .protocol import (MAX_REQUEST, Code, ProtocolError, Request, encode_error, encode_ok,
                        parse_request)
+from .service import Notifier
 from .sessions import SessionRegistry
 from .signer import HS256Signer, Token, mint_token
 
@@ -35,6 +38,7 @@ _PEERCRED = struct.Struct("3i")
 _ACCEPT_BURST = 64  # connections taken per wakeup before serving other ready sockets
 _ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
 _PRUNE_INTERVAL = 60.0  # seconds between sweeps for sessions whose leader has gone
+_STATUS_INTERVAL = 1.0  # seconds between STATUS= updates to systemd, when the counters moved
 _NOWAIT = socket.MSG_DONTWAIT  # per call, which spares a fcntl per connection
 _OPERATIONS: dict[str, frozenset[str]] = {
     "MINT": frozenset({"user", "lifetime"}),
@@ -127,9 +131,17 @@ def bind_socket(path: str) -> socket.socket:
     return sock
 
 
+Loader = Callable[[], tuple[Config, HS256Signer]]
+
+
 class Server:
-    def __init__(self, state: DaemonState) -> None:
+    """Startup, serve until SIGTERM, shutdown; SIGHUP reloads the configuration and key."""
+
+    def __init__(self, state: DaemonState, load: Loader | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.state = state
+        self._load = load
+        self._notifier = notifier or Notifier()
         self._selector = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._bound_path: str | None = None
@@ -138,12 +150,17 @@ class Server:
         self._per_uid: collections.Counter[int] = collections.Counter()
         self._signals: list[int] = []
         self._stopping = False
-        self._resume_accept_at: float | None = None
-        self._next_prune = time.monotonic() + _PRUNE_INTERVAL
+        self._timers: dict[str, float] = {"prune": time.monotonic() + _PRUNE_INTERVAL}
+        if self._notifier.enabled:
+            self._timers["status"] = time.monotonic() + _STATUS_INTERVAL
+        if self._notifier.watchdog_interval:
+            self._timers["watchdog"] = time.monotonic()
+        self._status_shown = ""
         self._wakeup_r, self._wakeup_w = socket.socketpair()
 
     # -- life -------------------------------------------------------------------------------
     def startup(self, listener: socket.socket | None = None) -> None:
+        """Load the registry, listen (on LISTENER if systemd passed one), then say READY=1."""
         config = self.state.config
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:  # each waiting client holds a descriptor: allow as many as we may
@@ -163,10 +180,11 @@ class Server:
         self._wakeup_w.setblocking(False)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, "signal")
         signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         log.info("slurmjwtd %s ready: socket=%s signer=%s sessions=%d", __version__,
                  config.socket, self.state.signer.name, live)
+        self._notifier.send("READY=1", "STATUS=" + self._status_text())
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals.append(signum)
@@ -182,8 +200,8 @@ class Server:
                     self._read(key.data)
             now = time.monotonic()
             self._expire(now)
-            self._resume_accept(now)
-            self._keep_registry(now)
+            self._run_timers(now)
+            self._keep_registry()
 
     def shutdown(self) -> None:
         """Stop listening, let requests in flight finish (serve() did), save the registry."""
@@ -204,16 +222,42 @@ class Server:
         except BlockingIOError:
             pass
         signals, self._signals = self._signals, []
+        if signal.SIGHUP in signals and not self._stopping:
+            self.reload()
         if any(s in (signal.SIGTERM, signal.SIGINT) for s in signals) and not self._stopping:
             log.info("stopping: finishing %d request(s) in flight", len(self._pending))
+            self._notifier.send("STOPPING=1")
             self._stopping = True
             self._close_listener()
 
+    def reload(self) -> None:
+        """Re-read the configuration and the key; on any error keep both old ones.
+        Requests in flight finish, sessions stay, new tokens use the new key."""
+        if self._load is None:
+            log.warning("reload asked for, but this daemon has nothing to reload from")
+            return
+        self._notifier.send("RELOADING=1")
+        old = self.state.config
+        try:
+            config, signer = self._load()
+        except Exception as exc:  # ConfigError, KeyFileError, or anything a loader raises
+            log.error("reload refused, still serving with the old configuration and key: %s", exc)
+        else:
+            fixed = [k for k in ("socket", "session_file") if getattr(config, k) != getattr(old, k)]
+            if fixed:
+                log.warning("%s changed: that takes a restart; keeping %s until then",
+                            " and ".join(fixed), ", ".join(getattr(old, k) for k in fixed))
+                config = dataclasses.replace(config, socket=old.socket, session_file=old.session_file)
+            self.state.config, self.state.signer = config, signer
+            log.info("reloaded: key_file=%s signer=%s lifetime=%d", config.key_file, signer.name,
+                     config.lifetime)
+        self._notifier.send("READY=1", "STATUS=" + self._status_text())
+
     def _close_listener(self) -> None:
         assert self._listener is not None
-        if self._resume_accept_at is None:
+        if "resume_accept" not in self._timers:
             self._selector.unregister(self._listener)
-        self._resume_accept_at = None
+        self._timers.pop("resume_accept", None)
         self._listener.close()
         self._listener = None
         if self._bound_path is not None:
@@ -222,33 +266,54 @@ class Server:
             except FileNotFoundError:
                 pass
 
-    # -- connections ------------------------------------------------------------------------
+    # -- timers -----------------------------------------------------------------------------
     def _next_timeout(self) -> float:
-        deadlines = [self._next_prune]
-        if self._resume_accept_at is not None:
-            deadlines.append(self._resume_accept_at)
+        deadlines = list(self._timers.values())
         if self._pending:
             deadlines.append(next(iter(self._pending.values())).deadline)
         return max(0.0, min(deadlines) - time.monotonic())
 
-    def _keep_registry(self, now: float) -> None:
-        """Sweep out dead sessions now and then; save once per turn, whatever changed."""
+    def _run_timers(self, now: float) -> None:
+        for name, due in list(self._timers.items()):
+            if due <= now:
+                getattr(self, "_on_" + name)(now)
+
+    def _on_prune(self, now: float) -> None:
+        self._timers["prune"] = now + _PRUNE_INTERVAL
+        self.state.registry.prune()
+
+    def _on_resume_accept(self, now: float) -> None:
+        del self._timers["resume_accept"]
+        if self._listener is not None:
+            self._selector.register(self._listener, selectors.EVENT_READ, None)
+
+    def _on_status(self, now: float) -> None:
+        self._timers["status"] = now + _STATUS_INTERVAL
+        text = self._status_text()
+        if text != self._status_shown:
+            self._status_shown = text
+            self._notifier.send("STATUS=" + text)
+
+    def _on_watchdog(self, now: float) -> None:
+        assert self._notifier.watchdog_interval
+        self._timers["watchdog"] = now + self._notifier.watchdog_interval
+        self._notifier.send("WATCHDOG=1")
+
+    def _status_text(self) -> str:
+        counters = self.state.counters
+        return (f"{counters.granted} granted, {counters.refused} refused, "
+                f"{len(self.state.registry)} open sessions")
+
+    def _keep_registry(self) -> None:
+        """Save once per turn of the loop, whatever changed in it."""
         registry = self.state.registry
-        if now >= self._next_prune:
-            self._next_prune = now + _PRUNE_INTERVAL
-            registry.prune()
         if registry.dirty:
             try:
                 registry.save()
             except OSError as exc:
                 log.error("could not save sessions to %s: %s", registry.path, exc.strerror)
 
-    def _resume_accept(self, now: float) -> None:
-        if self._resume_accept_at is not None and self._resume_accept_at <= now:
-            self._resume_accept_at = None
-            if self._listener is not None:
-                self._selector.register(self._listener, selectors.EVENT_READ, None)
-
+    # -- connections ------------------------------------------------------------------------
     def _accept(self) -> None:
         assert self._listener is not None
         for _ in range(_ACCEPT_BURST):
@@ -260,7 +325,7 @@ class Server:
                 log.error("accept: %s; pausing new connections for %g s", exc.strerror,
                           _ACCEPT_PAUSE)
                 self._selector.unregister(self._listener)
-                self._resume_accept_at = time.monotonic() + _ACCEPT_PAUSE
+                self._timers["resume_accept"] = time.monotonic() + _ACCEPT_PAUSE
                 return
             caller = peer_caller(sock)
             if not caller.is_root and self._per_uid[caller.uid] >= self.state.config.max_clients_per_uid:

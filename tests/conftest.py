@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from slurmjwtd.client import call
-from slurmjwtd.main import toml_value
+from slurmjwtd.config import toml_value
 
 VENV = Path(os.environ.get("SLURMJWT_VENV", "/opt/slurmjwt/venv"))
 SLURMJWT = str(VENV / "bin" / "slurmjwt")
@@ -98,8 +98,9 @@ def workdir() -> Path:
 
 
 def make_key(path: Path, owner: str = "slurm", group: str = KEY_GROUP, mode: int = 0o640,
-             size: int = 32) -> bytes:
-    key = os.urandom(size)
+             size: int = 32, key: bytes | None = None) -> bytes:
+    """Write KEY (or SIZE random bytes) to PATH with OWNER, GROUP and MODE."""
+    key = os.urandom(size) if key is None else key
     path.write_bytes(key)
     shutil.chown(path, owner, group)
     os.chmod(path, mode)
@@ -113,11 +114,12 @@ class Daemon:
     dir: Path
     settings: dict[str, object] = field(default_factory=dict)
     prefix: tuple[str, ...] = ()  # a command to run the daemon under, e.g. prlimit
+    env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
     proc: subprocess.Popen | None = None
 
     @property
     def socket(self) -> str:
-        return str(self.dir / "sock")
+        return str(self.settings.get("socket", self.dir / "sock"))
 
     @property
     def key_file(self) -> Path:
@@ -132,14 +134,19 @@ class Daemon:
                   "key_file": str(self.key_file)} | self.settings
         return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
 
-    def start(self) -> "Daemon":
+    def prepare(self) -> list[str]:
+        """Make the directory, key and configuration; return the daemon's command line."""
         self.dir.mkdir(mode=0o755, exist_ok=True)
         if not self.key_file.exists():
             make_key(self.key_file)
         (self.dir / "slurmjwtd.toml").write_text(self.config_text())
-        log = open(self.dir / "daemon.log", "a")
-        self.proc = subprocess.Popen([*self.prefix, SLURMJWTD, "--config", str(self.dir / "slurmjwtd.toml")],
-                                     stdout=log, stderr=log)
+        return [SLURMJWTD, "--config", str(self.dir / "slurmjwtd.toml")]
+
+    def start(self) -> "Daemon":
+        argv = self.prepare()
+        with open(self.dir / "daemon.log", "a") as log:
+            self.proc = subprocess.Popen([*self.prefix, *argv], stdout=log, stderr=log,
+                                         env=os.environ | self.env)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -185,8 +192,10 @@ def make_daemon(users, workdir):
     """Start a daemon with its own directory and SETTINGS; stopped after the test."""
     started: list[Daemon] = []
 
-    def start(prefix: tuple[str, ...] = (), **settings: object) -> Daemon:
-        d = Daemon(workdir / f"d{next(_daemon_numbers)}", dict(settings), prefix)  # short: sun_path is 108 bytes
+    def start(prefix: tuple[str, ...] = (), env: dict[str, str] | None = None,
+              **settings: object) -> Daemon:
+        # a short directory name: a socket path must fit in 108 bytes
+        d = Daemon(workdir / f"d{next(_daemon_numbers)}", dict(settings), prefix, env or {})
         shutil.rmtree(d.dir, ignore_errors=True)
         started.append(d)
         return d.start()

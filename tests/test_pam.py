@@ -148,7 +148,7 @@ def test_pamtester_opens_and_closes(daemon, users, stacks):
     lines = [line for line in daemon.log.splitlines() if "rhost=198.51.100.4" in line]
     assert lines and "op=open" in lines[-1]
     session = lines[-1].split("session=")[1].split()[0]
-    assert f"op=close caller_uid=0" in daemon.log and f"session={session}" in daemon.log.split(
+    assert "op=close caller_uid=0" in daemon.log and f"session={session}" in daemon.log.split(
         "op=close")[-1]
 
 
