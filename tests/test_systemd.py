@@ -296,3 +296,81 @@ def test_a_test_user_cannot_read_the_key(users, daemon):
     result = run_as(users["alice"].pw_name, PYTHON, "-c",
                     f"open({str(daemon.key_file)!r}, 'rb').read()")
     assert result.returncode != 0 and "Permission denied" in result.stderr
+
+
+# -- the journal -------------------------------------------------------------------------------
+JOURNAL = Path("/run/systemd/journal/socket")
+
+
+@pytest.fixture
+def journal_socket():
+    """A datagram socket where journald's would be; the test reads what the daemon sends."""
+    saved = JOURNAL.with_name("socket.slurmjwt-test") if JOURNAL.exists() else None
+    if saved:
+        JOURNAL.rename(saved)
+    JOURNAL.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(JOURNAL))
+    sock.settimeout(5)
+    yield sock
+    sock.close()
+    JOURNAL.unlink(missing_ok=True)
+    if saved:
+        saved.rename(JOURNAL)
+
+
+def journal_entries(sock: socket.socket, until: str) -> list[dict[str, str]]:
+    entries = []
+    while True:
+        fields = dict(line.split("=", 1) for line in sock.recv(65536).decode().splitlines()
+                      if "=" in line)
+        entries.append(fields)
+        if until in fields.get("MESSAGE", ""):
+            return entries
+
+
+def test_under_systemd_decisions_go_to_the_journal_with_fields(workdir, users, leaders,
+                                                               journal_socket):
+    d = fresh_daemon(workdir / "journal")
+    argv = d.prepare()
+    with open(d.dir / "daemon.log", "w") as log:
+        st = os.fstat(log.fileno())  # what systemd sets when stderr is the journal stream
+        d.proc = subprocess.Popen(argv, stdout=log, stderr=log,
+                                  env=os.environ | {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    try:
+        entries = journal_entries(journal_socket, "ready")
+        alice = users["alice"].pw_name
+        leaders(d.socket, alice)
+        token = d.token_as(alice).stdout.strip().split("=", 1)[1]
+        entries += journal_entries(journal_socket, "op=mint")
+    finally:
+        assert d.stop() == 0
+    assert d.log == ""  # nothing on stderr: it all went to the journal
+    mint = entries[-1]
+    assert mint["SYSLOG_IDENTIFIER"] == "slurmjwtd" and mint["PRIORITY"] == "6"
+    assert mint["SLURMJWT_DECISION"] == "granted" and mint["SLURMJWT_USER"] == alice
+    assert mint["SLURMJWT_CALLER_UID"] == str(users["alice"].pw_uid)
+    assert mint["SLURMJWT_JTI"] in mint["MESSAGE"] and "SLURMJWT_EXP" in mint
+    opened = [e for e in entries if e.get("SLURMJWT_OP") == "open"]
+    assert opened and opened[0]["SLURMJWT_SESSION"]
+    assert not any(token in value or token.split(".")[2] in value
+                   for entry in entries for value in entry.values())
+
+
+# -- requests in flight --------------------------------------------------------------------------
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_a_request_in_flight_finishes_across_a_signal(make_daemon, users, signum):
+    d = make_daemon()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(d.socket)
+        s.sendall(b"SJWT/1 MINT user=")
+        mark = len(d.log)
+        d.proc.send_signal(signum)
+        wait_for_log(d, "reloaded" if signum == signal.SIGHUP else "stopping", mark)
+        s.sendall(users["alice"].pw_name.encode() + b"\n")
+        assert s.recv(4096).startswith(b"SJWT/1 OK token=")
+    if signum == signal.SIGTERM:
+        assert d.proc.wait(10) == 0
+    else:
+        assert call(d.socket, "STATUS").ok
