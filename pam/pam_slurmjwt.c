@@ -9,11 +9,17 @@
 #define PAM_SM_SESSION
 #include <security/pam_ext.h>
 #include <security/pam_modules.h>
+#include <security/pam_modutil.h>
 
+#include <errno.h>
+#include <fcntl.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
+#include <unistd.h>
 
 #include "sjwt_client.h"
 
@@ -25,6 +31,7 @@ struct options {
 	const char *socket;
 	int timeout_ms;
 	const char *env;
+	const char *tokendir; /* NULL: no token file */
 	int debug;
 };
 
@@ -40,6 +47,7 @@ static void parse_options(pam_handle_t *pamh, int argc, const char **argv, struc
 	opt->socket = "/run/slurmjwt/slurmjwtd.sock";
 	opt->timeout_ms = 2000;
 	opt->env = "SLURM_JWT";
+	opt->tokendir = "/run/slurmjwt-tokens";
 	opt->debug = 0;
 	for (int i = 0; i < argc; i++) {
 		const char *arg = argv[i];
@@ -54,6 +62,8 @@ static void parse_options(pam_handle_t *pamh, int argc, const char **argv, struc
 				pam_syslog(pamh, LOG_ERR, "ignoring %s: want 1 to 60000 ms", arg);
 		} else if (strncmp(arg, "env=", 4) == 0 && valid_env_name(arg + 4))
 			opt->env = arg + 4;
+		else if (strncmp(arg, "tokendir=", 9) == 0 && (arg[9] == '/' || strcmp(arg + 9, "none") == 0))
+			opt->tokendir = arg[9] == '/' ? arg + 9 : NULL;
 		else if (strcmp(arg, "debug") == 0)
 			opt->debug = 1;
 		else
@@ -107,7 +117,90 @@ static void free_data(pam_handle_t *pamh, void *data, int status)
 	free(data);
 }
 
-static int export_token(pam_handle_t *pamh, const struct options *opt, const char *answer)
+/* The user's token file, TOKENDIR/<uid>/token (slurmjwtd/tokenfile.py): TOKENDIR is
+ * root's, the <uid> directory the user's (0700), the file 0600 and replaced by rename.
+ * Root works inside a directory the user owns, so every step is relative to a
+ * descriptor opened without following links, and nothing is created that exists. */
+static int open_user_dir(pam_handle_t *pamh, const struct options *opt, const struct passwd *pw,
+			 int create)
+{
+	char name[24];
+	struct stat st;
+	int base, dir = -1;
+
+	if (create && mkdir(opt->tokendir, 0755) < 0 && errno != EEXIST)
+		goto fail;
+	base = open(opt->tokendir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (base < 0)
+		goto fail;
+	if (fstat(base, &st) < 0 || st.st_uid != 0 || (st.st_mode & 022)) {
+		pam_syslog(pamh, LOG_ERR, "%s must be root's and not writable by others", opt->tokendir);
+		close(base);
+		return -1;
+	}
+	snprintf(name, sizeof name, "%u", (unsigned)pw->pw_uid);
+	if (create && mkdirat(base, name, 0700) == 0 &&
+	    fchownat(base, name, pw->pw_uid, pw->pw_gid, AT_SYMLINK_NOFOLLOW) < 0)
+		unlinkat(base, name, AT_REMOVEDIR);
+	dir = openat(base, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	close(base);
+	if (dir >= 0 && (fstat(dir, &st) < 0 || st.st_uid != pw->pw_uid)) {
+		close(dir);
+		pam_syslog(pamh, LOG_ERR, "%s/%s is not %s's", opt->tokendir, name, pw->pw_name);
+		return -1;
+	}
+	if (dir >= 0 || !create)
+		return dir;
+fail:
+	pam_syslog(pamh, LOG_ERR, "token directory %s: %m", opt->tokendir);
+	return -1;
+}
+
+static void write_token_file(pam_handle_t *pamh, const struct options *opt, const char *user,
+			     const char *token)
+{
+	const struct passwd *pw = pam_modutil_getpwnam(pamh, user);
+	char tmp[32];
+	int dir, fd, ok = 0;
+
+	if (opt->tokendir == NULL || pw == NULL || (dir = open_user_dir(pamh, opt, pw, 1)) < 0)
+		return;
+	snprintf(tmp, sizeof tmp, ".token.%d", (int)getpid());
+	unlinkat(dir, tmp, 0);
+	fd = openat(dir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		size_t len = strlen(token);
+		ok = fchown(fd, pw->pw_uid, pw->pw_gid) == 0 &&
+		     write(fd, token, len) == (ssize_t)len && write(fd, "\n", 1) == 1;
+		ok = (close(fd) == 0) && ok && renameat(dir, tmp, dir, "token") == 0;
+		if (!ok)
+			unlinkat(dir, tmp, 0);
+	}
+	if (!ok)
+		pam_syslog(pamh, LOG_ERR, "token file for %s not written: %m", user);
+	close(dir);
+}
+
+static void remove_token_file(pam_handle_t *pamh, const struct options *opt, const char *user)
+{
+	const struct passwd *pw = pam_modutil_getpwnam(pamh, user);
+	char name[24];
+	int dir, base;
+
+	if (opt->tokendir == NULL || pw == NULL || (dir = open_user_dir(pamh, opt, pw, 0)) < 0)
+		return;
+	unlinkat(dir, "token", 0);
+	close(dir);
+	base = open(opt->tokendir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (base >= 0) {
+		snprintf(name, sizeof name, "%u", (unsigned)pw->pw_uid);
+		unlinkat(base, name, AT_REMOVEDIR); /* fails, harmlessly, if the user left files */
+		close(base);
+	}
+}
+
+static int export_token(pam_handle_t *pamh, const struct options *opt, const char *user,
+			const char *answer)
 {
 	char token[SJWT_MAX_ANSWER], session[64], env[MAX_ENV_NAME + 1 + SJWT_MAX_ANSWER];
 	char *saved;
@@ -131,8 +224,11 @@ static int export_token(pam_handle_t *pamh, const struct options *opt, const cha
 	rc = pam_putenv(pamh, env);
 	if (rc != PAM_SUCCESS)
 		pam_syslog(pamh, LOG_ERR, "pam_putenv(%s): %s", opt->env, pam_strerror(pamh, rc));
-	else if (opt->debug)
-		pam_syslog(pamh, LOG_DEBUG, "%s set, session %s", opt->env, session);
+	else {
+		write_token_file(pamh, opt, user, token);
+		if (opt->debug)
+			pam_syslog(pamh, LOG_DEBUG, "%s set, session %s", opt->env, session);
+	}
 out:
 	explicit_bzero(token, sizeof token);
 	explicit_bzero(env, sizeof env);
@@ -164,7 +260,7 @@ EXPORT int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const ch
 	else if (!sjwt_answer_ok(answer))
 		rc = refused(pamh, "token", user, answer);
 	else
-		rc = export_token(pamh, &opt, answer);
+		rc = export_token(pamh, &opt, user, answer);
 	explicit_bzero(answer, sizeof answer);
 	return rc;
 }
@@ -192,8 +288,13 @@ EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const c
 	else if (!sjwt_answer_ok(answer))
 		rc = refused(pamh, "close", user, answer);
 	else {
+		char remaining[16] = "";
+		sjwt_answer_field(answer, "remaining", remaining, sizeof remaining);
+		if (strcmp(remaining, "0") == 0)
+			remove_token_file(pamh, &opt, user);
 		if (opt.debug)
-			pam_syslog(pamh, LOG_DEBUG, "session %s closed", (const char *)session);
+			pam_syslog(pamh, LOG_DEBUG, "session %s closed, %s left", (const char *)session,
+				   remaining);
 		rc = PAM_SUCCESS;
 	}
 	pam_set_data(pamh, DATA_KEY, NULL, NULL);

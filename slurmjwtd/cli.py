@@ -27,13 +27,15 @@ import click
 
 from . import __version__
 from .client import BadAnswer, DaemonUnreachable, call
-from .config import DEFAULT_SOCKET
+from .config import DEFAULT_CONFIG, DEFAULT_SOCKET, Config, ConfigError, load_config
 from .protocol import Response
+from .tokenfile import read_token_file, token_path, write_token_file
 
-EXIT_ERROR, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NO_SESSION = 1, 3, 4, 5
+EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NO_SESSION = 1, 2, 3, 4, 5
 EXIT_DAEMON, EXIT_NO_TOKEN, EXIT_KEYGEN = 6, 7, 8
 _DAEMON_SIDE = {"busy", "timeout", "internal", "too-large", "unsupported-version"}
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 DEFAULT_KEY = "/var/lib/slurm/jwt_hs256.key"
 
 
@@ -48,9 +50,16 @@ class Failure(click.ClickException):
         click.echo(f"slurmjwt: {self.message}", err=True)
 
 
-def ask(ctx: click.Context, op: str, args: dict[str, object] | None = None) -> Response:
+def variable_name() -> str:
+    """The variable the site keeps the token in: $SLURMJWT_VARIABLE, else SLURM_JWT."""
+    name = os.environ.get("SLURMJWT_VARIABLE", "")
+    return name if _NAME.match(name) else "SLURM_JWT"
+
+
+def ask(ctx: click.Context, op: str, args: dict[str, object] | None = None,
+        timeout: float = 5.0) -> Response:
     try:
-        answer = call(ctx.obj, op, args)
+        answer = call(ctx.obj, op, args, timeout=timeout)
     except DaemonUnreachable as exc:
         raise Failure(EXIT_UNREACHABLE, f"{exc} (is slurmjwtd running? systemctl status slurmjwtd)")
     except BadAnswer as exc:
@@ -62,15 +71,34 @@ def ask(ctx: click.Context, op: str, args: dict[str, object] | None = None) -> R
     return answer
 
 
-def get_token(ctx: click.Context, user: str | None, lifetime: int | None) -> str:
+def get_token(ctx: click.Context, user: str | None, lifetime: int | None,
+              timeout: float = 5.0) -> str:
+    """A new token from the daemon; one's own also replaces one's token file."""
     args: dict[str, object] = {}
     if user is not None:
         args["user"] = user
     if lifetime is not None:
         args["lifetime"] = lifetime
-    token = ask(ctx, "MINT", args).fields.get("token", "")
+    token = ask(ctx, "MINT", args, timeout).fields.get("token", "")
     if not _JWT.match(token):  # refresh output is eval'd by shells: accept nothing else
         raise Failure(EXIT_DAEMON, "slurmjwtd answered without a well-formed token")
+    if user is None:
+        try:
+            write_token_file(token, os.getuid())
+        except OSError as exc:
+            click.echo(f"slurmjwt: warning: token file not replaced: {exc}", err=True)
+    return token
+
+
+def current_token(explicit: str | None = None) -> str:
+    """TOKEN, or - for stdin, else the variable, else the token file."""
+    if explicit == "-":
+        explicit = sys.stdin.readline()
+    token = (explicit or os.environ.get(variable_name(), "")).strip()
+    token = token or read_token_file(os.getuid()) or ""
+    if not token:
+        raise Failure(EXIT_NO_TOKEN, f"no token: {variable_name()} is not set and there is no "
+                                     f"token file (run: eval \"$(slurmjwt refresh)\")")
     return token
 
 
@@ -80,7 +108,9 @@ def get_token(ctx: click.Context, user: str | None, lifetime: int | None) -> str
 @click.version_option(__version__, prog_name="slurmjwt")
 @click.pass_context
 def main(ctx: click.Context, socket_path: str) -> None:
-    """Get and inspect short-lived Slurm JWTs from slurmjwtd."""
+    """Get and inspect short-lived Slurm JWTs from slurmjwtd.
+
+    The token's variable is $SLURMJWT_VARIABLE, else SLURM_JWT."""
     ctx.obj = socket_path
 
 
@@ -91,18 +121,30 @@ lifetime_option = click.option("--lifetime", type=click.IntRange(min=1), metavar
 @main.command()
 @lifetime_option
 @click.option("--user", metavar="USER", help="Mint for USER (root only).")
+@click.option("--file", "show_file", is_flag=True,
+              help="Print the path of your token file instead (exit 7 if there is none).")
 @click.pass_context
-def token(ctx: click.Context, lifetime: int | None, user: str | None) -> None:
+def token(ctx: click.Context, lifetime: int | None, user: str | None, show_file: bool) -> None:
     """Print SLURM_JWT=<token>, as `scontrol token` does."""
-    click.echo(f"SLURM_JWT={get_token(ctx, user, lifetime)}")
+    if show_file:
+        path = token_path(os.getuid())
+        click.echo(path)
+        if not os.path.exists(path):
+            raise Failure(EXIT_NO_TOKEN, f"{path} does not exist (it is made at login)")
+        return
+    click.echo(f"{variable_name()}={get_token(ctx, user, lifetime)}")
 
 
 @main.command()
 @lifetime_option
+@click.option("--csh", is_flag=True, help="Print `setenv NAME <token>` for csh and tcsh.")
+@click.option("--timeout", type=click.FloatRange(min=0.01, max=60), default=5.0, show_default=True,
+              metavar="SECONDS", help="Give up after this long.")
 @click.pass_context
-def refresh(ctx: click.Context, lifetime: int | None) -> None:
+def refresh(ctx: click.Context, lifetime: int | None, csh: bool, timeout: float) -> None:
     """Print `export SLURM_JWT=<token>`, for eval "$(slurmjwt refresh)"."""
-    click.echo(f"export SLURM_JWT={get_token(ctx, None, lifetime)}")
+    token = get_token(ctx, None, lifetime, timeout)
+    click.echo(f"setenv {variable_name()} {token}" if csh else f"export {variable_name()}={token}")
 
 
 def decode_claims(token: str) -> dict[str, object]:
@@ -120,11 +162,11 @@ def decode_claims(token: str) -> dict[str, object]:
     return claims
 
 
-def describe_left(seconds: int) -> str:
+def describe_span(seconds: int) -> str:
     span = abs(seconds)
-    text = f"{span // 3600}h {span % 3600 // 60:02d}m {span % 60:02d}s" if span >= 3600 else \
-        f"{span // 60}m {span % 60:02d}s"
-    return text if seconds >= 0 else f"expired {text} ago"
+    if span >= 3600:
+        return f"{span // 3600}h {span % 3600 // 60:02d}m {span % 60:02d}s"
+    return f"{span // 60}m {span % 60:02d}s"
 
 
 def local_time(epoch: object) -> str:
@@ -133,27 +175,106 @@ def local_time(epoch: object) -> str:
     return datetime.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-@main.command()
-@click.argument("token_arg", metavar="[TOKEN]", required=False)
-def show(token_arg: str | None) -> None:
-    """Decode $SLURM_JWT (or TOKEN, or - for stdin) without the key."""
-    if token_arg == "-":
-        token_arg = sys.stdin.readline()
-    token = token_arg or os.environ.get("SLURM_JWT", "")
-    if not token.strip():
-        raise Failure(EXIT_NO_TOKEN, "no token: SLURM_JWT is not set (run: eval \"$(slurmjwt refresh)\")")
+def token_facts(token: str) -> dict[str, object]:
     try:
         claims = decode_claims(token)
     except ValueError as exc:
         raise Failure(EXIT_NO_TOKEN, str(exc))
-    exp = claims.get("exp")
-    left = describe_left(exp - int(time.time())) if isinstance(exp, int) else "unknown"
-    click.echo(f"user:    {claims.get('sun', claims.get('username', 'unknown'))}")
-    click.echo(f"issued:  {local_time(claims.get('iat'))}")
-    click.echo(f"expires: {local_time(exp)}")
-    click.echo(f"left:    {left}")
-    if "jti" in claims:
-        click.echo(f"jti:     {claims['jti']}")
+    exp = claims.get("exp") if isinstance(claims.get("exp"), int) else None
+    left = exp - int(time.time()) if exp is not None else None
+    return {"user": claims.get("sun", claims.get("username")), "issued": claims.get("iat"),
+            "expires": exp, "left": left, "expired": left is not None and left <= 0,
+            "jti": claims.get("jti")}
+
+
+@main.command()
+@click.argument("token_arg", metavar="[TOKEN|-]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+def show(token_arg: str | None, as_json: bool) -> None:
+    """Who $SLURM_JWT (or TOKEN, or - for stdin, or the token file) is for, and until when.
+
+    Decoded without the key: nothing here is verified."""
+    facts = token_facts(current_token(token_arg))
+    if as_json:
+        click.echo(json.dumps(facts))
+        return
+    left = facts["left"]
+    click.echo(f"user:    {facts['user'] or 'unknown'}")
+    click.echo(f"issued:  {local_time(facts['issued'])}")
+    click.echo(f"expires: {local_time(facts['expires'])}")
+    if left is None:
+        click.echo("left:    unknown")
+    elif facts["expired"]:
+        click.echo(f"left:    none: expired {describe_span(left)} ago (run: eval \"$(slurmjwt refresh)\")")
+    else:
+        click.echo(f"left:    {describe_span(left)}")
+    if facts["jti"]:
+        click.echo(f"jti:     {facts['jti']}")
+
+
+def usable_token() -> tuple[str, str]:
+    """(user, token) of the current token, refusing an expired one."""
+    token = current_token()
+    facts = token_facts(token)
+    if facts["expired"] or not facts["user"]:
+        raise Failure(EXIT_NO_TOKEN, f"the current token has expired or names no user "
+                                     f"(run: eval \"$(slurmjwt refresh)\")")
+    return str(facts["user"]), token
+
+
+@main.command()
+def headers() -> None:
+    """Print the X-SLURM-USER-NAME and X-SLURM-USER-TOKEN header lines for slurmrestd."""
+    user, token = usable_token()
+    click.echo(f"X-SLURM-USER-NAME: {user}\nX-SLURM-USER-TOKEN: {token}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
+def curl(args: tuple[str, ...]) -> None:
+    """curl [CURL ARGS] PATH against slurmrestd, with the headers filled in.
+
+    The URL is $SLURMRESTD_URL, else slurmrestd_url in slurmjwtd.toml, followed by PATH.
+    The token reaches curl through a pipe (-H @/dev/fd/N), never its command line."""
+    *options, path = args
+    if not path.startswith("/"):
+        raise Failure(EXIT_USAGE, f"the last argument must be a path on slurmrestd, like "
+                                  f"/slurm/v0.0.38/ping (got {path!r})")
+    base = os.environ.get("SLURMRESTD_URL") or site_config().slurmrestd_url
+    user, token = usable_token()
+    read_end, write_end = os.pipe()
+    os.write(write_end, f"X-SLURM-USER-NAME: {user}\nX-SLURM-USER-TOKEN: {token}\n".encode())
+    os.close(write_end)
+    os.set_inheritable(read_end, True)
+    try:
+        os.execvp("curl", ["curl", "-H", f"@/dev/fd/{read_end}", *options,
+                           base.rstrip("/") + path])
+    except OSError as exc:
+        raise Failure(EXIT_ERROR, f"cannot run curl: {exc.strerror} (apt-get install curl)")
+
+
+def site_config() -> Config:
+    path = os.environ.get("SLURMJWT_CONFIG") or DEFAULT_CONFIG
+    try:
+        return load_config(path, required=False)
+    except ConfigError as exc:
+        raise Failure(EXIT_ERROR, str(exc))
+
+
+@main.command()
+@click.option("--config", "config_path", default=DEFAULT_CONFIG, metavar="PATH",
+              help="slurmjwtd's configuration.")
+@click.option("--slurm-conf", default="/etc/slurm/slurm.conf", metavar="PATH", help="slurm.conf to check.")
+@click.option("--pam-file", default="/etc/pam.d/sshd", metavar="PATH", help="sshd's PAM stack.")
+@click.option("--sshd-config", default="/etc/ssh/sshd_config", metavar="PATH",
+              help="sshd's configuration.")
+@click.pass_context
+def doctor(ctx: click.Context, config_path: str, slurm_conf: str, pam_file: str,
+           sshd_config: str) -> None:
+    """Check this login node's setup (for admins); non-zero exit when something is wrong."""
+    from .doctor import run_checks
+    sys.exit(run_checks(socket=ctx.obj, config=config_path, slurm_conf=slurm_conf,
+                        pam_file=pam_file, sshd_config=sshd_config))
 
 
 @main.command()

@@ -48,6 +48,8 @@ class Config:
         "Seconds a client has to send its whole request before it is dropped.", min=0.01, max=60))
     max_clients_per_uid: int = field(default=32, metadata=_doc(
         "Connections one uid may have open at once; more are refused with `busy`.", min=1))
+    slurmrestd_url: str = field(default="http://localhost:6820", metadata=_doc(
+        "Where `slurmjwt curl` sends requests ($SLURMRESTD_URL overrides it).", url=True))
 
     def __post_init__(self) -> None:
         if self.lifetime > self.max_lifetime:
@@ -84,6 +86,8 @@ def _check_value(f: dataclasses.Field, value: Any) -> Any:
         raise ConfigError(f"key '{f.name}': {value} is below the minimum {meta['min']}")
     if "max" in meta and value > meta["max"]:
         raise ConfigError(f"key '{f.name}': {value} is above the maximum {meta['max']}")
+    if meta.get("url") and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"key '{f.name}': {value!r} is not an http:// or https:// URL")
     if meta.get("path") and not os.path.isabs(value):
         raise ConfigError(f"key '{f.name}': {value!r} is not an absolute path")
     if kind is str and (not value or "\0" in value):

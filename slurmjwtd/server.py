@@ -494,7 +494,8 @@ class Server:
                                f"no open session {session_id}", session=session_id)
         self._grant("close", caller, user=session.user, uid=session.uid, session=session.id,
                     reason="root-request")
-        return {"session": session.id, "user": session.user}
+        remaining = self.state.registry.live_count(session.uid)
+        return {"session": session.id, "user": session.user, "remaining": remaining}
 
     def _op_status(self, caller: Caller, request: Request) -> dict[str, object]:
         state = self.state

@@ -123,6 +123,13 @@ class SessionRegistry:
             self._remove(session)
         return session
 
+    def live_count(self, uid: int) -> int:
+        """How many live sessions UID has; dead ones are dropped."""
+        for session in list(self._by_uid.get(uid, {}).values()):
+            if not session.is_live():
+                self._remove(session)
+        return len(self._by_uid.get(uid, ()))
+
     def has_live_session(self, uid: int) -> bool:
         """Whether UID has a session whose leader lives; dead ones met on the way are dropped."""
         for session in list(self._by_uid.get(uid, {}).values()):

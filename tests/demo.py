@@ -69,7 +69,7 @@ def main() -> int:
         show(run_as(USER, SLURMJWT, "status", env=env))
 
         step(f"sshd on 127.0.0.1:{PORT}, PAM service {SERVICE}: /etc/pam.d/{SERVICE} reads")
-        sshd = SshServer(DEMO_DIR / "sshd", pam_stack(daemon.socket), port=PORT, service=SERVICE)
+        sshd = SshServer(DEMO_DIR / "sshd", pam_stack(daemon.socket, tokendir=DEMO_DIR / "tokens"), port=PORT, service=SERVICE)
         sshd.add_key(USER)
         sshd.start()
         print("   " + sshd.pam_text.rstrip().replace("\n", "\n   "))

@@ -28,6 +28,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from conftest import WORK
+
 SSHD = "/usr/sbin/sshd"
 SSH = "/usr/bin/ssh"
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
@@ -42,7 +44,7 @@ class SshError(RuntimeError):
 
 
 def pam_stack(socket_path: str, *args: str, module: Path = PAM_MODULE,
-              timeout_ms: int = 2000) -> list[str]:
+              timeout_ms: int = 2000, tokendir: Path = WORK / "tokens") -> list[str]:
     """A minimal sshd PAM stack for key logins with pam_slurmjwt in the session stack.
 
     sshd runs no PAM auth for a key login; account is pam_unix (expiry only: a locked
@@ -53,7 +55,8 @@ def pam_stack(socket_path: str, *args: str, module: Path = PAM_MODULE,
     return [
         "account  required pam_unix.so",
         "session  required pam_permit.so",
-        f"session  optional {module} socket={socket_path} timeout={timeout_ms} {' '.join(args)}".rstrip(),
+        f"session  optional {module} socket={socket_path} timeout={timeout_ms} tokendir={tokendir} "
+        f"{' '.join(args)}".rstrip(),
     ]
 
 

@@ -21,7 +21,7 @@ import jwt
 import pam
 import pytest
 
-from conftest import MODULE, SLURMJWT, run_as
+from conftest import MODULE, SLURMJWT, WORK, run_as
 
 TIMEOUT_MS = 400
 SERVICES = ("sjt-pam-optional", "sjt-pam-required")
@@ -35,7 +35,8 @@ def write_service(name: str, socket_path: str, control: str, extra: str = "") ->
         "auth required pam_permit.so\n"
         "account required pam_permit.so\n"
         "session required pam_permit.so\n"
-        f"session {control} {MODULE} socket={socket_path} timeout={TIMEOUT_MS} {extra}\n")
+        f"session {control} {MODULE} socket={socket_path} timeout={TIMEOUT_MS} "
+        f"{extra if 'tokendir=' in extra else f'tokendir={WORK}/tokens {extra}'}\n")
 
 
 @pytest.fixture
