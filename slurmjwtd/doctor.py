@@ -1,0 +1,406 @@
+"""`slurmjwt doctor`: checks a login node's setup; each finding says what, why and the fix.
+
+Checks, in order: the daemon answers; its configuration is valid; its key file passes the
+daemon's own checks (keyfile.read_key); slurm.conf has AuthAltTypes=auth/jwt and a jwt_key
+holding the same bytes as the daemon's key; sshd's PAM stack runs pam_slurmjwt.so in its session
+phase and sshd has UsePAM yes; the clock is synchronised; and, as a warning, that interactive
+srun breaks when MUNGE is on the host and the token is exported as SLURM_JWT.
+
+The parsers below are pure (files in, values out) and follow each program's own rules:
+slurm.conf (keys case-insensitive, last value wins, `Include` followed relative to slurm.conf's
+directory, %c expanded), PAM (`@include`, `include`/`substack` controls, relative to the stack's
+directory) and sshd_config (first value wins, `Include` globs relative to /etc/ssh, nothing
+after `Match` counts). Key bytes and tokens are never printed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hmac
+import os
+import pwd
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from .client import BadAnswer, DaemonUnreachable, call
+from .config import Config, ConfigError, load_config
+from .keyfile import MAX_KEY_BYTES, KeyFileError, allowed_owners, read_key
+
+OK, WARNING, PROBLEM, SKIP = "ok", "WARNING", "PROBLEM", "skip"
+DAEMON_USER = "slurmjwt"  # the unit's User=, which may also own the key
+MODULE = "pam_slurmjwt.so"
+PAM_DIRS = [*sorted(glob.glob("/lib/*/security")), *sorted(glob.glob("/usr/lib/*/security")),
+            "/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security"]
+SSH_DIR = "/etc/ssh"
+MUNGE_FILES = ("/run/munge/munged.pid", "/etc/munge/munge.key")
+PROFILE = "/etc/profile.d/slurmjwt.sh"
+MAX_DEPTH = 16  # include nesting, against loops
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # OK, WARNING, PROBLEM or SKIP
+    topic: str
+    what: str
+    why: str = ""
+    fix: str = ""
+
+    def render(self) -> str:
+        lines = [f"{self.level:<8}{self.topic}: {self.what}"]
+        lines += [f"{'':8}{label}: {text}" for label, text in (("why", self.why), ("fix", self.fix))
+                  if text and self.level != OK]
+        return "\n".join(lines)
+
+
+# -- parsers --------------------------------------------------------------------------------
+
+def _logical_lines(path: str) -> list[tuple[int, str]]:
+    """(line number, text) of PATH, backslash-newline continuations joined."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        raw = fh.read().split("\n")
+    out: list[tuple[int, str]] = []
+    pending, start = "", 0
+    for number, text in enumerate(raw, 1):
+        if not pending:
+            start = number
+        if text.endswith("\\"):
+            pending += text[:-1]
+            continue
+        out.append((start, pending + text))
+        pending = ""
+    if pending:
+        out.append((start, pending))
+    return out
+
+
+_SLURM_PAIR = re.compile(r'([A-Za-z0-9_.]+)\s*=\s*("[^"]*"|\S+)')
+
+
+def parse_slurm_conf(path: str, values: dict[str, str] | None = None, depth: int = 0) -> dict[str, str]:
+    """slurm.conf's KEY=VALUE pairs, keys lower-cased, the last value of a key winning as in
+    Slurm; `Include FILE` lines are followed. Raises OSError (with .filename) on a missing file."""
+    values = {} if values is None else values
+    for _, line in _logical_lines(path):
+        line = re.sub(r"(?<!\\)#.*", "", line).replace("\\#", "#").strip()
+        include = re.match(r"include\s+(\S.*)", line, re.IGNORECASE)
+        if include and depth < MAX_DEPTH:
+            name = include.group(1).strip().replace("%c", values.get("clustername", "%c"))
+            parse_slurm_conf(os.path.join(os.path.dirname(path), name), values, depth + 1)
+            continue
+        for key, value in _SLURM_PAIR.findall(line):
+            values[key.lower()] = value[1:-1] if value.startswith('"') else value
+    return values
+
+
+def alt_parameters(text: str) -> dict[str, str]:
+    """AuthAltParameters=jwt_key=/k,jwks=/j,disable_token_creation -> {name: value}."""
+    params = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        params[name.strip().lower()] = value.strip()
+    return params
+
+
+@dataclass
+class PamLine:
+    where: str  # file:line
+    type: str  # session, auth, ...; without a leading "-"
+    control: str
+    module: str
+    args: list[str]
+
+
+@dataclass
+class PamStack:
+    lines: list[PamLine] = field(default_factory=list)
+    commented: list[str] = field(default_factory=list)  # file:line of commented-out mentions of MODULE
+
+
+def _pam_words(text: str) -> list[str]:
+    """Split a PAM line, keeping a bracketed control ([a=b c=d]) as one word."""
+    return re.findall(r"\[[^\]]*\]|\S+", text)
+
+
+def parse_pam(path: str, only: str | None = None, stack: PamStack | None = None,
+              depth: int = 0) -> PamStack:
+    """The lines of a PAM stack, following `@include FILE` and `TYPE include|substack FILE`
+    (relative names are looked up in PATH's directory, /etc/pam.d for the real stack).
+    ONLY keeps one type, as `session include` does. Raises OSError on a missing PATH."""
+    stack = PamStack() if stack is None else stack
+    base = os.path.dirname(path)
+    for number, line in _logical_lines(path):
+        where = f"{path}:{number}"
+        text, _, comment = line.partition("#")
+        if MODULE in comment:
+            stack.commented.append(where)
+        words = _pam_words(text)
+        if not words:
+            continue
+        if words[0] == "@include" and len(words) > 1:
+            _pam_include(os.path.join(base, words[1]), only, stack, depth)
+            continue
+        if len(words) < 3:
+            continue
+        kind = words[0].lstrip("-").lower()
+        if only and kind != only:
+            continue
+        if words[1] in ("include", "substack"):
+            _pam_include(os.path.join(base, words[2]), kind, stack, depth)
+            continue
+        stack.lines.append(PamLine(where, kind, words[1], words[2], words[3:]))
+    return stack
+
+
+def _pam_include(path: str, only: str | None, stack: PamStack, depth: int) -> None:
+    if depth < MAX_DEPTH and os.path.isfile(path):  # PAM skips a missing include with a log line
+        parse_pam(path, only, stack, depth + 1)
+
+
+def find_module(name: str, dirs: list[str] = PAM_DIRS) -> str | None:
+    """The file PAM would load for a module named NAME, or None."""
+    if os.path.isabs(name):
+        return name if os.path.isfile(name) else None
+    return next((os.path.join(d, name) for d in dirs if os.path.isfile(os.path.join(d, name))), None)
+
+
+def sshd_option(path: str, keyword: str, ssh_dir: str = SSH_DIR,
+                depth: int = 0) -> tuple[str, str] | None:
+    """(value, file:line) of KEYWORD's first setting, which is the one sshd keeps, following
+    `Include` globs (relative to SSH_DIR); lines after a `Match` are conditional and skipped.
+    None if it is not set. Raises OSError on a missing PATH."""
+    for number, line in _logical_lines(path):
+        words = re.match(r"\s*([^\s=#]+)(?:\s*=\s*|\s+)?(.*)", line)
+        if not words:
+            continue
+        name, rest = words.group(1).lower(), words.group(2).split("#", 1)[0].split()
+        if name == "match":
+            return None
+        if name == "include" and depth < MAX_DEPTH:
+            for pattern in rest:
+                for included in sorted(glob.glob(os.path.join(ssh_dir, pattern))):
+                    found = sshd_option(included, keyword, ssh_dir, depth + 1)
+                    if found:
+                        return found
+        elif name == keyword.lower() and rest:
+            return rest[0].strip('"').lower(), f"{path}:{number}"
+    return None
+
+
+# -- the clock ------------------------------------------------------------------------------
+
+class _Timex(ctypes.Structure):  # struct timex: the fields read here, then room for the rest
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                ("_rest", ctypes.c_byte * 256)]
+
+
+STA_UNSYNC, TIME_ERROR = 0x0040, 5
+
+
+def read_clock() -> tuple[bool, str]:
+    """(synchronised?, detail) from the kernel: adjtimex(2) with modes 0 only reads, unprivileged."""
+    timex = _Timex()
+    libc = ctypes.CDLL(None, use_errno=True)
+    state = libc.adjtimex(ctypes.byref(timex))
+    if state < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    synced = state != TIME_ERROR and not timex.status & STA_UNSYNC
+    return synced, f"maximum error {timex.maxerror / 1000:g} ms"
+
+
+# -- the checks -----------------------------------------------------------------------------
+
+def check_daemon(socket: str) -> Finding:
+    fix = "systemctl start slurmjwtd.socket (why it stopped: journalctl -u slurmjwtd)"
+    why = "without the daemon no login gets a token and `slurmjwt refresh` fails"
+    try:
+        answer = call(socket, "STATUS", timeout=5)
+    except (DaemonUnreachable, BadAnswer) as exc:
+        return Finding(PROBLEM, "daemon", str(exc), why, fix)
+    if not answer.ok:
+        return Finding(PROBLEM, "daemon", f"slurmjwtd on {socket} refused STATUS ({answer.code}): "
+                       f"{answer.message}", why, "journalctl -u slurmjwtd")
+    fields = answer.fields
+    return Finding(OK, "daemon", f"slurmjwtd {fields.get('version', '?')} answers on {socket} "
+                   f"(signer {fields.get('signer', '?')})")
+
+
+def check_config(path: str) -> tuple[Config | None, Finding]:
+    try:
+        config = load_config(path, required=False)
+    except ConfigError as exc:
+        return None, Finding(PROBLEM, "configuration", str(exc),
+                             "slurmjwtd refuses to start, or to reload, with it",
+                             f"correct it, then: slurmjwtd --config {path} --check-config")
+    state = "is valid" if os.path.exists(path) else "does not exist: the defaults apply"
+    return config, Finding(OK, "configuration", f"{path} {state} (key_file {config.key_file})")
+
+
+def check_key(config: Config | None) -> Finding:
+    if config is None:
+        return Finding(SKIP, "key", "not checked: the configuration is invalid")
+    if os.geteuid() != 0:
+        return Finding(SKIP, "key", "not checked: run slurmjwt doctor as root to check the key")
+    owners = allowed_owners(config.slurm_user)
+    try:
+        owners[pwd.getpwnam(DAEMON_USER).pw_uid] = DAEMON_USER
+    except KeyError:
+        pass
+    try:
+        read_key(config.key_file, owners)
+    except KeyFileError as exc:
+        what, _, fix = str(exc).removeprefix(f"key file {config.key_file}: ").partition("; ")
+        return Finding(PROBLEM, "key", f"key file {config.key_file}: {what}",
+                       "slurmjwtd refuses to start with it (it checks its key as munged does); "
+                       "whoever can read or replace the key can mint a token for any user, root included",
+                       fix.removeprefix("fix: ") or "slurmjwtd --check-config")
+    return Finding(OK, "key", f"key file {config.key_file}: owner, mode, size and directories are safe")
+
+
+def _read_key_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(MAX_KEY_BYTES + 1)
+
+
+def check_slurm_conf(path: str, config: Config | None, config_path: str) -> list[Finding]:
+    restart = "restart slurmctld (and slurmrestd): Slurm reads these only at start"
+    try:
+        values = parse_slurm_conf(path)
+    except OSError as exc:
+        return [Finding(PROBLEM, "slurm.conf", f"{exc.filename}: {exc.strerror}",
+                        "Slurm's commands on this node read it, and it must name the key tokens "
+                        "are verified with", "copy the cluster's slurm.conf there, or name it with "
+                        "--slurm-conf PATH")]
+    types = [t.strip().lower() for t in values.get("authalttypes", "").split(",")]
+    if "auth/jwt" not in types:
+        return [Finding(PROBLEM, "slurm.conf", f"{path}: AuthAltTypes does not include auth/jwt",
+                        "slurmctld refuses every JWT, so no token from slurmjwtd works",
+                        f"add AuthAltTypes=auth/jwt to slurm.conf on every node, then {restart}")]
+    jwt_key = alt_parameters(values.get("authaltparameters", "")).get("jwt_key")
+    key_file = config.key_file if config else "/var/lib/slurm/jwt_hs256.key"
+    if not jwt_key:
+        return [Finding(PROBLEM, "slurm.conf", f"{path}: AuthAltParameters has no jwt_key=",
+                        "slurmctld has no HS256 key to verify slurmjwtd's tokens with",
+                        f"add AuthAltParameters=jwt_key={key_file} to slurm.conf on every node, "
+                        f"then {restart}")]
+    if config is None:
+        return [Finding(SKIP, "slurm.conf", f"jwt_key={jwt_key} not compared: the configuration is invalid")]
+    if os.geteuid() != 0:
+        return [Finding(SKIP, "slurm.conf", f"jwt_key={jwt_key} not compared with the daemon's key: "
+                        "run slurmjwt doctor as root")]
+    try:
+        theirs = _read_key_bytes(jwt_key)
+    except OSError as exc:
+        return [Finding(PROBLEM, "slurm.conf", f"jwt_key={jwt_key}: {exc.strerror}",
+                        "the key slurmctld verifies with must be the key slurmjwtd signs with",
+                        f"copy the controller's key to {jwt_key} (slurm:slurmjwt 0640) and set "
+                        f"key_file = \"{jwt_key}\" in {config_path}, then: systemctl reload slurmjwtd")]
+    try:
+        ours = _read_key_bytes(key_file)
+    except OSError:
+        return [Finding(SKIP, "slurm.conf", f"jwt_key={jwt_key} not compared: slurmjwtd's key file "
+                        f"{key_file} cannot be read (see key)")]
+    if not hmac.compare_digest(theirs, ours):
+        return [Finding(PROBLEM, "slurm.conf", f"jwt_key={jwt_key} and slurmjwtd's key_file "
+                        f"{key_file} hold different keys",
+                        "slurmctld verifies with jwt_key: it refuses every token slurmjwtd signs",
+                        f"use one key: set key_file = \"{jwt_key}\" in {config_path} (then: "
+                        f"systemctl reload slurmjwtd), or copy the controller's key to both")]
+    return [Finding(OK, "slurm.conf", f"{path}: AuthAltTypes has auth/jwt and jwt_key={jwt_key} "
+                    f"holds slurmjwtd's key")]
+
+
+def check_pam(path: str) -> tuple[list[PamLine], Finding]:
+    line = f"session optional {MODULE}"
+    try:
+        stack = parse_pam(path)
+    except OSError as exc:
+        return [], Finding(PROBLEM, "pam", f"{path}: {exc.strerror}", "sshd logins run no "
+                           "session module from it", "name sshd's PAM stack with --pam-file PATH")
+    ours = [x for x in stack.lines if x.type == "session" and os.path.basename(x.module) == MODULE]
+    if not ours:
+        commented = f" (commented out at {', '.join(stack.commented)})" if stack.commented else ""
+        return [], Finding(PROBLEM, "pam", f"{path} has no session line with {MODULE}{commented}",
+                           "SSH logins get no token: the variable is never set",
+                           f"echo '{line}' >> {path}")
+    missing = [x for x in ours if not find_module(x.module)]
+    if missing:
+        return ours, Finding(PROBLEM, "pam", f"{missing[0].where}: {missing[0].module} is not "
+                             f"installed", "PAM skips the line: SSH logins get no token",
+                             "make install (in the slurmjwt source tree), or install -m 0644 "
+                             f"pam/{MODULE} into the PAM module directory")
+    return ours, Finding(OK, "pam", f"{ours[0].where}: session {ours[0].control} {ours[0].module}")
+
+
+def check_sshd(path: str) -> Finding:
+    why = "without UsePAM yes sshd runs no PAM session, so pam_slurmjwt.so never runs"
+    reload = "then: systemctl reload ssh"
+    try:
+        found = sshd_option(path, "UsePAM")
+    except OSError as exc:
+        return Finding(PROBLEM, "sshd", f"{path}: {exc.strerror}", why,
+                       "name sshd's configuration with --sshd-config PATH")
+    if found is None:
+        return Finding(PROBLEM, "sshd", f"{path} does not set UsePAM (sshd's default: no)", why,
+                       f"add 'UsePAM yes' near the top of {path}, {reload}")
+    value, where = found
+    if value != "yes":
+        return Finding(PROBLEM, "sshd", f"{where}: UsePAM {value}", why,
+                       f"make it 'UsePAM yes' there (sshd keeps the first value it reads), {reload}")
+    return Finding(OK, "sshd", f"{where}: UsePAM yes")
+
+
+def check_clock(clock: Callable[[], tuple[bool, str]]) -> Finding:
+    try:
+        synced, detail = clock()
+    except OSError as exc:
+        return Finding(WARNING, "clock", f"cannot read the kernel's clock state: {exc}",
+                       "tokens are checked against slurmctld's clock", "timedatectl status")
+    if not synced:
+        return Finding(PROBLEM, "clock", f"not synchronised ({detail})",
+                       "tokens are checked against slurmctld's clock: exp has no leeway",
+                       "timedatectl set-ntp true, or: apt-get install chrony")
+    return Finding(OK, "clock", f"synchronised ({detail})")
+
+
+def check_srun(pam_lines: list[PamLine], pam_file: str, environ: Mapping[str, str] = os.environ,
+               munge_files: tuple[str, ...] | None = None) -> Finding | None:
+    """A warning when MUNGE is on this host and the token is exported as SLURM_JWT, by the PAM
+    module (its env=, SLURM_JWT by default) or the shell integration (SLURMJWT_VARIABLE)."""
+    munge = [f for f in (MUNGE_FILES if munge_files is None else munge_files) if os.path.exists(f)]
+    sources = []
+    for line in pam_lines:
+        names = [arg.removeprefix("env=") for arg in line.args if arg.startswith("env=")]
+        if not names or names[-1] == "SLURM_JWT":
+            sources.append(f"{MODULE} at {line.where}")
+    variable = environ.get("SLURMJWT_VARIABLE")
+    if variable in (None, "SLURM_JWT"):
+        sources.append("SLURMJWT_VARIABLE " + ("unset" if variable is None else "=SLURM_JWT"))
+    if not munge or not sources:
+        return None
+    return Finding(WARNING, "srun", f"MUNGE is on this host ({munge[0]}) and the token is exported "
+                   f"as SLURM_JWT ({'; '.join(sources)})",
+                   "Slurm's commands switch to auth/jwt whenever SLURM_JWT is set, and interactive "
+                   "srun does not work with it set",
+                   f"'session optional {MODULE} env=SLURM_JWT_TOKEN' in {pam_file}, and "
+                   f"SLURMJWT_VARIABLE=SLURM_JWT_TOKEN in {PROFILE}")
+
+
+def run_checks(socket: str, config: str, slurm_conf: str, pam_file: str, sshd_config: str,
+               clock: Callable[[], tuple[bool, str]] = read_clock) -> int:
+    """Print one block per finding and a summary; 0 if nothing is wrong (warnings allowed), else 1."""
+    findings = [check_daemon(socket)]
+    cfg, finding = check_config(config)
+    findings += [finding, check_key(cfg), *check_slurm_conf(slurm_conf, cfg, config)]
+    pam_lines, finding = check_pam(pam_file)
+    findings += [finding, check_sshd(sshd_config), check_clock(clock)]
+    srun = check_srun(pam_lines, pam_file)
+    findings += [srun] if srun else []
+    for f in findings:
+        print(f.render())
+    problems = sum(f.level == PROBLEM for f in findings)
+    warnings = sum(f.level == WARNING for f in findings)
+    print(f"{problems} problem{'s' * (problems != 1)}, {warnings} warning{'s' * (warnings != 1)}")
+    return 1 if problems else 0

@@ -1,0 +1,576 @@
+"""`slurmjwt doctor`: a correct login node passes; each broken piece is named with why and
+the fix, and makes the exit status non-zero; key bytes and tokens are never printed.
+
+The real daemon, key and users come from conftest; slurm.conf, the PAM stack and sshd_config
+are written per test. The machine's clock may or may not be synchronised: Python-level tests
+pass a clock, CLI tests accept what the real clock says and check the other findings.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import MODULE, PYTHON, SLURMJWT, make_key, run_as
+
+from slurmjwtd import doctor
+from slurmjwtd.doctor import (
+    Finding,
+    PamLine,
+    alt_parameters,
+    check_srun,
+    find_module,
+    parse_pam,
+    parse_slurm_conf,
+    read_clock,
+    run_checks,
+    sshd_option,
+)
+
+SYNCED = lambda: (True, "maximum error 1 ms")
+TOPICS = ("daemon", "configuration", "key", "slurm.conf", "pam", "sshd")
+
+
+@dataclass
+class Site:
+    """One login node's files: the shared daemon's config and key, our slurm.conf, PAM, sshd."""
+
+    dir: Path
+    socket: str
+    config: Path
+    key_file: Path
+    slurm_conf: Path
+    pam_file: Path
+    sshd_config: Path
+
+    def argv(self, **override: str) -> list[str]:
+        paths = {"socket": self.socket, "config": str(self.config), "slurm_conf": str(self.slurm_conf),
+                 "pam_file": str(self.pam_file), "sshd_config": str(self.sshd_config)} | override
+        return [SLURMJWT, "--socket", paths["socket"], "doctor", "--config", paths["config"],
+                "--slurm-conf", paths["slurm_conf"], "--pam-file", paths["pam_file"],
+                "--sshd-config", paths["sshd_config"]]
+
+    def cli(self, env: dict[str, str] | None = None, **override: str) -> subprocess.CompletedProcess:
+        clean = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"} | (env or {})
+        return subprocess.run(self.argv(**override), check=False, capture_output=True, text=True, env=clean,
+                              timeout=60)
+
+    def python(self, capsys, clock=SYNCED, **override: str) -> tuple[int, str]:
+        paths = {"socket": self.socket, "config": str(self.config), "slurm_conf": str(self.slurm_conf),
+                 "pam_file": str(self.pam_file), "sshd_config": str(self.sshd_config)} | override
+        status = run_checks(**paths, clock=clock)
+        return status, capsys.readouterr().out
+
+
+@pytest.fixture
+def site(daemon, workdir, monkeypatch) -> Site:
+    monkeypatch.setenv("SLURMJWT_VARIABLE", "SLURM_JWT_TOKEN")  # no srun warning unless a test wants one
+    d = workdir / "doctor"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(mode=0o755)
+    slurm_conf = d / "slurm.conf"
+    slurm_conf.write_text("ClusterName=test\nAuthType=auth/munge\nAuthAltTypes=auth/jwt\n"
+                          f"AuthAltParameters=jwt_key={daemon.key_file}\n")
+    pam_file = d / "sshd"
+    pam_file.write_text("session required pam_limits.so\n"
+                        f"session optional {MODULE} env=SLURM_JWT_TOKEN\n")
+    sshd_config = d / "sshd_config"
+    sshd_config.write_text("Port 2222\nUsePAM yes\n")
+    yield Site(d, daemon.socket, daemon.dir / "slurmjwtd.toml", daemon.key_file, slurm_conf,
+               pam_file, sshd_config)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def lines_of(out: str, level: str, topic: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(f"{level:<8}{topic}: ")]
+
+
+def block(out: str, topic: str) -> str:
+    """The PROBLEM or WARNING block about TOPIC: its first line and the indented why/fix."""
+    lines = out.splitlines()
+    for i, line in enumerate(lines):
+        if line.split(" ", 1)[0] in ("PROBLEM", "WARNING") and line[8:].startswith(f"{topic}: "):
+            rest = [x for x in lines[i + 1:i + 3] if x.startswith(" " * 8)]
+            return "\n".join([line, *rest])
+    raise AssertionError(f"no PROBLEM or WARNING about {topic} in:\n{out}")
+
+
+def assert_problem(result_or_pair, topic: str, *phrases: str, fix: str = "") -> str:
+    if isinstance(result_or_pair, subprocess.CompletedProcess):
+        status, out = result_or_pair.returncode, result_or_pair.stdout
+    else:
+        status, out = result_or_pair
+    assert status == 1, out
+    text = block(out, topic)
+    assert text.startswith("PROBLEM "), text
+    assert "\n        why: " in text and "\n        fix: " in text, text
+    for phrase in phrases:
+        assert phrase in text.splitlines()[0], text
+    assert fix in text.split("fix: ", 1)[1], text
+    return out
+
+
+# -- a correct site -------------------------------------------------------------------------
+
+def test_correct_setup_is_all_ok(site, capsys):
+    status, out = site.python(capsys)
+    assert status == 0, out
+    for topic in (*TOPICS, "clock"):
+        assert len(lines_of(out, "ok", topic)) == 1, out
+    assert "PROBLEM" not in out and "skip" not in out
+    assert out.splitlines()[-1] == "0 problems, 0 warnings"
+    assert f"answers on {site.socket} (signer hs256)" in out
+    assert f"{site.pam_file}:2: session optional {MODULE}" in out
+    assert f"{site.sshd_config}:2: UsePAM yes" in out
+
+
+def test_correct_setup_through_the_cli(site):
+    result = site.cli(env={"SLURMJWT_VARIABLE": "SLURM_JWT_TOKEN"})
+    assert result.stderr == ""
+    for topic in TOPICS:
+        assert len(lines_of(result.stdout, "ok", topic)) == 1, result.stdout
+    synced, _ = read_clock()
+    problems = [x for x in result.stdout.splitlines() if x.startswith("PROBLEM")]
+    assert problems == ([] if synced else [problems[0]]), result.stdout
+    assert synced or problems[0].startswith("PROBLEM clock: not synchronised")
+    assert result.returncode == (0 if synced else 1), result.stdout
+    assert "WARNING" not in result.stdout  # the token is SLURM_JWT_TOKEN in PAM and the shell
+
+
+# -- each broken piece ----------------------------------------------------------------------
+
+def test_daemon_down(site, capsys):
+    missing = str(site.dir / "nothing.sock")
+    out = assert_problem(site.cli(socket=missing), "daemon", f"cannot reach slurmjwtd at {missing}",
+                         fix="systemctl start slurmjwtd.socket")
+    assert "journalctl -u slurmjwtd" in block(out, "daemon")
+    assert lines_of(out, "ok", "key")  # the other checks still ran
+
+
+def test_something_else_on_the_socket(site, capsys):
+    """A listener that answers out of protocol is not a working daemon."""
+    path = str(site.dir / "other.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        conn.recv(1024)
+        conn.sendall(b"HTTP/1.0 200 OK\n")
+        conn.close()
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        assert_problem(site.python(capsys, socket=path), "daemon", f"slurmjwtd at {path} sent a garbled answer")
+    finally:
+        thread.join(10)
+        listener.close()
+
+
+def test_insecure_key_mode(site, capsys):
+    copy = site.dir / "open.key"
+    make_key(copy, mode=0o644, key=site.key_file.read_bytes())
+    config = site.dir / "open.toml"
+    config.write_text(f'key_file = "{copy}"\n')
+    site.slurm_conf.write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={copy}\n")
+    out = assert_problem(site.cli(config=str(config)), "key", f"key file {copy}: mode 0644 gives other "
+                         "users access", fix=f"chmod o-rwx {copy}")
+    assert "mint a token for any user" in block(out, "key")
+    assert lines_of(out, "ok", "slurm.conf")  # same bytes: only the mode is wrong
+
+
+def test_key_owned_by_someone_else(site, capsys, users):
+    copy = site.dir / "alice.key"
+    make_key(copy, owner=users["alice"].pw_name, mode=0o600)
+    config = site.dir / "alice.toml"
+    config.write_text(f'key_file = "{copy}"\n')
+    assert_problem(site.python(capsys, config=str(config)), "key", f"owned by {users['alice'].pw_name}",
+                   fix=f"chown root {copy}")
+
+
+def test_invalid_configuration(site, capsys):
+    config = site.dir / "bad.toml"
+    config.write_text("lifetime = \"3600\"\n")
+    status, out = site.python(capsys, config=str(config))
+    assert_problem((status, out), "configuration", f"config {config}: key 'lifetime'",
+                   fix=f"slurmjwtd --config {config} --check-config")
+    assert lines_of(out, "skip", "key") and lines_of(out, "skip", "slurm.conf")
+
+
+def test_missing_configuration_means_defaults(site, capsys):
+    _, out = site.python(capsys, config=str(site.dir / "none.toml"))
+    assert lines_of(out, "ok", "configuration")[0].endswith(
+        "does not exist: the defaults apply (key_file /var/lib/slurm/jwt_hs256.key)")
+
+
+def test_slurm_conf_key_has_other_bytes(site, capsys):
+    other = site.dir / "other.key"
+    make_key(other)
+    site.slurm_conf.write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={other}\n")
+    assert_problem(site.cli(), "slurm.conf", f"jwt_key={other} and slurmjwtd's key_file "
+                   f"{site.key_file} hold different keys", fix=f'set key_file = "{other}" in {site.config}')
+
+
+def test_slurm_conf_key_same_bytes_elsewhere_is_fine(site, capsys):
+    copy = site.dir / "copy.key"
+    make_key(copy, key=site.key_file.read_bytes())
+    site.slurm_conf.write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={copy}\n")
+    status, out = site.python(capsys)
+    assert status == 0, out
+    assert lines_of(out, "ok", "slurm.conf")
+
+
+def test_slurm_conf_key_one_byte_longer(site, capsys):
+    longer = site.dir / "longer.key"
+    make_key(longer, key=site.key_file.read_bytes() + b"\n")  # a trailing newline is part of the key
+    site.slurm_conf.write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={longer}\n")
+    assert_problem(site.python(capsys), "slurm.conf", "hold different keys")
+
+
+def test_slurm_conf_key_missing(site, capsys):
+    gone = site.dir / "gone.key"
+    site.slurm_conf.write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={gone}\n")
+    assert_problem(site.python(capsys), "slurm.conf", f"jwt_key={gone}: No such file",
+                   fix=f"copy the controller's key to {gone}")
+
+
+@pytest.mark.parametrize("text", [
+    "AuthType=auth/munge\n",
+    "#AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key=KEY\n",
+    "AuthAltTypes=auth/munge\nAuthAltParameters=jwt_key=KEY\n",
+    "AuthAltTypes=auth/jwt\nAuthAltTypes=auth/munge\nAuthAltParameters=jwt_key=KEY\n",  # last wins
+], ids=["absent", "commented", "other", "overridden"])
+def test_auth_alt_types_without_jwt(site, capsys, text):
+    site.slurm_conf.write_text(text.replace("KEY", str(site.key_file)))
+    assert_problem(site.cli(), "slurm.conf", "AuthAltTypes does not include auth/jwt",
+                   fix="AuthAltTypes=auth/jwt")
+
+
+def test_auth_alt_parameters_without_jwt_key(site, capsys):
+    site.slurm_conf.write_text("AuthAltTypes=auth/jwt\nAuthAltParameters=jwks=/etc/slurm/jwks.json\n")
+    assert_problem(site.python(capsys), "slurm.conf", "AuthAltParameters has no jwt_key=",
+                   fix=f"AuthAltParameters=jwt_key={site.key_file}")
+
+
+def test_slurm_conf_missing(site, capsys):
+    gone = site.dir / "none.conf"
+    assert_problem(site.cli(slurm_conf=str(gone)), "slurm.conf", f"{gone}: No such file",
+                   fix="--slurm-conf PATH")
+
+
+def test_slurm_conf_include_is_followed(site, capsys):
+    (site.dir / "jwt-test.conf").write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={site.key_file}\n")
+    site.slurm_conf.write_text("ClusterName=test\nInclude jwt-%c.conf\n")
+    status, out = site.python(capsys)
+    assert status == 0 and lines_of(out, "ok", "slurm.conf"), out
+
+
+@pytest.mark.parametrize("text", [
+    "session required pam_limits.so\n",
+    f"#session optional {MODULE}\n",
+    f"session required pam_limits.so # session optional {MODULE}\n",
+    f"auth optional {MODULE}\n",
+], ids=["absent", "commented", "trailing-comment", "not-session"])
+def test_pam_line_missing(site, capsys, text):
+    site.pam_file.write_text(text)
+    out = assert_problem(site.cli(), "pam", f"{site.pam_file} has no session line with pam_slurmjwt.so",
+                         fix=f"echo 'session optional pam_slurmjwt.so' >> {site.pam_file}")
+    if "#" in text:
+        assert f"(commented out at {site.pam_file}:1)" in block(out, "pam")
+
+
+def test_pam_line_through_include(site, capsys):
+    (site.dir / "common-session").write_text(f"-session optional {MODULE}\n")
+    site.pam_file.write_text("@include common-session\n")
+    status, out = site.python(capsys)
+    assert status == 0, out
+    assert lines_of(out, "ok", "pam") == [f"ok      pam: {site.dir}/common-session:1: session optional {MODULE}"]
+
+
+def test_pam_module_not_installed(site, capsys):
+    site.pam_file.write_text("session optional /nonexistent/pam_slurmjwt.so\n")
+    assert_problem(site.python(capsys), "pam", "/nonexistent/pam_slurmjwt.so is not installed",
+                   fix="make install")
+
+
+def test_pam_file_missing(site, capsys):
+    gone = site.dir / "none"
+    assert_problem(site.python(capsys, pam_file=str(gone)), "pam", f"{gone}: No such file")
+
+
+@pytest.mark.parametrize("text, phrase, fix", [
+    ("UsePAM no\n", "{cfg}:1: UsePAM no", "make it 'UsePAM yes' there"),
+    ("Port 2222\n", "{cfg} does not set UsePAM (sshd's default: no)", "add 'UsePAM yes' near the top of {cfg}"),
+    ("#UsePAM yes\n", "{cfg} does not set UsePAM", "add 'UsePAM yes'"),
+    ("Include {dir}/early.conf\nUsePAM yes\n", "{dir}/early.conf:1: UsePAM no",  # first value wins
+     "make it 'UsePAM yes' there (sshd keeps the first value it reads)"),
+], ids=["no", "absent", "commented", "include-first"])
+def test_use_pam_not_yes(site, capsys, text, phrase, fix):
+    (site.dir / "early.conf").write_text("UsePAM no\n")
+    site.sshd_config.write_text(text.format(dir=site.dir))
+    out = assert_problem(site.cli(), "sshd", phrase.format(cfg=site.sshd_config, dir=site.dir),
+                         fix=fix.format(cfg=site.sshd_config))
+    assert "systemctl reload ssh" in block(out, "sshd")
+
+
+def test_sshd_config_missing(site, capsys):
+    gone = site.dir / "none_config"
+    assert_problem(site.python(capsys, sshd_config=str(gone)), "sshd", f"{gone}: No such file")
+
+
+def test_unsynchronised_clock(site, capsys):
+    out = assert_problem(site.python(capsys, clock=lambda: (False, "maximum error 16000 ms")), "clock",
+                         "not synchronised (maximum error 16000 ms)", fix="timedatectl set-ntp true")
+    assert "exp has no leeway" in block(out, "clock")
+    assert out.splitlines()[-1] == "1 problem, 0 warnings"
+
+
+def test_unreadable_clock_is_a_warning(site, capsys):
+    def broken():
+        raise OSError(1, "Operation not permitted")
+    status, out = site.python(capsys, clock=broken)
+    assert status == 0 and block(out, "clock").startswith("WARNING clock: cannot read"), out
+
+
+def test_read_clock_agrees_for_root_and_users(users):
+    """adjtimex with modes 0 only reads: an ordinary user gets the same answer as root, and
+    the answer is the kernel's, as ntp_gettime(3) reports it (TIME_ERROR when unsynchronised)."""
+    synced, detail = read_clock()
+    assert detail.startswith("maximum error ")
+    libc = ctypes.CDLL(None)
+    assert synced is (libc.ntp_gettime(ctypes.create_string_buffer(256)) != 5)
+    result = run_as(users["alice"].pw_name, PYTHON, "-c",
+                    "from slurmjwtd.doctor import read_clock; print(read_clock()[0])")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(synced)
+
+
+def test_srun_warning_with_munge_does_not_fail(site, capsys, monkeypatch, tmp_path):
+    munge_key = tmp_path / "munge.key"
+    munge_key.write_bytes(b"x")
+    monkeypatch.setattr(doctor, "MUNGE_FILES", (str(munge_key),))
+    monkeypatch.delenv("SLURMJWT_VARIABLE", raising=False)
+    site.pam_file.write_text(f"session optional {MODULE}\n")
+    status, out = site.python(capsys)
+    assert status == 0, out
+    text = block(out, "srun")
+    assert text.startswith(f"WARNING srun: MUNGE is on this host ({munge_key})")
+    assert f"pam_slurmjwt.so at {site.pam_file}:1" in text and "SLURMJWT_VARIABLE unset" in text
+    assert "interactive srun does not work" in text
+    assert f"'session optional pam_slurmjwt.so env=SLURM_JWT_TOKEN' in {site.pam_file}" in text
+    assert "SLURMJWT_VARIABLE=SLURM_JWT_TOKEN in /etc/profile.d/slurmjwt.sh" in text
+    assert out.splitlines()[-1] == "0 problems, 1 warning"
+
+
+def test_srun_warning_through_the_cli_follows_munge(site):
+    """The real machine: the warning shows exactly when MUNGE's files are there."""
+    site.pam_file.write_text(f"session optional {MODULE}\n")
+    result = site.cli()
+    munge = any(os.path.exists(f) for f in doctor.MUNGE_FILES)
+    assert bool(lines_of(result.stdout, "WARNING", "srun")) == munge, result.stdout
+
+
+def line(*args: str) -> PamLine:
+    return PamLine("f:1", "session", "optional", MODULE, list(args))
+
+
+@pytest.mark.parametrize("lines, env, warned", [
+    ([line()], {"SLURMJWT_VARIABLE": "SLURM_JWT_TOKEN"}, True),  # the module's default is SLURM_JWT
+    ([line("env=SLURM_JWT")], {"SLURMJWT_VARIABLE": "X"}, True),
+    ([line("env=X")], {}, True),  # the shell integration's default is SLURM_JWT
+    ([line("env=X")], {"SLURMJWT_VARIABLE": "SLURM_JWT"}, True),
+    ([line("env=X")], {"SLURMJWT_VARIABLE": "X"}, False),
+    ([], {"SLURMJWT_VARIABLE": "X"}, False),
+])
+def test_check_srun(tmp_path, lines, env, warned):
+    munge = tmp_path / "munged.pid"
+    munge.write_text("1\n")
+    assert (check_srun(lines, "pamfile", env, (str(munge),)) is not None) == warned
+    assert check_srun(lines, "pamfile", env, (str(tmp_path / "none"),)) is None  # no MUNGE, no warning
+
+
+def test_runs_unprivileged_without_checking_the_key(site, users):
+    """As an ordinary user the key cannot be read: it is skipped, never a false finding."""
+    for path in (site.slurm_conf, site.pam_file, site.sshd_config):
+        path.chmod(0o644)
+    result = run_as(users["alice"].pw_name, *site.argv(), env={"SLURMJWT_VARIABLE": "SLURM_JWT_TOKEN"})
+    assert lines_of(result.stdout, "ok", "daemon"), result.stdout + result.stderr
+    assert lines_of(result.stdout, "skip", "key") == [
+        "skip    key: not checked: run slurmjwt doctor as root to check the key"]
+    assert lines_of(result.stdout, "skip", "slurm.conf")
+    assert [x for x in result.stdout.splitlines() if x.startswith("PROBLEM") and "clock" not in x] == []
+
+
+def test_never_prints_key_bytes_or_tokens(site, daemon):
+    other = site.dir / "other.key"
+    other_key = make_key(other)
+    outputs = [site.cli()]
+    site.slurm_conf.write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={other}\n")
+    outputs.append(site.cli())
+    open_key = site.dir / "open.key"
+    make_key(open_key, mode=0o644, key=site.key_file.read_bytes())
+    config = site.dir / "open.toml"
+    config.write_text(f'key_file = "{open_key}"\n')
+    outputs.append(site.cli(config=str(config)))
+    assert "hold different keys" in outputs[1].stdout and "mode 0644" in outputs[2].stdout
+    raw = [subprocess.run(site.argv(), check=False, capture_output=True).stdout]
+    for key in (site.key_file.read_bytes(), other_key):
+        forms = [key.hex(), key.hex().upper(), base64.b64encode(key).decode(),
+                 base64.urlsafe_b64encode(key).decode().rstrip("=")]
+        for result in outputs:
+            text = result.stdout + result.stderr
+            assert not any(form in text for form in forms)
+            assert key.decode("latin-1") not in text
+        assert key not in raw[0]
+    for result in outputs:
+        assert "eyJ" not in result.stdout  # every JWT starts with the base64 of '{"'
+
+
+# -- the parsers ----------------------------------------------------------------------------
+
+def test_parse_slurm_conf(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "jwt-c1.conf").write_text("AuthAltParameters=jwt_key=/from/include\n")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(
+        "# comment\n"
+        "ClusterName=c1\n"
+        "authalttypes = auth/munge   # a trailing comment\n"
+        "AUTHALTTYPES=auth/jwt\n"                       # keys are case-insensitive; last wins
+        "NodeName=n1 CPUs=2 State=UNKNOWN\n"            # several pairs on one line
+        'SlurmctldParameters="a b"\n'                    # quoted value
+        "Prolog=/bin/echo\\#x\n"                         # an escaped # is not a comment
+        "PartitionName=debug \\\n  Nodes=n1\n"           # a continued line
+        "include sub/jwt-%c.conf\n"                      # relative to slurm.conf, %c expanded
+    )
+    values = parse_slurm_conf(str(conf))
+    assert values["authalttypes"] == "auth/jwt"
+    assert values["authaltparameters"] == "jwt_key=/from/include"
+    assert values["cpus"] == "2" and values["state"] == "UNKNOWN"
+    assert values["slurmctldparameters"] == "a b"
+    assert values["prolog"] == "/bin/echo#x"
+    assert values["nodes"] == "n1"
+    with pytest.raises(OSError) as exc:
+        conf.write_text("Include missing.conf\n")
+        parse_slurm_conf(str(conf))
+    assert exc.value.filename == str(tmp_path / "missing.conf")
+
+
+def test_parse_slurm_conf_include_loop_ends(tmp_path):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("AuthAltTypes=auth/jwt\nInclude slurm.conf\n")
+    assert parse_slurm_conf(str(conf))["authalttypes"] == "auth/jwt"
+
+
+def test_alt_parameters():
+    assert alt_parameters("jwt_key=/k, jwks=/j.json,disable_token_creation,,JWT_KEY=/K2") == {
+        "jwt_key": "/K2", "jwks": "/j.json", "disable_token_creation": ""}
+    assert alt_parameters("") == {}
+
+
+def test_parse_pam(tmp_path):
+    (tmp_path / "common-session").write_text(
+        "session required pam_unix.so\n"
+        "auth required pam_deny.so\n")
+    (tmp_path / "extra").write_text("session optional pam_extra.so\nauth optional pam_auth_extra.so\n")
+    (tmp_path / "sshd").write_text(
+        "# a comment naming pam_unix.so\n"
+        "@include common-session\n"
+        "session [success=ok ignore=ignore default=bad] pam_selinux.so open\n"
+        "-session optional pam_systemd.so\n"
+        "session include extra\n"                      # only extra's session lines
+        f"session optional {MODULE} \\\n  env=X debug # trailing\n"
+        f"#session optional pam_slurmjwt.so\n"
+        "@include missing-file\n")
+    stack = parse_pam(str(tmp_path / "sshd"))
+    got = [(x.type, x.control, x.module, x.args) for x in stack.lines]
+    assert got == [
+        ("session", "required", "pam_unix.so", []),
+        ("auth", "required", "pam_deny.so", []),
+        ("session", "[success=ok ignore=ignore default=bad]", "pam_selinux.so", ["open"]),
+        ("session", "optional", "pam_systemd.so", []),
+        ("session", "optional", "pam_extra.so", []),
+        ("session", "optional", MODULE, ["env=X", "debug"]),
+    ]
+    assert stack.lines[0].where == f"{tmp_path}/common-session:1"
+    assert stack.lines[-1].where == f"{tmp_path}/sshd:6"
+    assert stack.commented == [f"{tmp_path}/sshd:8"]
+
+
+def test_parse_pam_include_loop_ends(tmp_path):
+    (tmp_path / "a").write_text("@include a\nsession optional pam_x.so\n")
+    assert len(parse_pam(str(tmp_path / "a")).lines) == doctor.MAX_DEPTH + 1
+
+
+def test_find_module(tmp_path):
+    (tmp_path / "pam_slurmjwt.so").write_bytes(b"")
+    assert find_module("pam_slurmjwt.so", [str(tmp_path / "none"), str(tmp_path)]) == str(
+        tmp_path / "pam_slurmjwt.so")
+    assert find_module("pam_slurmjwt.so", [str(tmp_path / "none")]) is None
+    assert find_module(MODULE) == MODULE
+    assert find_module("pam_unix.so") is not None  # the machine's own module directory is searched
+
+
+SSHD_CASES = {
+    "yes": "UsePAM yes\n",
+    "equals": "usepam=yes\n",
+    "spaced-equals": "UsePAM = no\n",
+    "quoted": 'UsePAM "yes"\n',
+    "upper": "UsePAM YES\n",
+    "trailing-comment": "UsePAM yes # why\n",
+    "commented": "# UsePAM yes\n",
+    "absent": "Port 2222\n",
+    "first-wins": "UsePAM no\nUsePAM yes\n",
+    "include-first": "Include {dir}/no.conf\nUsePAM yes\n",
+    "include-glob": "Include {dir}/d/*.conf\nUsePAM no\n",
+    "include-nothing": "Include {dir}/none*.conf\nUsePAM yes\n",
+    "match-in-include": "Include {dir}/match.conf\nUsePAM yes\n",
+}
+
+
+def _sshd_files(tmp_path: Path, name: str) -> Path:
+    (tmp_path / "d").mkdir(exist_ok=True)
+    (tmp_path / "d" / "10-a.conf").write_text("UsePAM yes\n")
+    (tmp_path / "d" / "20-b.conf").write_text("UsePAM no\n")
+    (tmp_path / "no.conf").write_text("UsePAM no\n")
+    (tmp_path / "match.conf").write_text("Match User nobody\n  X11Forwarding no\n")
+    cfg = tmp_path / "sshd_config"
+    cfg.write_text(SSHD_CASES[name].format(dir=tmp_path))
+    return cfg
+
+
+@pytest.mark.parametrize("name", SSHD_CASES)
+def test_sshd_option_agrees_with_sshd(tmp_path, name):
+    """The parser's UsePAM is what `sshd -T` itself reports (sshd's default is no)."""
+    cfg = _sshd_files(tmp_path, name)
+    found = sshd_option(str(cfg), "UsePAM")
+    result = subprocess.run(["/usr/sbin/sshd", "-T", "-f", str(cfg)], check=False, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    real = next(x.split()[1] for x in result.stdout.splitlines() if x.startswith("usepam "))
+    assert (found[0] if found else "no") == real
+
+
+def test_sshd_option_locations(tmp_path):
+    cfg = _sshd_files(tmp_path, "include-glob")
+    assert sshd_option(str(cfg), "UsePAM") == ("yes", f"{tmp_path}/d/10-a.conf:1")
+    cfg.write_text("Port 22\nInclude d/20-b.conf\n")  # relative to the ssh directory, as sshd does
+    assert sshd_option(str(cfg), "UsePAM", ssh_dir=str(tmp_path)) == ("no", f"{tmp_path}/d/20-b.conf:1")
+    assert sshd_option(str(cfg), "UsePAM", ssh_dir=str(tmp_path / "none")) is None
+    cfg.write_text("Match User x\nUsePAM yes\n")  # only conditional there: not taken
+    assert sshd_option(str(cfg), "UsePAM") is None
+
+
+def test_finding_render():
+    assert Finding("ok", "key", "fine", "w", "f").render() == "ok      key: fine"
+    assert Finding("PROBLEM", "key", "bad", "because", "do this").render() == (
+        "PROBLEM key: bad\n        why: because\n        fix: do this")
