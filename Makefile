@@ -7,7 +7,8 @@ VENV    ?= /opt/slurmjwt/venv
 PYTHON  := $(VENV)/bin/python
 APT_PACKAGES := slurmctld slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
 	libpam0g-dev pamtester openssh-server openssh-client valgrind libsystemd-dev pkg-config \
-	python3-venv python3-dev python3-click python3-systemd systemd gcc binutils make curl \
+	python3-venv python3-dev python3-click python3-systemd python3-jwt python3-cryptography \
+	systemd gcc binutils make curl \
 	procps passwd util-linux
 PYTEST_ARGS ?=
 
@@ -21,7 +22,7 @@ DOCDIR      := $(PREFIX)/share/doc/slurmjwt
 UNITDIR     ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 TMPFILESDIR ?= /usr/lib/tmpfiles.d
-RUNTIME_PACKAGES := python3 python3-click python3-systemd
+RUNTIME_PACKAGES := python3 python3-click python3-systemd python3-jwt python3-cryptography
 
 .PHONY: all deps venv module test demo bench install install-deps clean
 

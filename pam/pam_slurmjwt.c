@@ -93,8 +93,12 @@ static int call_failed(pam_handle_t *pamh, const struct options *opt, const char
 /* Refusals that mean "no token for this login", not "something is broken". */
 static int not_for_this_login(const char *code)
 {
-	return strcmp(code, "below-min-uid") == 0 || strcmp(code, "unknown-user") == 0 ||
-	       strcmp(code, "permission-denied") == 0 || strcmp(code, "no-such-session") == 0;
+	static const char *const codes[] = { "below-min-uid", "unknown-user", "permission-denied",
+					     "policy-denied", "rate-limited", "no-such-session" };
+	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+		if (strcmp(code, codes[i]) == 0)
+			return 1;
+	return 0;
 }
 
 static int refused(pam_handle_t *pamh, const char *what, const char *user, const char *answer)

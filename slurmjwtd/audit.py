@@ -14,8 +14,9 @@ import os
 import re
 import time
 
-AUDIT_FIELDS = ("decision", "op", "caller_uid", "caller_pid", "user", "uid", "reason", "code",
-                "lifetime", "exp", "jti", "session", "tty", "rhost", "service", "detail")
+AUDIT_FIELDS = ("decision", "op", "caller_uid", "caller_pid", "user", "uid", "slurm_user", "reason",
+                "rule", "code", "lifetime", "exp", "jti", "session", "tty", "rhost", "service",
+                "detail")
 _FIELD_SET = frozenset(AUDIT_FIELDS)
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+,-]+\Z")
 

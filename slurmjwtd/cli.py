@@ -20,6 +20,7 @@ import os
 import pwd
 import re
 import secrets
+import socket
 import sys
 import time
 
@@ -33,7 +34,8 @@ from .tokenfile import read_token_file, token_path, write_token_file
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NO_SESSION = 1, 2, 3, 4, 5
 EXIT_DAEMON, EXIT_NO_TOKEN, EXIT_KEYGEN = 6, 7, 8
-_DAEMON_SIDE = {"busy", "timeout", "internal", "too-large", "unsupported-version"}
+_DAEMON_SIDE = {"busy", "timeout", "internal", "too-large", "unsupported-version",
+                "signer-unavailable"}
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 DEFAULT_KEY = "/var/lib/slurm/jwt_hs256.key"
@@ -217,8 +219,8 @@ def usable_token() -> tuple[str, str]:
     token = current_token()
     facts = token_facts(token)
     if facts["expired"] or not facts["user"]:
-        raise Failure(EXIT_NO_TOKEN, f"the current token has expired or names no user "
-                                     f"(run: eval \"$(slurmjwt refresh)\")")
+        raise Failure(EXIT_NO_TOKEN, "the current token has expired or names no user "
+                                     "(run: eval \"$(slurmjwt refresh)\")")
     return str(facts["user"]), token
 
 
@@ -278,6 +280,30 @@ def doctor(ctx: click.Context, config_path: str, slurm_conf: str, pam_file: str,
 
 
 @main.command()
+@click.argument("user")
+@click.option("--lifetime", type=click.IntRange(min=1), metavar="SECONDS",
+              help="Ask about this lifetime rather than the default.")
+@click.pass_context
+def policy(ctx: click.Context, user: str, lifetime: int | None) -> None:
+    """Explain what slurmjwtd would decide for USER, and why (root); mints nothing.
+
+    Exit 0 if a token would be granted, 4 if refused."""
+    args: dict[str, object] = {"user": user} | ({"lifetime": lifetime} if lifetime else {})
+    f = ask(ctx, "EXPLAIN", args).fields
+    granted = f.get("decision") == "granted"
+    click.echo(f"{user}: {'granted' if granted else 'refused'} ({f.get('reason')}, rule {f.get('rule')})")
+    if not granted:
+        click.echo(f"  {f.get('code')}: {f.get('message')}")
+    for label, key in (("slurm user", "slurm_user"), ("uid", "uid"), ("groups", "groups"),
+                       ("lifetime", "lifetime"), ("max lifetime", "max_lifetime"),
+                       ("sessions", "sessions"), ("rate left", "rate_left")):
+        if key in f:
+            click.echo(f"  {label + ':':<14}{f[key]}")
+    if not granted:
+        sys.exit(EXIT_REFUSED)
+
+
+@main.command()
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Say whether slurmjwtd answers, its version and signer."""
@@ -305,15 +331,21 @@ def _default_group() -> str | None:
 
 
 @main.command()
-@click.argument("path", default=DEFAULT_KEY, required=False)
-@click.option("--owner", metavar="USER", help="Key owner [default: slurm if it exists, else root].")
+@click.argument("path", required=False)
+@click.option("--rs256", is_flag=True, help="An RSA-2048 private key for signer = \"rs256\" "
+              "[default path: rs256_key_file].")
+@click.option("--kid", metavar="NAME", help="With --rs256: the key id to print the JWKS entry for.")
+@click.option("--owner", metavar="USER", help="Key owner [default: slurm if it exists, else root; "
+              "root for --rs256].")
 @click.option("--group", metavar="GROUP",
               help="Group that may read it, mode 0640 [default: slurmjwt if it exists; "
                    "without one the key is 0600].")
 @click.option("--force", is_flag=True, help="Replace an existing key.")
-def keygen(path: str, owner: str | None, group: str | None, force: bool) -> None:
-    """Make a 32-byte HS256 key at PATH, as the site guide does."""
-    owner = owner or _default_owner()
+def keygen(path: str | None, rs256: bool, kid: str | None, owner: str | None, group: str | None,
+           force: bool) -> None:
+    """Make a 32-byte HS256 key at PATH, as the site guide does (or, with --rs256, an RSA key)."""
+    path = path or (site_config().rs256_key_file if rs256 else DEFAULT_KEY)
+    owner = owner or ("root" if rs256 else _default_owner())
     group = group or _default_group()
     try:
         uid = pwd.getpwnam(owner).pw_uid
@@ -321,15 +353,57 @@ def keygen(path: str, owner: str | None, group: str | None, force: bool) -> None
     except KeyError as exc:
         raise Failure(EXIT_KEYGEN, f"no such user or group: {exc.args[0].split(':')[-1].strip()}")
     mode = 0o640 if group else 0o600
+    key = rsa_private_pem() if rs256 else secrets.token_bytes(32)
     try:
-        write_key(path, secrets.token_bytes(32), uid, gid, mode, force)
+        write_key(path, key, uid, gid, mode, force)
     except FileExistsError:
         raise Failure(EXIT_KEYGEN, f"{path} exists; keep it, or replace it with --force "
                                    f"(every token signed with it stops working)")
     except OSError as exc:
         raise Failure(EXIT_KEYGEN, f"cannot write {path}: {exc.strerror}")
-    click.echo(f"wrote a 32-byte key to {path} ({owner}:{grp.getgrgid(gid).gr_name} {mode:04o}); "
-               f"restart slurmctld and slurmrestd to use it")
+    what = "an RSA-2048 key" if rs256 else "a 32-byte key"
+    click.echo(f"wrote {what} to {path} ({owner}:{grp.getgrgid(gid).gr_name} {mode:04o})")
+    if rs256:
+        click.echo(f"add its public key to slurmctld's JWKS: slurmjwt jwks {path} "
+                   f"--kid {kid or socket.gethostname()}")
+    else:
+        click.echo("restart slurmctld and slurmrestd to use it")
+
+
+def rsa_private_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def b64url_uint(value: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")
+                                    ).rstrip(b"=").decode()
+
+
+@main.command()
+@click.argument("path", required=False)
+@click.option("--kid", metavar="NAME", help="The key id [default: rs256_kid, else this host's name].")
+def jwks(path: str | None, kid: str | None) -> None:
+    """Print the JWKS with the public half of the rs256 key, to merge into slurmctld's jwks= file."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    config = site_config()
+    path = path or config.rs256_key_file
+    try:
+        with open(path, "rb") as fh:
+            public = load_pem_private_key(fh.read(), password=None).public_key().public_numbers()
+    except OSError as exc:
+        raise Failure(EXIT_KEYGEN, f"cannot read {path}: {exc.strerror}")
+    except (ValueError, TypeError):
+        raise Failure(EXIT_KEYGEN, f"{path} is not an unencrypted PEM private key")
+    entry = {"kty": "RSA", "alg": "RS256", "use": "sig",
+             "kid": kid or config.rs256_kid or socket.gethostname(),
+             "n": b64url_uint(public.n), "e": b64url_uint(public.e)}
+    click.echo(json.dumps({"keys": [entry]}, indent=2))
 
 
 def write_key(path: str, key: bytes, uid: int, gid: int, mode: int, force: bool) -> None:

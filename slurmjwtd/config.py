@@ -32,8 +32,22 @@ class Config:
     session_file: str = field(default="/run/slurmjwt/sessions.json", metadata=_doc(
         "Where the registry of live login sessions is kept across restarts (a runtime directory).",
         path=True))
+    signer: str = field(default="hs256", metadata=_doc(
+        "How tokens are signed: hs256 (key_file), rs256 (rs256_key_file, checked by slurmctld's "
+        "jwks=) or scontrol (`scontrol token`; no key on this node).",
+        choices=("hs256", "rs256", "scontrol")))
     key_file: str = field(default="/var/lib/slurm/jwt_hs256.key", metadata=_doc(
         "The HS256 key Slurm verifies with (AuthAltParameters=jwt_key=...).", path=True))
+    rs256_key_file: str = field(default="/etc/slurmjwt/rs256.pem", metadata=_doc(
+        "This node's RSA private key (PEM) for signer = \"rs256\" (slurmjwt keygen --rs256).",
+        path=True))
+    rs256_kid: str = field(default="", metadata=_doc(
+        "The key's id in slurmctld's JWKS; empty: this node's hostname.", allow_empty=True))
+    scontrol: str = field(default="/usr/bin/scontrol", metadata=_doc(
+        "The scontrol that signer = \"scontrol\" runs.", path=True))
+    scontrol_timeout: float = field(default=1.5, metadata=_doc(
+        "Seconds `scontrol token` may take before the request is refused; keep it below "
+        "pam_slurmjwt's timeout.", min=0.1, max=30))
     slurm_user: str = field(default="slurm", metadata=_doc(
         "SlurmUser: besides root and the daemon's own user, the one account that may own the key."))
     lifetime: int = field(default=3600, metadata=_doc(
@@ -50,32 +64,97 @@ class Config:
         "Connections one uid may have open at once; more are refused with `busy`.", min=1))
     slurmrestd_url: str = field(default="http://localhost:6820", metadata=_doc(
         "Where `slurmjwt curl` sends requests ($SLURMRESTD_URL overrides it).", url=True))
+    # -- site policy (docs/policy.md) --
+    allow_users: tuple[str, ...] = field(default=(), metadata=_doc(
+        "If this or allow_groups lists anyone, only they get tokens."))
+    allow_groups: tuple[str, ...] = field(default=(), metadata=_doc(
+        "Groups (primary or supplementary, through NSS) whose members get tokens."))
+    deny_users: tuple[str, ...] = field(default=(), metadata=_doc(
+        "Users who never get a token; deny wins over allow."))
+    deny_groups: tuple[str, ...] = field(default=(), metadata=_doc(
+        "Groups whose members never get a token; deny wins over allow."))
+    group_lifetime: dict[str, int] = field(default_factory=dict, metadata=_doc(
+        "Per-group default lifetime, e.g. { hpc = 7200 }; of a user's groups listed, the shortest "
+        "wins.", min=1))
+    group_max_lifetime: dict[str, int] = field(default_factory=dict, metadata=_doc(
+        "Per-group maximum lifetime; of a user's groups listed, the shortest wins.", min=1))
+    rate_limit: int = field(default=60, metadata=_doc(
+        "Tokens a user may ask for per rate_window seconds (0: no limit); root's requests, "
+        "the logins, are not counted.", min=0))
+    rate_window: int = field(default=60, metadata=_doc(
+        "The window of rate_limit, in seconds.", min=1))
+    strip_realm: bool = field(default=False, metadata=_doc(
+        "Slurm user name without a login name's @REALM suffix (alice@EXAMPLE.ORG: alice)."))
+    user_map: dict[str, str] = field(default_factory=dict, metadata=_doc(
+        "Explicit login name to Slurm user name table; wins over strip_realm."))
 
     def __post_init__(self) -> None:
         if self.lifetime > self.max_lifetime:
             raise ConfigError(
                 f"key 'lifetime': {self.lifetime} exceeds max_lifetime ({self.max_lifetime})")
+        for group, seconds in self.group_lifetime.items():
+            cap = self.group_max_lifetime.get(group, self.max_lifetime)
+            if seconds > cap:
+                raise ConfigError(f"key 'group_lifetime': {group} = {seconds} exceeds its maximum {cap}")
+
+    @property
+    def policy_groups(self) -> frozenset[str]:
+        """Every group the policy names: the only ones a decision needs to look up."""
+        return frozenset((*self.allow_groups, *self.deny_groups, *self.group_lifetime,
+                          *self.group_max_lifetime))
 
 
 def toml_value(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
     return json.dumps(value)  # a JSON string, number or list is a TOML one
+
+
+_KINDS = {"tuple[str, ...]": "list of names", "dict[str, int]": "table of seconds",
+          "dict[str, str]": "table of names"}
 
 
 def example_config() -> str:
     """Every key, commented out at its default, with its meaning: an example file."""
-    return "".join(f"# {doc} ({kind})\n#{name} = {toml_value(default)}\n\n"
+    return "".join(f"# {doc} ({_KINDS.get(kind, kind)})\n#{name} = {toml_value(default)}\n\n"
                    for name, kind, default, doc in describe_keys())
 
 
 def describe_keys() -> list[tuple[str, str, object, str]]:
     """(name, type, default, doc) for every key, in file order."""
-    return [(f.name, f.type if isinstance(f.type, str) else f.type.__name__, f.default,
+    return [(f.name, str(f.type), f.default_factory() if f.default is dataclasses.MISSING
+             else list(f.default) if isinstance(f.default, tuple) else f.default,
              f.metadata["doc"]) for f in dataclasses.fields(Config)]
 
 
+def _check_names(f: dataclasses.Field, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"key '{f.name}': expected a list of names, like [\"alice\", \"bob\"]")
+    return tuple(value)
+
+
+def _check_table(f: dataclasses.Field, value: Any, kind: type) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"key '{f.name}': expected a table, like {{ name = value }}")
+    for name, item in value.items():
+        if type(item) is not kind:
+            raise ConfigError(f"key '{f.name}': {name} must be {kind.__name__}, "
+                              f"not {type(item).__name__}")
+        if "min" in f.metadata and item < f.metadata["min"]:
+            raise ConfigError(f"key '{f.name}': {name} = {item} is below the minimum "
+                              f"{f.metadata['min']}")
+        if kind is str and not item:
+            raise ConfigError(f"key '{f.name}': {name} maps to an empty name")
+    return dict(value)
+
+
 def _check_value(f: dataclasses.Field, value: Any) -> Any:
+    if f.type == "tuple[str, ...]":
+        return _check_names(f, value)
+    if f.type in ("dict[str, int]", "dict[str, str]"):
+        return _check_table(f, value, int if f.type == "dict[str, int]" else str)
     kind = {"str": str, "int": int, "bool": bool, "float": float}[str(f.type)]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -90,7 +169,9 @@ def _check_value(f: dataclasses.Field, value: Any) -> Any:
         raise ConfigError(f"key '{f.name}': {value!r} is not an http:// or https:// URL")
     if meta.get("path") and not os.path.isabs(value):
         raise ConfigError(f"key '{f.name}': {value!r} is not an absolute path")
-    if kind is str and (not value or "\0" in value):
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"key '{f.name}': {value!r} is not one of {', '.join(meta['choices'])}")
+    if kind is str and ((not value and not meta.get("allow_empty")) or "\0" in value):
         raise ConfigError(f"key '{f.name}': must be a non-empty string")
     return value
 

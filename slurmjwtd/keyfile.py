@@ -103,3 +103,24 @@ def read_key(path: str, owners: dict[int, str]) -> bytes:
     if len(key) != st.st_size:
         raise KeyFileError(f"key file {path}: changed while being read; try again")
     return key
+
+
+def pwd_uid(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def check_program(path: str) -> None:
+    """A program the daemon runs on others' behalf: root's, writable by no one else."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise KeyFileError(f"program {path}: {exc.strerror}; apt-get install slurm-client") from None
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IXUSR:
+        raise KeyFileError(f"program {path}: not an executable file")
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KeyFileError(f"program {path}: must be root's and writable by no one else; "
+                           f"fix: chown root {path} && chmod go-w {path}")
+    check_parent_dirs(path)

@@ -7,6 +7,8 @@ Exit status: 0 clean stop or valid configuration, 1 configuration error,
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 
 import click
@@ -14,10 +16,10 @@ import click
 from . import __version__, service
 from .audit import AuditLog, JournalAuditLog
 from .config import DEFAULT_CONFIG, Config, ConfigError, example_config, load_config
-from .keyfile import KeyFileError, allowed_owners, read_key
+from .keyfile import KeyFileError, allowed_owners, check_program, pwd_uid, read_key
 from .server import DaemonState, Server, StartupError
 from .sessions import SessionRegistry
-from .signer import HS256Signer
+from .signer import HS256Signer, RS256Signer, ScontrolSigner, Signer
 
 EXIT_CONFIG, EXIT_KEY, EXIT_RUNTIME = 1, 3, 4
 
@@ -27,8 +29,23 @@ def fail(status: int, message: str) -> None:
     sys.exit(status)
 
 
-def load_signer(config: Config) -> HS256Signer:
-    return HS256Signer(read_key(config.key_file, allowed_owners(config.slurm_user)))
+def load_signer(config: Config) -> Signer:
+    """The configured signer, its files checked as the key file is; KeyFileError if unsafe."""
+    owners = allowed_owners(config.slurm_user)
+    if config.signer == "rs256":
+        try:
+            return RS256Signer(read_key(config.rs256_key_file, owners),
+                               config.rs256_kid or socket.gethostname())
+        except ValueError as exc:
+            raise KeyFileError(f"key file {config.rs256_key_file}: {exc}; make one with: "
+                               f"slurmjwt keygen --rs256 {config.rs256_key_file}") from None
+    if config.signer == "scontrol":
+        check_program(config.scontrol)
+        if os.geteuid() not in (0, pwd_uid(config.slurm_user)):
+            raise KeyFileError(f"signer scontrol: slurmjwtd must run as root or {config.slurm_user} "
+                               f"(SlurmUser) to mint for other users; see docs/signers.md")
+        return ScontrolSigner(config.scontrol, config.scontrol_timeout)
+    return HS256Signer(read_key(config.key_file, owners))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,7 +78,7 @@ def main(config_path: str | None, check_config: bool, print_defaults: bool) -> N
                         audit=JournalAuditLog() if journal else AuditLog())
     path = config_path or DEFAULT_CONFIG
 
-    def reload() -> tuple[Config, HS256Signer]:
+    def reload() -> tuple[Config, Signer]:
         fresh = load_config(path, required=config_path is not None)
         return fresh, load_signer(fresh)
 

@@ -1,12 +1,20 @@
 """Who gets what: pure decisions, no sockets, no files, no clock.
 
 The server gathers the facts (the kernel's word on the caller, NSS's word on the
-target account, the session registry's word on live sessions) and asks here.
+target account and its groups, the session registry's word on live sessions) and
+asks here. Every decision names the rule that made it, for the audit log.
+
+Order: the account must exist; only root may ask for someone else; min_uid; deny
+lists (deny wins); allow lists; lifetimes; root needs no session; others do.
+Per-group lifetimes: of the user's groups that have a rule, the shortest wins, for
+the default and for the maximum alike, so the order of groups never matters and the
+most cautious rule holds. A group rule replaces the global lifetime and max_lifetime
+(it may be longer); a user in no group with a rule gets the global ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import Config
 from .protocol import Code
@@ -29,19 +37,56 @@ class Caller:
 class Account:
     name: str
     uid: int
+    groups: frozenset[str] = field(default_factory=frozenset)  # those the policy names
 
 
 @dataclass(frozen=True)
 class Decision:
     granted: bool
-    reason: str  # a short word for the audit log: which rule decided
+    reason: str  # which check decided: root-request, own-session, no-session, deny-group, ...
     code: Code | None = None
     message: str = ""
     lifetime: int = 0
+    max_lifetime: int = 0
+    rule: str = "default"  # the policy rule that set the lifetime or denied
 
 
-def refuse(code: Code, reason: str, message: str) -> Decision:
-    return Decision(False, reason, code, message)
+def refuse(code: Code, reason: str, message: str, rule: str = "default") -> Decision:
+    return Decision(False, reason, code, message, rule=rule)
+
+
+def lifetimes(account: Account, config: Config) -> tuple[int, int, str]:
+    """(default lifetime, maximum, rule) for ACCOUNT: the shortest of its groups' rules."""
+    rule = "default"
+    default, cap = config.lifetime, config.max_lifetime
+    ruled = sorted(g for g in account.groups if g in config.group_lifetime)
+    if ruled:
+        default, group = min((config.group_lifetime[g], g) for g in ruled)
+        rule = f"group:{group}"
+    capped = sorted(g for g in account.groups if g in config.group_max_lifetime)
+    if capped:
+        cap, group = min((config.group_max_lifetime[g], g) for g in capped)
+        rule = rule if ruled else f"group:{group}"
+    return min(default, cap), cap, rule
+
+
+def check_lists(account: Account, config: Config) -> Decision | None:
+    """The deny and allow lists; None if they let ACCOUNT through."""
+    if account.name in config.deny_users:
+        return refuse(Code.POLICY_DENIED, "deny-user", f"{account.name} is denied tokens by policy",
+                      f"deny-user:{account.name}")
+    denied = sorted(account.groups & set(config.deny_groups))
+    if denied:
+        return refuse(Code.POLICY_DENIED, "deny-group",
+                      f"{account.name} is denied tokens by policy (group {denied[0]})",
+                      f"deny-group:{denied[0]}")
+    if config.allow_users or config.allow_groups:
+        allowed = sorted(account.groups & set(config.allow_groups))
+        if account.name not in config.allow_users and not allowed:
+            return refuse(Code.POLICY_DENIED, "not-allowed",
+                          f"{account.name} is not in the users or groups allowed tokens",
+                          "not-allowed")
+    return None
 
 
 def decide_mint(caller: Caller, target: Account | None, requested_name: str,
@@ -55,17 +100,21 @@ def decide_mint(caller: Caller, target: Account | None, requested_name: str,
     if target.uid < config.min_uid:
         return refuse(Code.BELOW_MIN_UID, "below-min-uid",
                       f"{target.name} (uid {target.uid}) is below min_uid {config.min_uid}")
-    granted = config.lifetime if lifetime is None else lifetime
-    if granted > config.max_lifetime:
+    listed = check_lists(target, config)
+    if listed is not None:
+        return listed
+    default, cap, rule = lifetimes(target, config)
+    granted = default if lifetime is None else lifetime
+    if granted > cap:
         return refuse(Code.LIFETIME_TOO_LONG, "lifetime-too-long",
-                      f"lifetime {granted} s exceeds max_lifetime {config.max_lifetime} s")
+                      f"lifetime {granted} s exceeds the {cap} s allowed ({rule})", rule)
     if caller.is_root:
-        return Decision(True, "root-request", lifetime=granted)
+        return Decision(True, "root-request", lifetime=granted, max_lifetime=cap, rule=rule)
     if config.require_session and not has_session:
         return refuse(Code.NO_SESSION, "no-session",
-                      f"{target.name} has no live login session; log in again")
+                      f"{target.name} has no live login session; log in again", rule)
     return Decision(True, "own-session" if has_session else "no-session-required",
-                    lifetime=granted)
+                    lifetime=granted, max_lifetime=cap, rule=rule)
 
 
 def decide_session_change(caller: Caller, op: str) -> Decision:
@@ -74,3 +123,12 @@ def decide_session_change(caller: Caller, op: str) -> Decision:
         return Decision(True, "root-request")
     return refuse(Code.PERMISSION_DENIED, "not-root",
                   f"only root may {op.lower()} login sessions (uid {caller.uid} asked)")
+
+
+def slurm_name(login: str, config: Config) -> str:
+    """The Slurm user name for a login name: the explicit table, else without @REALM."""
+    if login in config.user_map:
+        return config.user_map[login]
+    if config.strip_realm and "@" in login:
+        return login.split("@", 1)[0]
+    return login

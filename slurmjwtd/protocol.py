@@ -42,6 +42,9 @@ class Code(str, enum.Enum):
     UNKNOWN_USER = "unknown-user"
     BELOW_MIN_UID = "below-min-uid"
     LIFETIME_TOO_LONG = "lifetime-too-long"
+    POLICY_DENIED = "policy-denied"
+    RATE_LIMITED = "rate-limited"
+    SIGNER_UNAVAILABLE = "signer-unavailable"
     NO_SUCH_SESSION = "no-such-session"
     INTERNAL = "internal"
 

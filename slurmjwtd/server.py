@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import grp
 import os
 import pwd
 import resource
@@ -20,24 +21,28 @@ import signal
 import socket
 import struct
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import __version__
 from .audit import AuditLog
 from .config import Config
-from .policy import Account, Caller, Decision, decide_mint, decide_session_change
+from .policy import (Account, Caller, Decision, decide_mint, decide_session_change, refuse,
+                     slurm_name)
 from .protocol import (MAX_REQUEST, Code, ProtocolError, Request, encode_error, encode_ok,
                        parse_request)
 from .service import Notifier
+from .ratelimit import RateLimiter
 from .sessions import SessionRegistry
-from .signer import HS256Signer, Token, mint_token
+from .signer import Signer, SignerError, Token, mint_token
 
 log = logging.getLogger("slurmjwtd")
 _PEERCRED = struct.Struct("3i")
 _ACCEPT_BURST = 64  # connections taken per wakeup before serving other ready sockets
 _ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
 _PRUNE_INTERVAL = 60.0  # seconds between sweeps for sessions whose leader has gone
+_SIGNING_WORKERS = 4  # concurrent `scontrol token` runs at most
 _STATUS_INTERVAL = 1.0  # seconds between STATUS= updates to systemd, when the counters moved
 _NOWAIT = socket.MSG_DONTWAIT  # per call, which spares a fcntl per connection
 _OPERATIONS: dict[str, frozenset[str]] = {
@@ -45,6 +50,7 @@ _OPERATIONS: dict[str, frozenset[str]] = {
     "OPEN": frozenset({"user", "lifetime", "tty", "rhost", "service"}),
     "CLOSE": frozenset({"session"}),
     "STATUS": frozenset(),
+    "EXPLAIN": frozenset({"user", "lifetime"}),
 }
 
 
@@ -63,14 +69,18 @@ class DaemonState:
     """Everything the daemon knows; the one piece of mutable state."""
 
     config: Config
-    signer: HS256Signer
+    signer: Signer
     registry: SessionRegistry
     audit: AuditLog = field(default_factory=AuditLog)
+    limiter: RateLimiter = field(init=False)
     counters: Counters = field(default_factory=Counters)
     started: float = field(default_factory=time.monotonic)
 
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.config.rate_limit, self.config.rate_window)
 
-@dataclass
+
+@dataclass(eq=False)
 class Connection:
     sock: socket.socket
     caller: Caller
@@ -84,20 +94,25 @@ def peer_caller(sock: socket.socket) -> Caller:
     return Caller(uid=uid, gid=gid, pid=pid)
 
 
-def lookup_name(name: str) -> Account | None:
+def lookup_account(key: str | int, policy_groups: frozenset[str]) -> Account | None:
+    """The account named (str) or numbered (int) KEY, with those of POLICY_GROUPS it is in,
+    primary or supplementary; None if NSS does not know it."""
     try:
-        pw = pwd.getpwnam(name)
+        pw = pwd.getpwnam(key) if isinstance(key, str) else pwd.getpwuid(key)
     except KeyError:
         return None
-    return Account(pw.pw_name, pw.pw_uid)
+    groups: frozenset[str] = frozenset()
+    if policy_groups:  # initgroups through NSS only when the policy names groups
+        gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+        groups = frozenset(g for g in policy_groups if _gid(g) in gids)
+    return Account(pw.pw_name, pw.pw_uid, groups)
 
 
-def lookup_uid(uid: int) -> Account | None:
+def _gid(group: str) -> int | None:
     try:
-        pw = pwd.getpwuid(uid)
+        return grp.getgrnam(group).gr_gid
     except KeyError:
         return None
-    return Account(pw.pw_name, pw.pw_uid)
 
 
 def parse_lifetime(text: str | None) -> int | None:
@@ -131,7 +146,20 @@ def bind_socket(path: str) -> socket.socket:
     return sock
 
 
-Loader = Callable[[], tuple[Config, HS256Signer]]
+Loader = Callable[[], tuple[Config, Signer]]
+Fields = dict[str, object]
+
+
+@dataclass(eq=False)
+class Pending:
+    """A request whose token a blocking signer is making in a worker thread."""
+
+    future: Future
+    op: str
+    caller: Caller
+    user: str
+    answer: Callable[[Token], Fields]
+    undo: Callable[[], object]
 
 
 class Server:
@@ -157,6 +185,9 @@ class Server:
             self._timers["watchdog"] = time.monotonic()
         self._status_shown = ""
         self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self._signed_r, self._signed_w = socket.socketpair()  # worker threads: "a token is ready"
+        self._signing: dict[Connection, Pending] = {}
+        self._workers: ThreadPoolExecutor | None = None
 
     # -- life -------------------------------------------------------------------------------
     def startup(self, listener: socket.socket | None = None) -> None:
@@ -179,6 +210,9 @@ class Server:
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, "signal")
+        self._signed_r.setblocking(False)
+        self._signed_w.setblocking(False)
+        self._selector.register(self._signed_r, selectors.EVENT_READ, "signed")
         signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
@@ -190,12 +224,14 @@ class Server:
         self._signals.append(signum)
 
     def serve(self) -> None:
-        while not (self._stopping and not self._pending):
+        while not (self._stopping and not self._pending and not self._signing):
             for key, _ in self._selector.select(self._next_timeout()):
                 if key.data is None:
                     self._accept()
                 elif key.data == "signal":
                     self._handle_signals()
+                elif key.data == "signed":
+                    self._complete_signing()
                 else:
                     self._read(key.data)
             now = time.monotonic()
@@ -212,6 +248,8 @@ class Server:
         except OSError as exc:
             log.error("could not save sessions to %s: %s", self.state.registry.path, exc)
         signal.set_wakeup_fd(-1)
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
         log.info("slurmjwtd stopped: granted=%d refused=%d", self.state.counters.granted,
                  self.state.counters.refused)
 
@@ -248,6 +286,8 @@ class Server:
                 log.warning("%s changed: that takes a restart; keeping %s until then",
                             " and ".join(fixed), ", ".join(getattr(old, k) for k in fixed))
                 config = dataclasses.replace(config, socket=old.socket, session_file=old.session_file)
+            if (config.rate_limit, config.rate_window) != (old.rate_limit, old.rate_window):
+                self.state.limiter = RateLimiter(config.rate_limit, config.rate_window)
             self.state.config, self.state.signer = config, signer
             log.info("reloaded: key_file=%s signer=%s lifetime=%d", config.key_file, signer.name,
                      config.lifetime)
@@ -281,6 +321,7 @@ class Server:
     def _on_prune(self, now: float) -> None:
         self._timers["prune"] = now + _PRUNE_INTERVAL
         self.state.registry.prune()
+        self.state.limiter.forget_idle(now)
 
     def _on_resume_accept(self, now: float) -> None:
         del self._timers["resume_accept"]
@@ -351,7 +392,14 @@ class Server:
         conn.buf += data
         end = conn.buf.find(b"\n")
         if end >= 0:
-            self._finish(conn, self._answer(conn.caller, conn.buf, end))
+            reply = self._answer(conn.caller, conn.buf, end)
+            if isinstance(reply, Pending):  # no client deadline, no reading, while signing
+                if self._pending.pop(conn.sock.fileno(), None) is not None:
+                    self._selector.unregister(conn.sock)
+                self._signing[conn] = reply
+                reply.future.add_done_callback(self._wake_signed)
+            else:
+                self._finish(conn, reply)
         elif len(conn.buf) > MAX_REQUEST - 1:
             self._finish(conn, self._refusal(conn.caller, Code.TOO_LARGE,
                                              f"request longer than {MAX_REQUEST} bytes"))
@@ -394,7 +442,7 @@ class Server:
         return encode_error(code, message)
 
     # -- requests ---------------------------------------------------------------------------
-    def _answer(self, caller: Caller, buf: bytes, end: int) -> bytes:
+    def _answer(self, caller: Caller, buf: bytes, end: int) -> bytes | Pending:
         """Turn one request into one answer line; every refusal becomes its code here."""
         op = "-"
         try:
@@ -408,7 +456,8 @@ class Server:
             extra = set(request.args) - allowed
             if extra:
                 raise ProtocolError(Code.BAD_REQUEST, f"{request.op} takes no argument {min(extra)}")
-            return encode_ok(getattr(self, "_op_" + op)(caller, request))
+            result = getattr(self, "_op_" + op)(caller, request)
+            return result if isinstance(result, Pending) else encode_ok(result)
         except ProtocolError as exc:
             if not exc.audited:  # malformed requests, refused before any decision was made
                 self._refuse(op, caller, exc.code, exc.code.value, exc.message)
@@ -438,30 +487,107 @@ class Server:
         """Resolve the account asked for and decide; raise the refusal if refused."""
         lifetime = parse_lifetime(request.args.get("lifetime"))
         name = request.args.get("user")
-        target = lookup_uid(caller.uid) if name is None else lookup_name(name)
+        groups = self.state.config.policy_groups
+        target = lookup_account(caller.uid if name is None else name, groups)
         shown = name if name is not None else f"uid {caller.uid}"
         has_session = (not caller.is_root and target is not None and target.uid == caller.uid
                        and self.state.registry.has_live_session(target.uid))
         decision = decide_mint(caller, target, shown, lifetime, has_session, self.state.config)
+        # the limit is on users' own requests: root's follow logins, which sshd already bounds
+        if (decision.granted and not caller.is_root
+                and not self.state.limiter.allow(target.uid, time.monotonic())):
+            config = self.state.config
+            decision = refuse(Code.RATE_LIMITED, "rate-limit",
+                              f"{target.name} had {config.rate_limit} tokens in {config.rate_window} s; "
+                              f"try again shortly", f"rate_limit:{config.rate_limit}/{config.rate_window}s")
         if not decision.granted:
             raise self._deny(op, caller, decision, user=target.name if target else shown,
-                             uid=target.uid if target else None)
+                             uid=target.uid if target else None, rule=decision.rule)
         assert target is not None
         return target, decision
 
-    def _issue(self, target: Account, decision: Decision) -> Token:
-        self.state.counters.granted += 1
-        return mint_token(self.state.signer, target.name, decision.lifetime, int(time.time()))
+    def _sign(self, op: str, caller: Caller, target: Account, decision: Decision,
+              answer: Callable[[Token], Fields], undo: Callable[[], object] = lambda: None
+              ) -> Fields | Pending:
+        """Mint now, or, for a signer that blocks (scontrol), in a worker thread: the
+        connection then waits off the loop and `_complete_signing` answers it."""
+        signer = self.state.signer
+        user = slurm_name(target.name, self.state.config)
+        if not signer.blocking:
+            self.state.counters.granted += 1
+            return answer(mint_token(signer, user, decision.lifetime, int(time.time())))
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(max_workers=_SIGNING_WORKERS,
+                                               thread_name_prefix="signer")
+        future = self._workers.submit(mint_token, signer, user, decision.lifetime, int(time.time()))
+        return Pending(future, op, caller, target.name, answer, undo)
 
-    def _op_mint(self, caller: Caller, request: Request) -> dict[str, object]:
+    def _wake_signed(self, future: Future) -> None:  # runs in the worker thread
+        try:
+            self._signed_w.send(b"\0")
+        except OSError:
+            pass  # the pair is full: the loop is already due to look
+
+    def _complete_signing(self) -> None:
+        try:
+            while self._signed_r.recv(256):
+                pass
+        except BlockingIOError:
+            pass
+        for conn, pending in [(c, p) for c, p in self._signing.items() if p.future.done()]:
+            del self._signing[conn]
+            try:
+                reply = encode_ok(pending.answer(pending.future.result()))
+                self.state.counters.granted += 1
+            except SignerError as exc:
+                pending.undo()
+                refusal = self._refuse(pending.op, pending.caller, Code.SIGNER_UNAVAILABLE,
+                                       "signer", str(exc), user=pending.user)
+                reply = encode_error(refusal.code, refusal.message)
+            except Exception:
+                log.exception("internal error signing for %s", pending.user)
+                pending.undo()
+                reply = encode_error(Code.INTERNAL, "internal error; see the slurmjwtd log")
+            self._finish(conn, reply)
+
+    def _op_mint(self, caller: Caller, request: Request) -> Fields | Pending:
         target, decision = self._mint_for("mint", caller, request)
-        token = self._issue(target, decision)
-        self._grant("mint", caller, user=target.name, uid=target.uid, reason=decision.reason,
-                    lifetime=decision.lifetime, exp=token.exp, jti=token.jti)
-        return {"token": token.jwt, "user": target.name, "exp": token.exp, "jti": token.jti,
-                "lifetime": decision.lifetime}
 
-    def _op_open(self, caller: Caller, request: Request) -> dict[str, object]:
+        def answer(token: Token) -> Fields:
+            self._grant("mint", caller, user=target.name, uid=target.uid, slurm_user=token.user,
+                        reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
+                        exp=token.exp, jti=token.jti)
+            return {"token": token.jwt, "user": target.name, "slurm_user": token.user,
+                    "exp": token.exp, "jti": token.jti, "lifetime": decision.lifetime}
+        return self._sign("mint", caller, target, decision, answer)
+
+    def _op_explain(self, caller: Caller, request: Request) -> dict[str, object]:
+        """What MINT would decide for a user, asked by root; mints nothing, takes no grant."""
+        allowed = decide_session_change(caller, "EXPLAIN")
+        if not allowed.granted:
+            raise self._deny("explain", caller, allowed)
+        name = request.args.get("user")
+        if not name:
+            raise ProtocolError(Code.BAD_REQUEST, "EXPLAIN needs user=")
+        config = self.state.config
+        target = lookup_account(name, config.policy_groups)
+        lifetime = parse_lifetime(request.args.get("lifetime"))
+        decision = decide_mint(caller, target, name, lifetime, False, config)
+        answer: dict[str, object] = {
+            "decision": "granted" if decision.granted else "refused", "reason": decision.reason,
+            "rule": decision.rule, "code": decision.code.value if decision.code else "-",
+            "message": decision.message or "-"}
+        if target is not None:
+            now = time.monotonic()
+            answer |= {"uid": target.uid, "slurm_user": slurm_name(target.name, config),
+                       "groups": ",".join(sorted(target.groups)) or "-",
+                       "sessions": self.state.registry.live_count(target.uid),
+                       "rate_left": self.state.limiter.left(target.uid, now)}
+        if decision.granted:
+            answer |= {"lifetime": decision.lifetime, "max_lifetime": decision.max_lifetime}
+        return answer
+
+    def _op_open(self, caller: Caller, request: Request) -> Fields | Pending:
         args = request.args
         allowed = decide_session_change(caller, "OPEN")
         if not allowed.granted:
@@ -474,12 +600,17 @@ class Server:
         session = self.state.registry.open(target.name, target.uid, caller.pid, **where)
         if session is None:
             raise ProtocolError(Code.BAD_REQUEST, "the calling process exited before its session opened")
-        token = self._issue(target, decision)
-        self._grant("open", caller, user=target.name, uid=target.uid, reason=decision.reason,
-                    lifetime=decision.lifetime, exp=token.exp, jti=token.jti, session=session.id,
-                    **where)
-        return {"session": session.id, "token": token.jwt, "user": target.name, "exp": token.exp,
-                "jti": token.jti, "lifetime": decision.lifetime}
+
+        def answer(token: Token) -> Fields:
+            self._grant("open", caller, user=target.name, uid=target.uid, slurm_user=token.user,
+                        reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
+                        exp=token.exp, jti=token.jti, session=session.id, **where)
+            return {"session": session.id, "token": token.jwt, "user": target.name,
+                    "slurm_user": token.user, "exp": token.exp, "jti": token.jti,
+                    "lifetime": decision.lifetime}
+        # no token, no session: a failed signer leaves nothing open
+        return self._sign("open", caller, target, decision, answer,
+                          undo=lambda: self.state.registry.close(session.id))
 
     def _op_close(self, caller: Caller, request: Request) -> dict[str, object]:
         allowed = decide_session_change(caller, "CLOSE")

@@ -1,8 +1,13 @@
-"""Token signing. Slurm (libjwt 1.10) accepts exactly header {"alg":"HS256","typ":"JWT"}
-and reads `exp` and `sun`; `iat` is written as `scontrol token` does, `jti` for audit.
+"""Token signers. Each has `mint(user, lifetime, now) -> Token` and says whether minting
+blocks (the server runs blocking signers off its loop).
 
-HS256 is built with hmac rather than pyjwt.encode: it is the daemon's hot path and
-three times faster; tests verify every token with pyjwt and with the real Slurm.
+- hs256: the shared key. Slurm (libjwt 1.10) accepts exactly the header
+  {"alg":"HS256","typ":"JWT"} and reads `exp` and `sun`; `iat` is written as `scontrol
+  token` does, `jti` for audit. Built with hmac rather than pyjwt.encode: it is the
+  daemon's hot path and three times faster; tests verify every token with pyjwt and
+  with the real Slurm.
+- rs256: a private key of this node, checked by slurmctld against its JWKS by `kid`.
+- scontrol: `scontrol token`, run as SlurmUser or root; the key stays on the controller.
 """
 
 from __future__ import annotations
@@ -31,8 +36,13 @@ def b64url(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
+class SignerError(Exception):
+    """The signer could not make a token (the controller is down, slow or refusing)."""
+
+
 class HS256Signer:
     name = "hs256"
+    blocking = False
 
     def __init__(self, key: bytes) -> None:
         self._hmac = hmac.new(key, digestmod=hashlib.sha256)
@@ -47,6 +57,11 @@ class HS256Signer:
         mac.update(signing_input)
         return (signing_input + b"." + b64url(mac.digest())).decode()
 
+    def mint(self, user: str, lifetime: int, now: int) -> Token:
+        jti = secrets.token_hex(8)
+        exp = now + lifetime
+        return Token(self.sign(claims_json(user, now, exp, jti)), user, now, exp, jti)
+
 
 def claims_json(user: str, iat: int, exp: int, jti: str) -> bytes:
     # a fixed template is five times faster than json.dumps of a dict; the user name,
@@ -55,7 +70,71 @@ def claims_json(user: str, iat: int, exp: int, jti: str) -> bytes:
         iat, exp, json.dumps(user).encode(), jti.encode())
 
 
-def mint_token(signer: HS256Signer, user: str, lifetime: int, now: int) -> Token:
-    jti = secrets.token_hex(8)
-    exp = now + lifetime
-    return Token(signer.sign(claims_json(user, now, exp, jti)), user, now, exp, jti)
+
+class RS256Signer:
+    """RS256 with a `kid` header, as slurmctld's `jwks=` verification needs."""
+
+    name = "rs256"
+    blocking = False  # about a millisecond of CPU per token for RSA-2048
+
+    def __init__(self, pem: bytes, kid: str) -> None:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        import jwt  # pyjwt[crypto]: only this signer needs it
+
+        try:
+            self._key = load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not an unencrypted PEM private key ({exc.__class__.__name__})") from None
+        if getattr(self._key, "key_size", 0) < 2048:
+            raise ValueError("an RSA key of at least 2048 bits is needed")
+        self._encode = jwt.encode
+        self.kid = kid
+
+    def __repr__(self) -> str:
+        return f"RS256Signer(kid={self.kid!r}, <key hidden>)"
+
+    def mint(self, user: str, lifetime: int, now: int) -> Token:
+        jti = secrets.token_hex(8)
+        exp = now + lifetime
+        claims = {"iat": now, "exp": exp, "sun": user, "jti": jti}
+        jwt = self._encode(claims, self._key, algorithm="RS256",
+                           headers={"kid": self.kid, "typ": "JWT"})
+        return Token(jwt, user, now, exp, jti)
+
+
+class ScontrolSigner:
+    """`scontrol token username=U lifespan=S`: slurmctld mints, no key on this node.
+    Runs as SlurmUser or root, in the server's worker threads, bounded by TIMEOUT."""
+
+    name = "scontrol"
+    blocking = True
+
+    def __init__(self, scontrol: str, timeout: float) -> None:
+        self.scontrol, self.timeout = scontrol, timeout
+
+    def mint(self, user: str, lifetime: int, now: int) -> Token:
+        import subprocess
+
+        try:
+            done = subprocess.run([self.scontrol, "token", f"username={user}", f"lifespan={lifetime}"],
+                                  capture_output=True, text=True, timeout=self.timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise SignerError(f"scontrol token did not answer in {self.timeout:g} s "
+                              f"(is slurmctld up? scontrol ping)") from None
+        except OSError as exc:
+            raise SignerError(f"cannot run {self.scontrol}: {exc.strerror}") from None
+        token = done.stdout.strip().removeprefix("SLURM_JWT=")
+        if done.returncode != 0 or token.count(".") != 2:
+            reason = (done.stderr.strip().splitlines() or ["no token in its output"])[-1][:200]
+            raise SignerError(f"scontrol token failed: {reason}")
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        return Token(token, user, int(claims.get("iat", now)), int(claims.get("exp", now + lifetime)),
+                     str(claims.get("jti", "-")))
+
+
+Signer = HS256Signer | RS256Signer | ScontrolSigner
+
+
+def mint_token(signer: Signer, user: str, lifetime: int, now: int) -> Token:
+    return signer.mint(user, lifetime, now)
