@@ -8,7 +8,7 @@ PYTHON  := $(VENV)/bin/python
 APT_PACKAGES := slurmctld slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
 	libpam0g-dev pamtester openssh-server openssh-client valgrind libsystemd-dev pkg-config \
 	python3-venv python3-dev python3-click python3-systemd python3-jwt python3-cryptography \
-	systemd gcc binutils make curl \
+	systemd gcc binutils make curl zsh tcsh \
 	procps passwd util-linux
 PYTEST_ARGS ?=
 
@@ -22,6 +22,8 @@ DOCDIR      := $(PREFIX)/share/doc/slurmjwt
 UNITDIR     ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 TMPFILESDIR ?= /usr/lib/tmpfiles.d
+PROFILEDIR  ?= $(SYSCONFDIR)/profile.d
+CSHRCDIR    ?= $(SYSCONFDIR)/csh/cshrc.d
 RUNTIME_PACKAGES := python3 python3-click python3-systemd python3-jwt python3-cryptography
 
 .PHONY: all deps venv module test demo bench install install-deps clean
@@ -92,6 +94,11 @@ install: module
 	  $(DESTDIR)$(SYSCONFDIR)/slurmjwt/slurmjwtd.toml.example $(DESTDIR)$(SYSCONFDIR)/slurmjwt/slurmjwtd.toml
 	install -m 0644 README.md docs/*.md $(DESTDIR)$(DOCDIR)/
 	install -m 0644 pam/README.md $(DESTDIR)$(DOCDIR)/pam_slurmjwt.md
+	install -d $(DESTDIR)$(PROFILEDIR) $(DESTDIR)$(CSHRCDIR)
+	install -m 0644 shell/slurmjwt.sh $(DESTDIR)$(PROFILEDIR)/slurmjwt.sh
+	install -m 0644 shell/slurmjwt.csh $(DESTDIR)$(CSHRCDIR)/slurmjwt.csh
+	install -m 0644 shell/README.md $(DESTDIR)$(DOCDIR)/shell.md
+	@echo "zsh users: add to /etc/zsh/zshrc:  [ -r $(PROFILEDIR)/slurmjwt.sh ] && . $(PROFILEDIR)/slurmjwt.sh"
 	$(MAKE) -s -C pam install DESTDIR=$(DESTDIR)
 
 clean:

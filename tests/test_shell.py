@@ -1,0 +1,446 @@
+"""Shell integration (shell/slurmjwt.sh, shell/slurmjwt.csh) in real login shells.
+
+Every test logs in over SSH (tests/sshd_server.py, pam_slurmjwt.so in the session stack) as a
+test user whose login shell is bash, zsh or tcsh, on a pty driven from Python, as a person at a
+terminal would. The files are installed where `make install` puts them and where Debian's
+shells read them: /etc/profile.d/slurmjwt.sh (bash, through /etc/profile) and
+/etc/csh/cshrc.d/slurmjwt.csh (tcsh, through /etc/csh.cshrc); Debian's zsh reads neither, so
+the user's ~/.zshrc holds the line an admin puts in /etc/zsh/zshrc. The user gets a temporary
+home with startup files that put the venv's slurmjwt on PATH, name the test daemon's socket and
+set a plain prompt. Tokens are read back through files in that home, never through the
+terminal, so a test can assert that the terminal never showed one.
+
+Files a crashed run left are replaced (they carry a marker line); a file that was there before
+and is not ours is set aside and put back. Login shells and homes are restored after each test.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pwd
+import re
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import termios
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from conftest import SLURMJWT, VENV, sh
+from sshd_server import SSH, SshServer, pam_stack
+
+SHELL_DIR = Path(__file__).resolve().parent.parent / "shell"
+SH_FILE, CSH_FILE = Path("/etc/profile.d/slurmjwt.sh"), Path("/etc/csh/cshrc.d/slurmjwt.csh")
+MARK = "# installed for a test by tests/test_shell.py: remove me\n"
+SAVED = Path("/var/tmp/slurmjwt-test-shell-saved")
+SHELLS = {"bash": "/bin/bash", "zsh": "/usr/bin/zsh", "tcsh": "/usr/bin/tcsh", "sh": "/bin/sh"}
+PROMPT_HOOKS = ["bash", "zsh", "tcsh"]  # POSIX sh (dash) has no prompt hook: no auto-renewal
+PROMPT = "SJT> "
+PORT, NAME_PORT, DOWN_PORT = 2226, 2228, 2230
+JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shells_present():
+    missing = [path for path in SHELLS.values() if not os.access(path, os.X_OK)]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: apt-get install zsh tcsh")
+
+
+# -- the installed files ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def install():
+    """Both files where `make install` puts them, for this module's tests. A file of an admin's
+    is kept outside the tests' workdir (which each run wipes) until it is put back."""
+    SAVED.mkdir(mode=0o700, exist_ok=True)
+    for src, dest in ((SHELL_DIR / "slurmjwt.sh", SH_FILE), (SHELL_DIR / "slurmjwt.csh", CSH_FILE)):
+        if dest.exists() and not dest.read_text(errors="replace").startswith(MARK):
+            shutil.copy2(dest, SAVED / dest.name)
+        # else: ours, left by a crashed run, and the admin's file (if any) is still in SAVED
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(MARK + src.read_text())
+        os.chmod(dest, 0o644)
+    yield
+    for dest in (SH_FILE, CSH_FILE):
+        if (SAVED / dest.name).exists():
+            shutil.copy2(SAVED / dest.name, dest)
+            (SAVED / dest.name).unlink()
+        else:
+            dest.unlink(missing_ok=True)
+    SAVED.rmdir()
+
+
+# -- the user's login shell and home ------------------------------------------------------
+class Account:
+    """USER with login shell SHELL and a fresh home holding startup files for all three."""
+
+    def __init__(self, user: str, home: Path) -> None:
+        self.user = user
+        self.home = home
+        self.entry = pwd.getpwnam(user)
+
+    def setup(self, shell: str, socket: str, autorenew: bool = False) -> Account:
+        shutil.rmtree(self.home, ignore_errors=True)
+        self.home.mkdir(mode=0o700, parents=True)
+        files = {
+            ".profile": f"""PATH={VENV}/bin:$PATH
+SLURMJWT_SOCKET={socket}; export SLURMJWT_SOCKET
+PS1='{PROMPT}'
+{'SLURMJWT_AUTORENEW=1' if autorenew else ''}
+""",
+            # the line an admin adds to /etc/zsh/zshrc (Debian's zsh never reads /etc/profile)
+            ".zshrc": f"""[ -r /etc/profile.d/slurmjwt.sh ] && . /etc/profile.d/slurmjwt.sh
+path=({VENV}/bin $path)
+export SLURMJWT_SOCKET={socket}
+PS1='{PROMPT}'
+{'SLURMJWT_AUTORENEW=1' if autorenew else ''}
+""",
+            ".tcshrc": f"""set path = ({VENV}/bin $path)
+setenv SLURMJWT_SOCKET {socket}
+set prompt = '{PROMPT}'
+{'setenv SLURMJWT_AUTORENEW 1' if autorenew else ''}
+""",
+        }
+        for name, text in files.items():
+            (self.home / name).write_text(text)
+        for path in (self.home, *self.home.iterdir()):
+            os.chown(path, self.entry.pw_uid, self.entry.pw_gid)
+        self._usermod("-s", SHELLS[shell], "-d", str(self.home))
+        return self
+
+    def restore(self) -> None:
+        try:
+            pwd.getpwnam(self.user)
+        except KeyError:  # gone already: nothing to restore
+            shutil.rmtree(self.home, ignore_errors=True)
+            return
+        try:
+            self._usermod("-s", self.entry.pw_shell, "-d", self.entry.pw_dir)
+        finally:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def _usermod(self, *args: str, timeout: float = 10) -> None:
+        """usermod refuses to change the home of a user who has processes: a session that
+        just ended may still be exiting, so try again for a while."""
+        deadline = time.monotonic() + timeout
+        while (run := sh("usermod", *args, self.user, check=False)).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"usermod {' '.join(args)} {self.user}: {run.stderr.strip()}")
+            time.sleep(0.05)
+
+    def give(self, name: str, text: str) -> None:
+        """A file in the home that only the user reads."""
+        path = self.home / name
+        path.write_text(text)
+        os.chown(path, self.entry.pw_uid, self.entry.pw_gid)
+        os.chmod(path, 0o600)
+
+    def read(self, name: str) -> str:
+        return (self.home / name).read_text().strip()
+
+
+@pytest.fixture
+def account(users, workdir):
+    acc = Account(users["alice"].pw_name, workdir / "shell-home")
+    yield acc
+    acc.restore()
+
+
+# -- a terminal ---------------------------------------------------------------------------
+class Terminal:
+    """/usr/bin/ssh -tt on a pty of our own: what it reads is what the user's screen shows."""
+
+    def __init__(self, server: SshServer, user: str) -> None:
+        args = [SSH, "-F", "none", "-i", str(server.keys[user]), "-p", str(server.port), "-tt",
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"{user}@127.0.0.1"]
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))
+        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                     env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": "dumb"})
+        os.close(slave)
+        self.screen = ""  # everything the terminal received
+        self.markers = 0
+
+    def _read(self, deadline: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return False
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:  # EIO: ssh has gone
+            data = b""
+        if not data:
+            raise AssertionError(f"the session ended; the screen showed:\n{self.screen[-2000:]}")
+        self.screen += data.decode("utf-8", "replace")
+        return True
+
+    def wait(self, pattern: str, start: int = 0, timeout: float = 15) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while not (found := re.compile(pattern).search(self.screen, start)):
+            if not self._read(deadline) and time.monotonic() >= deadline:
+                raise AssertionError(f"no {pattern!r} within {timeout} s; the screen showed:\n"
+                                     f"{self.screen[-2000:]}")
+        return found
+
+    def prompts(self) -> int:
+        return self.screen.count(PROMPT)
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def run(self, command: str, timeout: float = 15) -> str:
+        """Type COMMAND, wait for it to finish and for the next prompt; what it printed."""
+        self.markers += 1
+        marker = f"@@{self.markers}@@"
+        # the shell prints "@@N@@"; the echo of what was typed shows "@@""N@@"
+        self.send(f'{command}; echo "@@""{self.markers}@@"\r')
+        start = len(self.screen)
+        done = self.wait(re.escape(marker), start, timeout)
+        self.wait(re.escape(PROMPT), done.end(), timeout)
+        echoed = self.screen.find("\n", start)
+        return self.screen[echoed + 1 if echoed >= 0 else start:done.start()]
+
+    def enter(self, timeout: float = 5) -> float:
+        """Press Enter on an empty line; seconds until the next prompt is drawn."""
+        count = self.prompts()
+        started = time.monotonic()
+        self.send("\r")
+        deadline = started + timeout
+        while self.prompts() <= count:
+            if not self._read(deadline) and time.monotonic() >= deadline:
+                raise AssertionError(f"no prompt within {timeout} s:\n{self.screen[-2000:]}")
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        os.close(self.master)
+
+
+@pytest.fixture
+def terminals():
+    opened: list[Terminal] = []
+
+    def open_terminal(server: SshServer, user: str) -> Terminal:
+        term = Terminal(server, user)
+        opened.append(term)
+        term.wait(re.escape(PROMPT))
+        return term
+
+    yield open_terminal
+    for term in opened:
+        term.close()
+
+
+# -- servers ------------------------------------------------------------------------------
+def start_sshd(workdir: Path, name: str, port: int, socket_or_stack: str | list[str],
+               users) -> SshServer:
+    """sshd in WORKDIR/sshd-NAME on PORT, PAM service sshd-sjt-NAME, its session stack the
+    module asking SOCKET (or the lines given)."""
+    stack = pam_stack(socket_or_stack) if isinstance(socket_or_stack, str) else socket_or_stack
+    server = SshServer(workdir / f"sshd-{name}", stack, port=port, service=f"sshd-sjt-{name}")
+    server.add_key(users["alice"].pw_name)
+    return server.start()
+
+
+@pytest.fixture(scope="module")
+def sshd(daemon, users, workdir, install):
+    server = start_sshd(workdir, "shell", PORT, daemon.socket, users)
+    yield server
+    server.stop()
+
+
+# -- shell syntax -------------------------------------------------------------------------
+def set_var(shell: str, name: str, file: str) -> str:
+    """The command that sets NAME, exported, to the content of ~/FILE."""
+    if shell == "tcsh":
+        return f'setenv {name} "`cat ~/{file}`"'
+    return f'{name}="$(cat ~/{file})"; export {name}'
+
+
+def save_var(name: str, file: str) -> str:
+    """The command that writes NAME's value to ~/FILE (nothing if NAME is unset)."""
+    return f"printenv {name} > ~/{file}"
+
+
+def verified(daemon, token: str, user: str) -> dict:
+    assert JWT.fullmatch(token), f"not a JWT: {token[:40]!r}"
+    claims = jwt.decode(token, daemon.key_file.read_bytes(), algorithms=["HS256"])
+    assert claims["sun"] == user
+    return claims
+
+
+def mint_short(daemon, user: str, lifetime: int = 30) -> str:
+    """A token for USER that expires in LIFETIME seconds, minted by root."""
+    run = subprocess.run([SLURMJWT, "token", "--user", user, "--lifetime", str(lifetime)], check=False,
+                         capture_output=True, text=True,
+                         env={"SLURMJWT_SOCKET": daemon.socket, "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    token = run.stdout.strip().split("=", 1)[1]
+    assert verified(daemon, token, user)["exp"] - time.time() < lifetime + 5
+    return token
+
+
+def assert_never_shown(term: Terminal, *tokens: str) -> None:
+    for token in tokens:
+        assert token and token not in term.screen, "the terminal showed a token"
+        # nor its signature: a token split by a line wrap would still be on the screen
+        assert token.rsplit(".", 1)[1] not in term.screen, "the terminal showed a token's signature"
+
+
+def assert_quiet(term: Terminal) -> None:
+    """The screen shows prompts, what was typed and the markers, nothing else."""
+    for raw in term.screen.split("\n"):
+        # what stays visible: escape sequences dropped, a carriage return starts the line over
+        # (zsh marks a partial last line with "%", spaces and a return before each prompt)
+        line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).rstrip("\r").rsplit("\r", 1)[-1]
+        if not line.strip():
+            continue
+        assert line.startswith(PROMPT) or re.fullmatch(r"@@\d+@@", line), \
+            f"the terminal showed {line!r}:\n{term.screen[-2000:]}"
+
+
+# -- tests --------------------------------------------------------------------------------
+@pytest.mark.parametrize("shell", SHELLS)
+def test_refresh_updates_the_shells_own_variable(shell, sshd, daemon, account, terminals):
+    alice = account.user
+    account.setup(shell, daemon.socket)
+    term = terminals(sshd, alice)
+    term.run(save_var("SLURM_JWT", "login"))
+    login = account.read("login")
+    first = verified(daemon, login, alice)
+
+    out = term.run("slurmjwt refresh")
+    assert "renewed, expires" in out and "SLURM_JWT" in out, out  # a confirmation, on stderr
+    term.run(save_var("SLURM_JWT", "fresh"))
+    fresh = account.read("fresh")
+    second = verified(daemon, fresh, alice)
+    assert second["jti"] != first["jti"]
+    assert second["exp"] - second["iat"] == 3600
+
+    # any other subcommand runs unchanged: output, pipes, redirections, exit status
+    shown = term.run("slurmjwt show")
+    assert f"user:    {alice}" in shown and f"jti:     {second['jti']}" in shown, shown
+    piped = term.run("slurmjwt show | grep -c jti")
+    assert piped.strip().endswith("1"), piped
+    term.run("slurmjwt status > ~/status")
+    assert account.read("status").startswith("slurmjwtd "), account.read("status")
+    status = "$status" if shell == "tcsh" else "$?"
+    assert "rc=7" in term.run(f"slurmjwt show not-a-token; echo rc={status}")
+    # a quiet refresh still refreshes; a failed one keeps the token and reports its status
+    quiet = term.run("slurmjwt refresh >& /dev/null" if shell == "tcsh" else "slurmjwt refresh 2>/dev/null")
+    assert "renewed" not in quiet, quiet
+    term.run(save_var("SLURM_JWT", "quiet"))
+    assert verified(daemon, account.read("quiet"), alice)["jti"] != second["jti"]
+    # the idiom without the integration still works: in a subshell the command prints
+    term.run("eval `slurmjwt refresh --csh`" if shell == "tcsh" else 'eval "$(slurmjwt refresh)"')
+    term.run(save_var("SLURM_JWT", "evaled"))
+    assert verified(daemon, account.read("evaled"), alice)["jti"] != \
+        verified(daemon, account.read("quiet"), alice)["jti"]
+    failed = term.run(f"slurmjwt --socket /nonexistent refresh; echo rc={status}")
+    assert "rc=3" in failed and "slurmjwt:" in failed, failed
+    term.run(save_var("SLURM_JWT", "after"))
+    assert account.read("after") == account.read("evaled")
+    assert_never_shown(term, login, fresh, account.read("quiet"), account.read("evaled"))
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_refresh_updates_the_variable_the_site_named(shell, daemon, users, workdir, install,
+                                                      account, terminals):
+    """The site names the variable in the environment every login gets (on Debian,
+    /etc/environment, read by pam_env in sshd's session stack) and in the module's env=."""
+    alice = account.user
+    environment = workdir / "shell-environment"
+    environment.write_text("SLURMJWT_VARIABLE=SLURM_JWT_TOKEN\n")
+    stack = pam_stack(daemon.socket, "env=SLURM_JWT_TOKEN")
+    stack.insert(-1, f"session  required pam_env.so conffile=/dev/null envfile={environment}")
+    server = start_sshd(workdir, "shell-name", NAME_PORT, stack, users)
+    try:
+        account.setup(shell, daemon.socket)
+        term = terminals(server, alice)
+        term.run(save_var("SLURM_JWT_TOKEN", "login") + "; " + save_var("SLURM_JWT", "plain"))
+        login = verified(daemon, account.read("login"), alice)
+        assert account.read("plain") == ""  # the module set only the site's name
+        out = term.run("slurmjwt refresh")
+        assert "SLURM_JWT_TOKEN renewed" in out, out
+        term.run(save_var("SLURM_JWT_TOKEN", "fresh") + "; " + save_var("SLURM_JWT", "plain"))
+        assert verified(daemon, account.read("fresh"), alice)["jti"] != login["jti"]
+        assert account.read("plain") == "", "refresh set SLURM_JWT"
+        assert_never_shown(term, account.read("login"), account.read("fresh"))
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("shell", PROMPT_HOOKS)
+def test_prompt_renews_a_token_about_to_expire_once_and_quietly(shell, sshd, daemon, account,
+                                                                 terminals):
+    alice = account.user
+    account.setup(shell, daemon.socket, autorenew=True)
+    term = terminals(sshd, alice)
+    term.run(save_var("SLURM_JWT", "login"))
+    login = account.read("login")
+    verified(daemon, login, alice)
+    term.enter()
+    term.run(save_var("SLURM_JWT", "still"))
+    assert account.read("still") == login, "a token with an hour left was renewed"
+
+    short = mint_short(daemon, alice, 30)  # 30 s left, the margin is 600 s
+    account.give("short", short)
+    term.run(set_var(shell, "SLURM_JWT", "short"))  # the prompt drawn after this renews it
+    term.run(save_var("SLURM_JWT", "auto"))
+    renewed = account.read("auto")
+    claims = verified(daemon, renewed, alice)
+    assert renewed != short and claims["jti"] != verified(daemon, short, alice)["jti"]
+    assert claims["exp"] - claims["iat"] == 3600
+
+    # the fresh token is left alone, and a prompt costs little
+    times = [term.enter() for _ in range(5)]
+    term.run(save_var("SLURM_JWT", "later"))
+    assert account.read("later") == renewed
+    assert max(times) < 0.5, times
+    assert_quiet(term)
+    assert_never_shown(term, login, short, renewed)
+
+
+@pytest.mark.parametrize("shell", PROMPT_HOOKS)
+def test_prompt_is_not_slowed_while_the_daemon_is_down(shell, make_daemon, users, workdir, install,
+                                                      account, terminals):
+    alice = account.user
+    other = make_daemon()
+    server = start_sshd(workdir, "shell-down", DOWN_PORT, other.socket, users)
+    try:
+        account.setup(shell, other.socket, autorenew=True)
+        term = terminals(server, alice)
+        term.run(save_var("SLURM_JWT", "login"))
+        verified(other, account.read("login"), alice)
+        account.give("short", mint_short(other, alice, 30))
+        other.stop()
+        assert not os.path.exists(other.socket)
+        term.run(set_var(shell, "SLURM_JWT", "short"))
+        times = [term.enter() for _ in range(5)]
+        assert max(times) < 0.5, f"prompts took {times} s with the daemon down"
+        term.run(save_var("SLURM_JWT", "kept"))
+        assert account.read("kept") == account.read("short")  # untouched
+        # nothing was tried while the socket was missing: once the daemon is back (it kept
+        # the session), the next prompt renews the token
+        other.start()
+        term.enter()
+        term.run(save_var("SLURM_JWT", "back"))
+        claims = verified(other, account.read("back"), alice)
+        assert claims["exp"] - claims["iat"] == 3600
+        assert_quiet(term)
+        assert_never_shown(term, account.read("login"), account.read("short"), account.read("back"))
+    finally:
+        server.stop()
