@@ -69,8 +69,10 @@ def main(config_path: str | None, check_config: bool, print_defaults: bool) -> N
     except KeyFileError as exc:
         fail(EXIT_KEY, str(exc))
     if check_config:
-        click.echo(f"slurmjwtd: configuration {config_path or DEFAULT_CONFIG} and key file "
-                   f"{config.key_file} are valid")
+        checked = {"rs256": f"key file {config.rs256_key_file}", "scontrol": f"program {config.scontrol}",
+                   }.get(signer.name, f"key file {config.key_file}")
+        click.echo(f"slurmjwtd: configuration {config_path or DEFAULT_CONFIG} and {checked} "
+                   f"(signer {signer.name}) are valid")
         return
     journal = service.journal_stream()
     setup_logging(journal)

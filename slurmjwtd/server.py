@@ -35,7 +35,7 @@ from .protocol import (MAX_REQUEST, Code, ProtocolError, Request, encode_error, 
 from .service import Notifier
 from .ratelimit import RateLimiter
 from .sessions import SessionRegistry
-from .signer import Signer, SignerError, Token, mint_token
+from .signer import Signer, SignerError, Token
 
 log = logging.getLogger("slurmjwtd")
 _PEERCRED = struct.Struct("3i")
@@ -289,8 +289,8 @@ class Server:
             if (config.rate_limit, config.rate_window) != (old.rate_limit, old.rate_window):
                 self.state.limiter = RateLimiter(config.rate_limit, config.rate_window)
             self.state.config, self.state.signer = config, signer
-            log.info("reloaded: key_file=%s signer=%s lifetime=%d", config.key_file, signer.name,
-                     config.lifetime)
+            log.info("reloaded: signer=%s lifetime=%d max_lifetime=%d", signer.name,
+                     config.lifetime, config.max_lifetime)
         self._notifier.send("READY=1", "STATUS=" + self._status_text())
 
     def _close_listener(self) -> None:
@@ -515,11 +515,13 @@ class Server:
         user = slurm_name(target.name, self.state.config)
         if not signer.blocking:
             self.state.counters.granted += 1
-            return answer(mint_token(signer, user, decision.lifetime, int(time.time())))
+            return answer(signer.mint(user, decision.lifetime, int(time.time())))
         if self._workers is None:
             self._workers = ThreadPoolExecutor(max_workers=_SIGNING_WORKERS,
                                                thread_name_prefix="signer")
-        future = self._workers.submit(mint_token, signer, user, decision.lifetime, int(time.time()))
+        # the signer's timeout counts from now: time queued behind slow calls is part of it
+        future = self._workers.submit(signer.mint, user, decision.lifetime, int(time.time()),
+                                      time.monotonic() + signer.timeout)
         return Pending(future, op, caller, target.name, answer, undo)
 
     def _wake_signed(self, future: Future) -> None:  # runs in the worker thread

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -112,13 +113,24 @@ class ScontrolSigner:
     def __init__(self, scontrol: str, timeout: float) -> None:
         self.scontrol, self.timeout = scontrol, timeout
 
-    def mint(self, user: str, lifetime: int, now: int) -> Token:
-        import subprocess
+    @staticmethod
+    def _environment() -> dict[str, str]:
+        # scontrol must authenticate as the daemon (MUNGE): with SLURM_JWT set it would use that token
+        return {k: v for k, v in os.environ.items() if k != "SLURM_JWT"}
 
+    def mint(self, user: str, lifetime: int, now: int, deadline: float | None = None) -> Token:
+        """DEADLINE (time.monotonic()) bounds the request's whole wait, its time queued for
+        a worker included: a burst on a hung slurmctld is refused in time, not in turn."""
+        import subprocess
+        import time
+
+        timeout = self.timeout if deadline is None else min(self.timeout, deadline - time.monotonic())
         try:
+            if timeout <= 0:  # spent waiting behind other calls to a slow slurmctld
+                raise subprocess.TimeoutExpired(self.scontrol, self.timeout)
             done = subprocess.run([self.scontrol, "token", f"username={user}", f"lifespan={lifetime}"],
-                                  capture_output=True, text=True, timeout=self.timeout,
-                                  stdin=subprocess.DEVNULL)
+                                  capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL, env=self._environment())
         except subprocess.TimeoutExpired:
             raise SignerError(f"scontrol token did not answer in {self.timeout:g} s "
                               f"(is slurmctld up? scontrol ping)") from None
@@ -126,7 +138,11 @@ class ScontrolSigner:
             raise SignerError(f"cannot run {self.scontrol}: {exc.strerror}") from None
         token = done.stdout.strip().removeprefix("SLURM_JWT=")
         if done.returncode != 0 or token.count(".") != 2:
-            reason = (done.stderr.strip().splitlines() or ["no token in its output"])[-1][:200]
+            # its last line is a bare "Error fetching token"; the reason is in the error lines
+            lines = done.stderr.strip().splitlines()
+            errors = [line.removeprefix("scontrol: error: ") for line in lines
+                      if line.startswith("scontrol: error: ")]
+            reason = (errors or lines or ["no token in its output"])[-1][:200]
             raise SignerError(f"scontrol token failed: {reason}")
         claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
         return Token(token, user, int(claims.get("iat", now)), int(claims.get("exp", now + lifetime)),
@@ -135,6 +151,3 @@ class ScontrolSigner:
 
 Signer = HS256Signer | RS256Signer | ScontrolSigner
 
-
-def mint_token(signer: Signer, user: str, lifetime: int, now: int) -> Token:
-    return signer.mint(user, lifetime, now)

@@ -10,7 +10,7 @@ from slurmjwtd.config import Config, ConfigError, config_from_dict, load_config
 from slurmjwtd.policy import Account, Caller, decide_mint, decide_session_change
 from slurmjwtd.protocol import (Code, ProtocolError, encode_error, encode_ok, encode_request,
                                 parse_request, parse_response, quote, unquote)
-from slurmjwtd.signer import HS256Signer, mint_token
+from slurmjwtd.signer import HS256Signer
 
 ROOT = Caller(0, 0, 100)
 ALICE_CALLER = Caller(1001, 1001, 200)
@@ -142,7 +142,7 @@ def test_audit_line_escapes_client_input_and_takes_no_token():
 
 def test_hs256_token_is_what_slurm_accepts():
     key = b"k" * 32
-    token = mint_token(HS256Signer(key), "alice", 600, 1_700_000_000)
+    token = HS256Signer(key).mint("alice", 600, 1_700_000_000)
     assert jwt.get_unverified_header(token.jwt) == {"alg": "HS256", "typ": "JWT"}
     claims = jwt.decode(token.jwt, key, algorithms=["HS256"], options={"verify_exp": False})
     assert claims == {"iat": 1_700_000_000, "exp": 1_700_000_600, "sun": "alice", "jti": token.jti}
