@@ -18,15 +18,17 @@ from __future__ import annotations
 import ctypes
 import glob
 import hmac
+import json
 import os
 import pwd
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import Config, ConfigError, load_config
-from .keyfile import MAX_KEY_BYTES, KeyFileError, allowed_owners, read_key
+from .keyfile import MAX_KEY_BYTES, KeyFileError, allowed_owners, check_program, read_key
 
 OK, WARNING, PROBLEM, SKIP = "ok", "WARNING", "PROBLEM", "skip"
 DAEMON_USER = "slurmjwt"  # the unit's User=, which may also own the key
@@ -238,7 +240,13 @@ def check_config(path: str) -> tuple[Config | None, Finding]:
     return config, Finding(OK, "configuration", f"{path} {state} (key_file {config.key_file})")
 
 
+def signer_file(config: Config) -> str:
+    return {"rs256": config.rs256_key_file, "scontrol": config.scontrol}.get(config.signer,
+                                                                              config.key_file)
+
+
 def check_key(config: Config | None) -> Finding:
+    """The signer's own file, checked as slurmjwtd checks it at start."""
     if config is None:
         return Finding(SKIP, "key", "not checked: the configuration is invalid")
     if os.geteuid() != 0:
@@ -248,15 +256,21 @@ def check_key(config: Config | None) -> Finding:
         owners[pwd.getpwnam(DAEMON_USER).pw_uid] = DAEMON_USER
     except KeyError:
         pass
+    path = signer_file(config)
     try:
-        read_key(config.key_file, owners)
+        if config.signer == "scontrol":
+            check_program(path)
+        else:
+            read_key(path, owners)
     except KeyFileError as exc:
-        what, _, fix = str(exc).removeprefix(f"key file {config.key_file}: ").partition("; ")
-        return Finding(PROBLEM, "key", f"key file {config.key_file}: {what}",
+        what, _, fix = str(exc).partition("; ")
+        return Finding(PROBLEM, "key", what,
                        "slurmjwtd refuses to start with it (it checks its key as munged does); "
                        "whoever can read or replace the key can mint a token for any user, root included",
                        fix.removeprefix("fix: ") or "slurmjwtd --check-config")
-    return Finding(OK, "key", f"key file {config.key_file}: owner, mode, size and directories are safe")
+    kind = "program" if config.signer == "scontrol" else "key file"
+    return Finding(OK, "key", f"{kind} {path} (signer {config.signer}): owner, mode and directories "
+                   f"are safe")
 
 
 def _read_key_bytes(path: str) -> bytes:
@@ -278,7 +292,19 @@ def check_slurm_conf(path: str, config: Config | None, config_path: str) -> list
         return [Finding(PROBLEM, "slurm.conf", f"{path}: AuthAltTypes does not include auth/jwt",
                         "slurmctld refuses every JWT, so no token from slurmjwtd works",
                         f"add AuthAltTypes=auth/jwt to slurm.conf on every node, then {restart}")]
-    jwt_key = alt_parameters(values.get("authaltparameters", "")).get("jwt_key")
+    params = alt_parameters(values.get("authaltparameters", ""))
+    advice = [] if "disable_token_creation" in params else [Finding(
+        WARNING, "slurm.conf", f"{path}: AuthAltParameters lacks disable_token_creation",
+        "without it any user can run `scontrol token` and get a token around slurmjwtd's policy",
+        f"add disable_token_creation to AuthAltParameters, then {restart}")]
+    if config is not None and config.signer != "hs256":
+        return check_other_signer(path, params, config, restart) + advice
+    return check_jwt_key(path, params.get("jwt_key"), config, config_path, restart) + advice
+
+
+def check_jwt_key(path: str, jwt_key: str | None, config: Config | None, config_path: str,
+                  restart: str) -> list[Finding]:
+    """hs256: slurm.conf's jwt_key must hold the very bytes slurmjwtd signs with."""
     key_file = config.key_file if config else "/var/lib/slurm/jwt_hs256.key"
     if not jwt_key:
         return [Finding(PROBLEM, "slurm.conf", f"{path}: AuthAltParameters has no jwt_key=",
@@ -310,6 +336,32 @@ def check_slurm_conf(path: str, config: Config | None, config_path: str) -> list
                         f"systemctl reload slurmjwtd), or copy the controller's key to both")]
     return [Finding(OK, "slurm.conf", f"{path}: AuthAltTypes has auth/jwt and jwt_key={jwt_key} "
                     f"holds slurmjwtd's key")]
+
+
+def check_other_signer(path: str, params: dict[str, str], config: Config,
+                       restart: str) -> list[Finding]:
+    """rs256: slurmctld's JWKS must hold this node's kid; scontrol: nothing to compare."""
+    if config.signer == "scontrol":
+        return [Finding(OK, "slurm.conf", f"{path}: AuthAltTypes has auth/jwt; signer scontrol "
+                        f"holds no key to compare")]
+    kid = config.rs256_kid or socket.gethostname()
+    jwks = params.get("jwks")
+    if not jwks:
+        return [Finding(PROBLEM, "slurm.conf", f"{path}: AuthAltParameters has no jwks=",
+                        "slurmctld checks RS256 tokens only against a JWKS file",
+                        f"add jwks=/etc/slurm/jwks.json to AuthAltParameters with the entry of "
+                        f"`slurmjwt jwks`, then {restart}")]
+    try:
+        with open(jwks, encoding="utf-8") as fh:
+            kids = {k.get("kid") for k in json.load(fh).get("keys", [])}
+    except (OSError, ValueError, AttributeError) as exc:
+        return [Finding(PROBLEM, "slurm.conf", f"jwks={jwks}: unreadable ({exc.__class__.__name__})",
+                        "slurmctld cannot check this node's tokens", "regenerate it with `slurmjwt jwks`")]
+    if kid not in kids:
+        return [Finding(PROBLEM, "slurm.conf", f"jwks={jwks} has no key with kid {kid}",
+                        "slurmctld refuses every token this node signs",
+                        f"merge the output of `slurmjwt jwks` into {jwks}, then {restart}")]
+    return [Finding(OK, "slurm.conf", f"{path}: AuthAltTypes has auth/jwt and {jwks} holds kid {kid}")]
 
 
 def check_pam(path: str) -> tuple[list[PamLine], Finding]:

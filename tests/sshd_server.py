@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from conftest import WORK
+from slurm_cluster import _port_answers
 
 SSHD = "/usr/sbin/sshd"
 SSH = "/usr/bin/ssh"
@@ -106,14 +107,6 @@ def _signal_and_wait(pids: list[int], timeout: float = 5.0) -> None:
         pids = [p for p in pids if _alive(p)]
         if not pids:
             return
-
-
-def _port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class SshServer:

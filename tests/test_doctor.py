@@ -35,7 +35,10 @@ from slurmjwtd.doctor import (
     sshd_option,
 )
 
-SYNCED = lambda: (True, "maximum error 1 ms")
+def SYNCED() -> tuple[bool, str]:  # noqa: N802 (a constant clock)
+    return True, "maximum error 1 ms"
+
+
 TOPICS = ("daemon", "configuration", "key", "slurm.conf", "pam", "sshd")
 
 
@@ -78,7 +81,7 @@ def site(daemon, workdir, monkeypatch) -> Site:
     d.mkdir(mode=0o755)
     slurm_conf = d / "slurm.conf"
     slurm_conf.write_text("ClusterName=test\nAuthType=auth/munge\nAuthAltTypes=auth/jwt\n"
-                          f"AuthAltParameters=jwt_key={daemon.key_file}\n")
+                          f"AuthAltParameters=jwt_key={daemon.key_file},disable_token_creation\n")
     pam_file = d / "sshd"
     pam_file.write_text("session required pam_limits.so\n"
                         f"session optional {MODULE} env=SLURM_JWT_TOKEN\n")
@@ -574,3 +577,32 @@ def test_finding_render():
     assert Finding("ok", "key", "fine", "w", "f").render() == "ok      key: fine"
     assert Finding("PROBLEM", "key", "bad", "because", "do this").render() == (
         "PROBLEM key: bad\n        why: because\n        fix: do this")
+
+
+def test_missing_disable_token_creation_is_a_warning(site):
+    site.slurm_conf.write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={site.key_file}\n")
+    out = site.cli().stdout
+    assert "WARNING slurm.conf" in out and "disable_token_creation" in out
+    assert "scontrol token" in out  # why: users could go around the daemon
+
+
+def test_rs256_signer_checks_its_key_and_the_jwks_kid(site):
+    pem = site.dir / "rs256.pem"
+    made = subprocess.run([SLURMJWT, "keygen", "--rs256", str(pem)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    jwks = site.dir / "jwks.json"
+    jwks.write_text(subprocess.run([SLURMJWT, "jwks", str(pem), "--kid", "login01"],
+                                   capture_output=True, text=True, check=True).stdout)
+    config = site.dir / "rs256.toml"
+    config.write_text(f'signer = "rs256"\nrs256_key_file = "{pem}"\nrs256_kid = "login01"\n')
+    site.slurm_conf.write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwks={jwks},"
+                               f"disable_token_creation\n")
+    out = site.cli(config=str(config)).stdout
+    assert lines_of(out, "ok", "key") and f"{pem} (signer rs256)" in out
+    assert lines_of(out, "ok", "slurm.conf") and "holds kid login01" in out
+    config.write_text(f'signer = "rs256"\nrs256_key_file = "{pem}"\nrs256_kid = "login02"\n')
+    assert_problem(site.cli(config=str(config)), "slurm.conf", "has no key with kid login02",
+                   fix="slurmjwt jwks")
+    os.chmod(pem, 0o644)
+    assert_problem(site.cli(config=str(config)), "key", f"key file {pem}: mode 0644",
+                   fix=f"chmod o-rwx {pem}")
