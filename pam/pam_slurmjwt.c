@@ -160,14 +160,40 @@ fail:
 	return -1;
 }
 
-static void write_token_file(pam_handle_t *pamh, const struct options *opt, const char *user,
-			     const char *token)
+/* The user's uid and gid from the daemon's answer (it has just looked them up),
+ * sparing a second NSS lookup inside the login; NSS only if they are missing. */
+static int answer_account(pam_handle_t *pamh, const char *answer, const char *user,
+			  struct passwd *pw)
 {
-	const struct passwd *pw = pam_modutil_getpwnam(pamh, user);
+	char uid[16], gid[16];
+	char *end_uid, *end_gid;
+	const struct passwd *found;
+
+	if (sjwt_answer_field(answer, "uid", uid, sizeof uid) == SJWT_OK &&
+	    sjwt_answer_field(answer, "gid", gid, sizeof gid) == SJWT_OK) {
+		unsigned long u = strtoul(uid, &end_uid, 10), g = strtoul(gid, &end_gid, 10);
+		if (*end_uid == '\0' && *end_gid == '\0' && u < (uid_t)-1 && g < (gid_t)-1) {
+			pw->pw_name = (char *)user;
+			pw->pw_uid = (uid_t)u;
+			pw->pw_gid = (gid_t)g;
+			return 0;
+		}
+	}
+	if ((found = pam_modutil_getpwnam(pamh, user)) == NULL)
+		return -1;
+	*pw = *found;
+	return 0;
+}
+
+static void write_token_file(pam_handle_t *pamh, const struct options *opt, const char *user,
+			     const char *token, const char *answer)
+{
+	struct passwd account, *pw = &account;
 	char tmp[32];
 	int dir, fd, ok = 0;
 
-	if (opt->tokendir == NULL || pw == NULL || (dir = open_user_dir(pamh, opt, pw, 1)) < 0)
+	if (opt->tokendir == NULL || answer_account(pamh, answer, user, pw) < 0 ||
+	    (dir = open_user_dir(pamh, opt, pw, 1)) < 0)
 		return;
 	snprintf(tmp, sizeof tmp, ".token.%d", (int)getpid());
 	unlinkat(dir, tmp, 0);
@@ -229,7 +255,7 @@ static int export_token(pam_handle_t *pamh, const struct options *opt, const cha
 	if (rc != PAM_SUCCESS)
 		pam_syslog(pamh, LOG_ERR, "pam_putenv(%s): %s", opt->env, pam_strerror(pamh, rc));
 	else {
-		write_token_file(pamh, opt, user, token);
+		write_token_file(pamh, opt, user, token, answer);
 		if (opt->debug)
 			pam_syslog(pamh, LOG_DEBUG, "%s set, session %s", opt->env, session);
 	}

@@ -38,6 +38,7 @@ class Account:
     name: str
     uid: int
     groups: frozenset[str] = field(default_factory=frozenset)  # those the policy names
+    gid: int = -1  # the primary group
 
 
 @dataclass(frozen=True)

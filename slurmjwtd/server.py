@@ -105,7 +105,7 @@ def lookup_account(key: str | int, policy_groups: frozenset[str]) -> Account | N
     if policy_groups:  # initgroups through NSS only when the policy names groups
         gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
         groups = frozenset(g for g in policy_groups if _gid(g) in gids)
-    return Account(pw.pw_name, pw.pw_uid, groups)
+    return Account(pw.pw_name, pw.pw_uid, groups, pw.pw_gid)
 
 
 def _gid(group: str) -> int | None:
@@ -583,7 +583,7 @@ class Server:
             now = time.monotonic()
             answer |= {"uid": target.uid, "slurm_user": slurm_name(target.name, config),
                        "groups": ",".join(sorted(target.groups)) or "-",
-                       "sessions": self.state.registry.live_count(target.uid),
+                       "sessions": self.state.registry.remaining(target.uid),
                        "rate_left": self.state.limiter.left(target.uid, now)}
         if decision.granted:
             answer |= {"lifetime": decision.lifetime, "max_lifetime": decision.max_lifetime}
@@ -609,7 +609,7 @@ class Server:
                         exp=token.exp, jti=token.jti, session=session.id, **where)
             return {"session": session.id, "token": token.jwt, "user": target.name,
                     "slurm_user": token.user, "exp": token.exp, "jti": token.jti,
-                    "lifetime": decision.lifetime}
+                    "lifetime": decision.lifetime, "uid": target.uid, "gid": target.gid}
         # no token, no session: a failed signer leaves nothing open
         return self._sign("open", caller, target, decision, answer,
                           undo=lambda: self.state.registry.close(session.id))
@@ -627,7 +627,7 @@ class Server:
                                f"no open session {session_id}", session=session_id)
         self._grant("close", caller, user=session.user, uid=session.uid, session=session.id,
                     reason="root-request")
-        remaining = self.state.registry.live_count(session.uid)
+        remaining = self.state.registry.remaining(session.uid)
         return {"session": session.id, "user": session.user, "remaining": remaining}
 
     def _op_status(self, caller: Caller, request: Request) -> dict[str, object]:

@@ -123,12 +123,11 @@ class SessionRegistry:
             self._remove(session)
         return session
 
-    def live_count(self, uid: int) -> int:
-        """How many live sessions UID has; dead ones are dropped."""
-        for session in list(self._by_uid.get(uid, {}).values()):
-            if not session.is_live():
-                self._remove(session)
-        return len(self._by_uid.get(uid, ()))
+    def remaining(self, uid: int) -> int:
+        """0 if UID has no live session left, else how many it has registered. Dead ones met
+        before the first live one are dropped; the rest wait for the sweep (one /proc read
+        per call, not one per session, when a storm of logins closes)."""
+        return len(self._by_uid.get(uid, ())) if self.has_live_session(uid) else 0
 
     def has_live_session(self, uid: int) -> bool:
         """Whether UID has a session whose leader lives; dead ones met on the way are dropped."""
