@@ -7,6 +7,7 @@ docs/configuration.md and `slurmjwtd --print-defaults` are made from it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tomllib
@@ -97,7 +98,7 @@ class Config:
             if seconds > cap:
                 raise ConfigError(f"key 'group_lifetime': {group} = {seconds} exceeds its maximum {cap}")
 
-    @property
+    @functools.cached_property  # read on every request: computed once per configuration
     def policy_groups(self) -> frozenset[str]:
         """Every group the policy names: the only ones a decision needs to look up."""
         return frozenset((*self.allow_groups, *self.deny_groups, *self.group_lifetime,

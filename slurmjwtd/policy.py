@@ -58,6 +58,8 @@ def refuse(code: Code, reason: str, message: str, rule: str = "default") -> Deci
 
 def lifetimes(account: Account, config: Config) -> tuple[int, int, str]:
     """(default lifetime, maximum, rule) for ACCOUNT: the shortest of its groups' rules."""
+    if not account.groups:
+        return min(config.lifetime, config.max_lifetime), config.max_lifetime, "default"
     rule = "default"
     default, cap = config.lifetime, config.max_lifetime
     ruled = sorted(g for g in account.groups if g in config.group_lifetime)
@@ -73,6 +75,8 @@ def lifetimes(account: Account, config: Config) -> tuple[int, int, str]:
 
 def check_lists(account: Account, config: Config) -> Decision | None:
     """The deny and allow lists; None if they let ACCOUNT through."""
+    if not (config.deny_users or config.deny_groups or config.allow_users or config.allow_groups):
+        return None
     if account.name in config.deny_users:
         return refuse(Code.POLICY_DENIED, "deny-user", f"{account.name} is denied tokens by policy",
                       f"deny-user:{account.name}")

@@ -225,7 +225,8 @@ class Server:
 
     def serve(self) -> None:
         while not (self._stopping and not self._pending and not self._signing):
-            for key, _ in self._selector.select(self._next_timeout()):
+            due = min(self._timers.values())
+            for key, _ in self._selector.select(self._next_timeout(due)):
                 if key.data is None:
                     self._accept()
                 elif key.data == "signal":
@@ -235,9 +236,12 @@ class Server:
                 else:
                     self._read(key.data)
             now = time.monotonic()
-            self._expire(now)
-            self._run_timers(now)
-            self._keep_registry()
+            if self._pending:
+                self._expire(now)
+            if now >= due:
+                self._run_timers(now)
+            if self.state.registry.dirty:
+                self._keep_registry()
 
     def shutdown(self) -> None:
         """Stop listening, let requests in flight finish (serve() did), save the registry."""
@@ -307,11 +311,11 @@ class Server:
                 pass
 
     # -- timers -----------------------------------------------------------------------------
-    def _next_timeout(self) -> float:
-        deadlines = list(self._timers.values())
+    def _next_timeout(self, due: float) -> float:
+        """Until the next timer (DUE) or client deadline, whichever comes first."""
         if self._pending:
-            deadlines.append(next(iter(self._pending.values())).deadline)
-        return max(0.0, min(deadlines) - time.monotonic())
+            due = min(due, next(iter(self._pending.values())).deadline)
+        return max(0.0, due - time.monotonic())
 
     def _run_timers(self, now: float) -> None:
         for name, due in list(self._timers.items()):
@@ -348,11 +352,10 @@ class Server:
     def _keep_registry(self) -> None:
         """Save once per turn of the loop, whatever changed in it."""
         registry = self.state.registry
-        if registry.dirty:
-            try:
-                registry.save()
-            except OSError as exc:
-                log.error("could not save sessions to %s: %s", registry.path, exc.strerror)
+        try:
+            registry.save()
+        except OSError as exc:
+            log.error("could not save sessions to %s: %s", registry.path, exc.strerror)
 
     # -- connections ------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -556,7 +559,8 @@ class Server:
         target, decision = self._mint_for("mint", caller, request)
 
         def answer(token: Token) -> Fields:
-            self._grant("mint", caller, user=target.name, uid=target.uid, slurm_user=token.user,
+            self._grant("mint", caller, user=target.name, uid=target.uid,
+                        slurm_user=token.user if token.user != target.name else None,
                         reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
                         exp=token.exp, jti=token.jti)
             return {"token": token.jwt, "user": target.name, "slurm_user": token.user,
@@ -604,7 +608,8 @@ class Server:
             raise ProtocolError(Code.BAD_REQUEST, "the calling process exited before its session opened")
 
         def answer(token: Token) -> Fields:
-            self._grant("open", caller, user=target.name, uid=target.uid, slurm_user=token.user,
+            self._grant("open", caller, user=target.name, uid=target.uid,
+                        slurm_user=token.user if token.user != target.name else None,
                         reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
                         exp=token.exp, jti=token.jti, session=session.id, **where)
             return {"session": session.id, "token": token.jwt, "user": target.name,
