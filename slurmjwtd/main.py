@@ -17,7 +17,8 @@ from . import __version__, service
 from .audit import AuditLog, JournalAuditLog
 from .config import DEFAULT_CONFIG, Config, ConfigError, example_config, load_config
 from .keyfile import KeyFileError, allowed_owners, check_program, pwd_uid, read_key
-from .server import DaemonState, Server, StartupError
+from .server import Server, StartupError
+from .state import DaemonState
 from .sessions import SessionRegistry
 from .signer import HS256Signer, RS256Signer, ScontrolSigner, Signer
 

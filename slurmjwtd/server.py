@@ -4,7 +4,7 @@ One thread runs an epoll loop. It accepts, asks the kernel who connected
 (SO_PEERCRED), reads one request line under a deadline, decides, answers and
 closes. Each decision takes tens of microseconds and never waits on a client,
 so a client that hangs or floods costs the others nothing: it is dropped at
-its deadline. `_answer` is the one place where errors become protocol codes.
+its deadline. What a request means, and every refusal, is operations.py's.
 """
 
 from __future__ import annotations
@@ -12,72 +12,38 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import grp
 import os
-import pwd
 import resource
 import selectors
 import signal
 import socket
 import struct
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Callable
 
 from . import __version__
-from .audit import AuditLog
 from .config import Config
-from .policy import (Account, Caller, Decision, decide_mint, decide_session_change, refuse,
-                     slurm_name)
-from .protocol import (MAX_REQUEST, Code, ProtocolError, Request, encode_error, encode_ok,
-                       parse_request)
-from .service import Notifier
+from .operations import Operations, Pending
+from .policy import Caller
+from .protocol import MAX_REQUEST, Code
 from .ratelimit import RateLimiter
-from .sessions import SessionRegistry
-from .signer import Signer, SignerError, Token
+from .service import Notifier
+from .signer import Signer
+from .state import DaemonState
 
 log = logging.getLogger("slurmjwtd")
 _PEERCRED = struct.Struct("3i")
 _ACCEPT_BURST = 64  # connections taken per wakeup before serving other ready sockets
 _ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
 _PRUNE_INTERVAL = 60.0  # seconds between sweeps for sessions whose leader has gone
-_SIGNING_WORKERS = 4  # concurrent `scontrol token` runs at most
 _STATUS_INTERVAL = 1.0  # seconds between STATUS= updates to systemd, when the counters moved
 _NOWAIT = socket.MSG_DONTWAIT  # per call, which spares a fcntl per connection
-_OPERATIONS: dict[str, frozenset[str]] = {
-    "MINT": frozenset({"user", "lifetime"}),
-    "OPEN": frozenset({"user", "lifetime", "tty", "rhost", "service"}),
-    "CLOSE": frozenset({"session"}),
-    "STATUS": frozenset(),
-    "EXPLAIN": frozenset({"user", "lifetime"}),
-}
 
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do."""
-
-
-@dataclass
-class Counters:
-    granted: int = 0
-    refused: int = 0
-
-
-@dataclass
-class DaemonState:
-    """Everything the daemon knows; the one piece of mutable state."""
-
-    config: Config
-    signer: Signer
-    registry: SessionRegistry
-    audit: AuditLog = field(default_factory=AuditLog)
-    limiter: RateLimiter = field(init=False)
-    counters: Counters = field(default_factory=Counters)
-    started: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        self.limiter = RateLimiter(self.config.rate_limit, self.config.rate_window)
 
 
 @dataclass(eq=False)
@@ -92,35 +58,6 @@ def peer_caller(sock: socket.socket) -> Caller:
     pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                      _PEERCRED.size))
     return Caller(uid=uid, gid=gid, pid=pid)
-
-
-def lookup_account(key: str | int, policy_groups: frozenset[str]) -> Account | None:
-    """The account named (str) or numbered (int) KEY, with those of POLICY_GROUPS it is in,
-    primary or supplementary; None if NSS does not know it."""
-    try:
-        pw = pwd.getpwnam(key) if isinstance(key, str) else pwd.getpwuid(key)
-    except KeyError:
-        return None
-    groups: frozenset[str] = frozenset()
-    if policy_groups:  # initgroups through NSS only when the policy names groups
-        gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
-        groups = frozenset(g for g in policy_groups if _gid(g) in gids)
-    return Account(pw.pw_name, pw.pw_uid, groups, pw.pw_gid)
-
-
-def _gid(group: str) -> int | None:
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        return None
-
-
-def parse_lifetime(text: str | None) -> int | None:
-    if text is None:
-        return None
-    if not text.isdigit() or len(text) > 9 or int(text) == 0:
-        raise ProtocolError(Code.BAD_REQUEST, "lifetime must be a whole number of seconds, 1 or more")
-    return int(text)
 
 
 def bind_socket(path: str) -> socket.socket:
@@ -147,19 +84,6 @@ def bind_socket(path: str) -> socket.socket:
 
 
 Loader = Callable[[], tuple[Config, Signer]]
-Fields = dict[str, object]
-
-
-@dataclass(eq=False)
-class Pending:
-    """A request whose token a blocking signer is making in a worker thread."""
-
-    future: Future
-    op: str
-    caller: Caller
-    user: str
-    answer: Callable[[Token], Fields]
-    undo: Callable[[], object]
 
 
 class Server:
@@ -187,7 +111,7 @@ class Server:
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._signed_r, self._signed_w = socket.socketpair()  # worker threads: "a token is ready"
         self._signing: dict[Connection, Pending] = {}
-        self._workers: ThreadPoolExecutor | None = None
+        self.ops = Operations(state)
 
     # -- life -------------------------------------------------------------------------------
     def startup(self, listener: socket.socket | None = None) -> None:
@@ -252,8 +176,7 @@ class Server:
         except OSError as exc:
             log.error("could not save sessions to %s: %s", self.state.registry.path, exc)
         signal.set_wakeup_fd(-1)
-        if self._workers is not None:
-            self._workers.shutdown(wait=True)
+        self.ops.shutdown()
         log.info("slurmjwtd stopped: granted=%d refused=%d", self.state.counters.granted,
                  self.state.counters.refused)
 
@@ -395,7 +318,7 @@ class Server:
         conn.buf += data
         end = conn.buf.find(b"\n")
         if end >= 0:
-            reply = self._answer(conn.caller, conn.buf, end)
+            reply = self.ops.answer(conn.caller, conn.buf, end)
             if isinstance(reply, Pending):  # no client deadline, no reading, while signing
                 if self._pending.pop(conn.sock.fileno(), None) is not None:
                     self._selector.unregister(conn.sock)
@@ -404,7 +327,7 @@ class Server:
             else:
                 self._finish(conn, reply)
         elif len(conn.buf) > MAX_REQUEST - 1:
-            self._finish(conn, self._refusal(conn.caller, Code.TOO_LARGE,
+            self._finish(conn, self.ops.refusal(conn.caller, Code.TOO_LARGE,
                                              f"request longer than {MAX_REQUEST} bytes"))
         elif fresh:
             self._pending[conn.sock.fileno()] = conn
@@ -415,7 +338,7 @@ class Server:
             conn = next(iter(self._pending.values()))
             if conn.deadline > now:
                 return
-            self._finish(conn, self._refusal(conn.caller, Code.TIMEOUT,
+            self._finish(conn, self.ops.refusal(conn.caller, Code.TIMEOUT,
                                              "no complete request within the deadline"))
 
     def _finish(self, conn: Connection, reply: bytes | None) -> None:
@@ -432,100 +355,12 @@ class Server:
         conn.sock.close()
 
     def _refuse_quietly(self, sock: socket.socket, caller: Caller, code: Code, message: str) -> None:
-        reply = self._refusal(caller, code, message)
+        reply = self.ops.refusal(caller, code, message)
         try:
             sock.send(reply, _NOWAIT)
         except OSError:
             pass
         sock.close()
-
-    def _refusal(self, caller: Caller, code: Code, message: str) -> bytes:
-        """Audit and encode a refusal that happened before any operation was read."""
-        self._refuse("-", caller, code, code.value, message)
-        return encode_error(code, message)
-
-    # -- requests ---------------------------------------------------------------------------
-    def _answer(self, caller: Caller, buf: bytes, end: int) -> bytes | Pending:
-        """Turn one request into one answer line; every refusal becomes its code here."""
-        op = "-"
-        try:
-            if end + 1 != len(buf):
-                raise ProtocolError(Code.BAD_REQUEST, "one request per connection")
-            request = parse_request(buf[:end])
-            op = request.op.lower()
-            allowed = _OPERATIONS.get(request.op)
-            if allowed is None:
-                raise ProtocolError(Code.BAD_REQUEST, f"unknown operation {request.op}")
-            extra = set(request.args) - allowed
-            if extra:
-                raise ProtocolError(Code.BAD_REQUEST, f"{request.op} takes no argument {min(extra)}")
-            result = getattr(self, "_op_" + op)(caller, request)
-            return result if isinstance(result, Pending) else encode_ok(result)
-        except ProtocolError as exc:
-            if not exc.audited:  # malformed requests, refused before any decision was made
-                self._refuse(op, caller, exc.code, exc.code.value, exc.message)
-            return encode_error(exc.code, exc.message)
-        except Exception:
-            log.exception("internal error answering uid %d pid %d", caller.uid, caller.pid)
-            self.state.counters.refused += 1
-            return encode_error(Code.INTERNAL, "internal error; see the slurmjwtd log")
-
-    def _refuse(self, op: str, caller: Caller, code: Code, reason: str, message: str,
-                **fields: object) -> ProtocolError:
-        """Count and audit a refusal; return the error to raise."""
-        self.state.counters.refused += 1
-        self.state.audit(decision="refused", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
-                         **fields, reason=reason, code=code.value, detail=message)
-        return ProtocolError(code, message, audited=True)
-
-    def _grant(self, op: str, caller: Caller, **fields: object) -> None:
-        self.state.audit(decision="granted", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
-                         **fields)
-
-    def _deny(self, op: str, caller: Caller, decision: Decision, **fields: object) -> ProtocolError:
-        assert decision.code is not None
-        return self._refuse(op, caller, decision.code, decision.reason, decision.message, **fields)
-
-    def _mint_for(self, op: str, caller: Caller, request: Request) -> tuple[Account, Decision]:
-        """Resolve the account asked for and decide; raise the refusal if refused."""
-        lifetime = parse_lifetime(request.args.get("lifetime"))
-        name = request.args.get("user")
-        groups = self.state.config.policy_groups
-        target = lookup_account(caller.uid if name is None else name, groups)
-        shown = name if name is not None else f"uid {caller.uid}"
-        has_session = (not caller.is_root and target is not None and target.uid == caller.uid
-                       and self.state.registry.has_live_session(target.uid))
-        decision = decide_mint(caller, target, shown, lifetime, has_session, self.state.config)
-        # the limit is on users' own requests: root's follow logins, which sshd already bounds
-        if (decision.granted and not caller.is_root
-                and not self.state.limiter.allow(target.uid, time.monotonic())):
-            config = self.state.config
-            decision = refuse(Code.RATE_LIMITED, "rate-limit",
-                              f"{target.name} had {config.rate_limit} tokens in {config.rate_window} s; "
-                              f"try again shortly", f"rate_limit:{config.rate_limit}/{config.rate_window}s")
-        if not decision.granted:
-            raise self._deny(op, caller, decision, user=target.name if target else shown,
-                             uid=target.uid if target else None, rule=decision.rule)
-        assert target is not None
-        return target, decision
-
-    def _sign(self, op: str, caller: Caller, target: Account, decision: Decision,
-              answer: Callable[[Token], Fields], undo: Callable[[], object] = lambda: None
-              ) -> Fields | Pending:
-        """Mint now, or, for a signer that blocks (scontrol), in a worker thread: the
-        connection then waits off the loop and `_complete_signing` answers it."""
-        signer = self.state.signer
-        user = slurm_name(target.name, self.state.config)
-        if not signer.blocking:
-            self.state.counters.granted += 1
-            return answer(signer.mint(user, decision.lifetime, int(time.time())))
-        if self._workers is None:
-            self._workers = ThreadPoolExecutor(max_workers=_SIGNING_WORKERS,
-                                               thread_name_prefix="signer")
-        # the signer's timeout counts from now: time queued behind slow calls is part of it
-        future = self._workers.submit(signer.mint, user, decision.lifetime, int(time.time()),
-                                      time.monotonic() + signer.timeout)
-        return Pending(future, op, caller, target.name, answer, undo)
 
     def _wake_signed(self, future: Future) -> None:  # runs in the worker thread
         try:
@@ -541,103 +376,5 @@ class Server:
             pass
         for conn, pending in [(c, p) for c, p in self._signing.items() if p.future.done()]:
             del self._signing[conn]
-            try:
-                reply = encode_ok(pending.answer(pending.future.result()))
-                self.state.counters.granted += 1
-            except SignerError as exc:
-                pending.undo()
-                refusal = self._refuse(pending.op, pending.caller, Code.SIGNER_UNAVAILABLE,
-                                       "signer", str(exc), user=pending.user)
-                reply = encode_error(refusal.code, refusal.message)
-            except Exception:
-                log.exception("internal error signing for %s", pending.user)
-                pending.undo()
-                reply = encode_error(Code.INTERNAL, "internal error; see the slurmjwtd log")
-            self._finish(conn, reply)
+            self._finish(conn, self.ops.complete(pending))
 
-    def _op_mint(self, caller: Caller, request: Request) -> Fields | Pending:
-        target, decision = self._mint_for("mint", caller, request)
-
-        def answer(token: Token) -> Fields:
-            self._grant("mint", caller, user=target.name, uid=target.uid,
-                        slurm_user=token.user if token.user != target.name else None,
-                        reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
-                        exp=token.exp, jti=token.jti)
-            return {"token": token.jwt, "user": target.name, "slurm_user": token.user,
-                    "exp": token.exp, "jti": token.jti, "lifetime": decision.lifetime}
-        return self._sign("mint", caller, target, decision, answer)
-
-    def _op_explain(self, caller: Caller, request: Request) -> dict[str, object]:
-        """What MINT would decide for a user, asked by root; mints nothing, takes no grant."""
-        allowed = decide_session_change(caller, "EXPLAIN")
-        if not allowed.granted:
-            raise self._deny("explain", caller, allowed)
-        name = request.args.get("user")
-        if not name:
-            raise ProtocolError(Code.BAD_REQUEST, "EXPLAIN needs user=")
-        config = self.state.config
-        target = lookup_account(name, config.policy_groups)
-        lifetime = parse_lifetime(request.args.get("lifetime"))
-        decision = decide_mint(caller, target, name, lifetime, False, config)
-        answer: dict[str, object] = {
-            "decision": "granted" if decision.granted else "refused", "reason": decision.reason,
-            "rule": decision.rule, "code": decision.code.value if decision.code else "-",
-            "message": decision.message or "-"}
-        if target is not None:
-            now = time.monotonic()
-            answer |= {"uid": target.uid, "slurm_user": slurm_name(target.name, config),
-                       "groups": ",".join(sorted(target.groups)) or "-",
-                       "sessions": self.state.registry.remaining(target.uid),
-                       "rate_left": self.state.limiter.left(target.uid, now)}
-        if decision.granted:
-            answer |= {"lifetime": decision.lifetime, "max_lifetime": decision.max_lifetime}
-        return answer
-
-    def _op_open(self, caller: Caller, request: Request) -> Fields | Pending:
-        args = request.args
-        allowed = decide_session_change(caller, "OPEN")
-        if not allowed.granted:
-            raise self._deny("open", caller, allowed, user=args.get("user"))
-        if "user" not in args:
-            raise ProtocolError(Code.BAD_REQUEST, "OPEN needs user=")
-        target, decision = self._mint_for("open", caller, request)
-        where = {"tty": args.get("tty", ""), "rhost": args.get("rhost", ""),
-                 "service": args.get("service", "")}
-        session = self.state.registry.open(target.name, target.uid, caller.pid, **where)
-        if session is None:
-            raise ProtocolError(Code.BAD_REQUEST, "the calling process exited before its session opened")
-
-        def answer(token: Token) -> Fields:
-            self._grant("open", caller, user=target.name, uid=target.uid,
-                        slurm_user=token.user if token.user != target.name else None,
-                        reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
-                        exp=token.exp, jti=token.jti, session=session.id, **where)
-            return {"session": session.id, "token": token.jwt, "user": target.name,
-                    "slurm_user": token.user, "exp": token.exp, "jti": token.jti,
-                    "lifetime": decision.lifetime, "uid": target.uid, "gid": target.gid}
-        # no token, no session: a failed signer leaves nothing open
-        return self._sign("open", caller, target, decision, answer,
-                          undo=lambda: self.state.registry.close(session.id))
-
-    def _op_close(self, caller: Caller, request: Request) -> dict[str, object]:
-        allowed = decide_session_change(caller, "CLOSE")
-        if not allowed.granted:
-            raise self._deny("close", caller, allowed)
-        session_id = request.args.get("session")
-        if not session_id:
-            raise ProtocolError(Code.BAD_REQUEST, "CLOSE needs session=")
-        session = self.state.registry.close(session_id)
-        if session is None:
-            raise self._refuse("close", caller, Code.NO_SUCH_SESSION, "no-such-session",
-                               f"no open session {session_id}", session=session_id)
-        self._grant("close", caller, user=session.user, uid=session.uid, session=session.id,
-                    reason="root-request")
-        remaining = self.state.registry.remaining(session.uid)
-        return {"session": session.id, "user": session.user, "remaining": remaining}
-
-    def _op_status(self, caller: Caller, request: Request) -> dict[str, object]:
-        state = self.state
-        return {"version": __version__, "protocol": 1, "signer": state.signer.name,
-                "sessions": len(state.registry), "granted": state.counters.granted,
-                "refused": state.counters.refused,
-                "uptime": int(time.monotonic() - state.started)}

@@ -1,0 +1,35 @@
+"""The daemon's one piece of mutable state: what it knows, shared by the loop and the
+request handlers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .audit import AuditLog
+from .config import Config
+from .ratelimit import RateLimiter
+from .sessions import SessionRegistry
+from .signer import Signer
+
+
+@dataclass
+class Counters:
+    granted: int = 0
+    refused: int = 0
+
+
+@dataclass
+class DaemonState:
+    """Everything the daemon knows; the one piece of mutable state."""
+
+    config: Config
+    signer: Signer
+    registry: SessionRegistry
+    audit: AuditLog = field(default_factory=AuditLog)
+    limiter: RateLimiter = field(init=False)
+    counters: Counters = field(default_factory=Counters)
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.config.rate_limit, self.config.rate_window)
