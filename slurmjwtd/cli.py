@@ -4,10 +4,12 @@ Tokens go to stdout only; every error is one line on stderr and a distinct
 exit status (docs/cli.md):
 
   0 success                      5 refused: no live login session
-  1 unexpected error             6 daemon error: busy, timeout, internal, garbled answer
-  2 usage error                  7 no token to show, or not a JWT
-  3 daemon unreachable           8 keygen could not write the key
-  4 refused by policy (permission, unknown user, min_uid, lifetime, bad request)
+  1 unexpected error; doctor     6 daemon error: busy, timeout, internal, signer unavailable,
+    found a problem                garbled answer
+  2 usage error                  7 no token to show, or not a JWT, or it has expired
+  3 daemon unreachable           8 keygen or jwks could not write or read the key
+  4 refused by policy (permission, unknown user, min_uid, policy-denied, rate-limited,
+    lifetime, bad request)
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ _DAEMON_SIDE = {"busy", "timeout", "internal", "too-large", "unsupported-version
                 "signer-unavailable"}
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
-DEFAULT_KEY = "/var/lib/slurm/jwt_hs256.key"
 
 
 class Failure(click.ClickException):
@@ -344,7 +345,8 @@ def _default_group() -> str | None:
 def keygen(path: str | None, rs256: bool, kid: str | None, owner: str | None, group: str | None,
            force: bool) -> None:
     """Make a 32-byte HS256 key at PATH, as the site guide does (or, with --rs256, an RSA key)."""
-    path = path or (site_config().rs256_key_file if rs256 else DEFAULT_KEY)
+    config = site_config()
+    path = path or (config.rs256_key_file if rs256 else config.key_file)
     owner = owner or ("root" if rs256 else _default_owner())
     group = group or _default_group()
     try:
