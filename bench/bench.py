@@ -224,7 +224,8 @@ def pam_services(sock: str) -> Iterator[dict[str, str]]:
               f"session  optional {STAMP} begin\n")
     end = f"session  optional {STAMP} end\n"
     texts = {"without": common + end,
-             "with": common + f"session  optional {MODULE} socket={sock}\n" + end}
+             "with": common + f"session  optional {MODULE} socket={sock} "
+                              f"tokendir={Path(sock).parent / 'tokens'}\n" + end}
     services = {stack: f"sjwt-bench-{stack}" for stack in STACKS}
     written: list[Path] = []
     try:

@@ -308,6 +308,7 @@ def journal_socket():
     saved = JOURNAL.with_name("socket.slurmjwt-test") if JOURNAL.exists() else None
     if saved:
         JOURNAL.rename(saved)
+    made_dir = not JOURNAL.parent.exists()
     JOURNAL.parent.mkdir(parents=True, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(JOURNAL))
@@ -317,6 +318,8 @@ def journal_socket():
     JOURNAL.unlink(missing_ok=True)
     if saved:
         saved.rename(JOURNAL)
+    elif made_dir:
+        JOURNAL.parent.rmdir()
 
 
 def journal_entries(sock: socket.socket, until: str) -> list[dict[str, str]]:
