@@ -144,7 +144,10 @@ class ScontrolSigner:
                       if line.startswith("scontrol: error: ")]
             reason = (errors or lines or ["no token in its output"])[-1][:200]
             raise SignerError(f"scontrol token failed: {reason}")
-        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        except ValueError:  # binascii.Error and JSONDecodeError; never quote the token
+            raise SignerError("scontrol token printed a token whose claims do not decode") from None
         return Token(token, user, int(claims.get("iat", now)), int(claims.get("exp", now + lifetime)),
                      str(claims.get("jti", "-")))
 
