@@ -83,6 +83,15 @@ def bind_socket(path: str) -> socket.socket:
     return sock
 
 
+def drain(sock: socket.socket) -> None:
+    """Empty a non-blocking wakeup socket: only that it woke the loop matters."""
+    try:
+        while sock.recv(256):
+            pass
+    except BlockingIOError:
+        pass
+
+
 Loader = Callable[[], tuple[Config, Signer]]
 
 
@@ -181,11 +190,7 @@ class Server:
                  self.state.counters.refused)
 
     def _handle_signals(self) -> None:
-        try:
-            while self._wakeup_r.recv(64):
-                pass
-        except BlockingIOError:
-            pass
+        drain(self._wakeup_r)
         signals, self._signals = self._signals, []
         if signal.SIGHUP in signals and not self._stopping:
             self.reload()
@@ -369,11 +374,7 @@ class Server:
             pass  # the pair is full: the loop is already due to look
 
     def _complete_signing(self) -> None:
-        try:
-            while self._signed_r.recv(256):
-                pass
-        except BlockingIOError:
-            pass
+        drain(self._signed_r)
         for conn, pending in [(c, p) for c, p in self._signing.items() if p.future.done()]:
             del self._signing[conn]
             self._finish(conn, self.ops.complete(pending))
