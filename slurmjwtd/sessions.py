@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -93,16 +92,15 @@ class SessionRegistry:
         return len(self._sessions)
 
     def save(self) -> None:
-        """Replace the file atomically. No fsync: it lives on a runtime (tmpfs) directory,
-        and a power loss that could lose it ends every login anyway."""
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".sessions.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write("[" + ",\n".join(self._json.values()) + "]\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        """Replace the file atomically. One writer (this single-threaded daemon) so a fixed
+        temporary name will do; no fsync: it lives on a runtime (tmpfs) directory, and a
+        power loss that could lose it ends every login anyway."""
+        tmp = os.path.join(os.path.dirname(self.path), ".sessions.tmp")
+        text = ("[" + ",\n".join(self._json.values()) + "]\n").encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text)
+        os.replace(tmp, self.path)
         self.dirty = False
 
     def open(self, user: str, uid: int, leader_pid: int, tty: str, rhost: str,
