@@ -261,15 +261,21 @@ def daemon_account(users):
 def test_runs_unprivileged_without_network_and_still_sees_logins(workdir, users, leaders,
                                                                   daemon_account):
     """As the unit runs it: its own user reading the key through group slurmjwt (0640),
-    no capabilities, no new privileges, no network (PrivateNetwork=). It still reads the
-    /proc entries of root's session leaders and resolves users through NSS."""
+    no capabilities, no new privileges, no network (PrivateNetwork=), a read-only system
+    but for its runtime directory (ProtectSystem=strict), only the process part of /proc
+    (ProcSubset=pid). It still reads the /proc entries of root's session leaders and
+    resolves users through NSS."""
     d = fresh_daemon(workdir / "unprivileged")
     make_key(d.key_file, "slurm", KEY_GROUP, 0o640)
     runtime = d.dir / "run"
     runtime.mkdir(mode=0o755)
     shutil.chown(runtime, DAEMON_USER, KEY_GROUP)  # RuntimeDirectory=
     d.settings = {"socket": str(runtime / "s.sock"), "session_file": str(runtime / "sessions.json")}
-    d.prefix = ("unshare", "--net", "setpriv", f"--reuid={DAEMON_USER}", f"--regid={KEY_GROUP}",
+    # ProtectSystem=strict with RuntimeDirectory=, ProcSubset=pid, PrivateNetwork=
+    sandbox = (f"mount --bind {runtime} {runtime} && mount -o remount,bind,ro / && "
+               f"mount -t proc -o subset=pid proc /proc && exec \"$@\"")
+    d.prefix = ("unshare", "--mount", "--net", "sh", "-c", sandbox, "sandbox",
+                "setpriv", f"--reuid={DAEMON_USER}", f"--regid={KEY_GROUP}",
                 "--init-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all")
     d.start()
     try:
@@ -277,6 +283,9 @@ def test_runs_unprivileged_without_network_and_still_sees_logins(workdir, users,
         assert re.search(r"^Uid:\s+(\d+)", status, re.M).group(1) == str(
             pwd.getpwnam(DAEMON_USER).pw_uid)
         assert re.search(r"^CapEff:\s+0+$", status, re.M) and re.search(r"^NoNewPrivs:\s+1", status, re.M)
+        mounts = [line.split() for line in open(f"/proc/{d.proc.pid}/mountinfo")]
+        assert any(m[4] == "/" and m[5].startswith("ro") for m in mounts)  # the sandbox holds
+        assert any(m[4] == "/proc" and "subset=pid" in " ".join(m) for m in mounts)
         alice = users["alice"].pw_name
         assert d.token_as(alice).returncode == 5
         leader = leaders(d.socket, alice)  # a root process: its /proc entry proves the login
