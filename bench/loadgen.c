@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
+
 #include "../pam/sjwt_client.h"
 
 static const char *socket_path;
@@ -29,12 +31,6 @@ static pthread_barrier_t start_line;
 static pthread_mutex_t first_lock = PTHREAD_MUTEX_INITIALIZER;
 static char first_error[128];
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void note_error(const char *what)
 {
@@ -75,11 +71,6 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return (x > y) - (x < y);
-}
 
 static void usage(void)
 {
@@ -90,11 +81,8 @@ static void usage(void)
 
 static long number(const char *text, long max)
 {
-	char *end;
-	long v;
-	errno = 0;
-	v = strtol(text, &end, 10);
-	if (errno != 0 || end == text || *end != '\0' || v < 1 || v > max)
+	long v = parse_count(text, max);
+	if (v < 0)
 		usage();
 	return v;
 }
@@ -148,8 +136,7 @@ int main(int argc, char **argv)
 
 	seconds = (double)(t1 - t0) / 1e9;
 	qsort(latency_ns, (size_t)done_ok, sizeof *latency_ns, cmp_u64);
-	double p50 = done_ok ? (double)latency_ns[done_ok / 2] / 1e3 : 0;
-	double p99 = done_ok ? (double)latency_ns[(done_ok * 99 + 99) / 100 - 1] / 1e3 : 0;
+	double p50 = pct_us(latency_ns, done_ok, 50), p99 = pct_us(latency_ns, done_ok, 99);
 	if (errors)
 		fprintf(stderr, "loadgen: %ld call(s) failed; first: %s\n", errors, first_error);
 	printf("tokens=%ld errors=%ld seconds=%.3f rate=%.0f p50_us=%.0f p99_us=%.0f threads=%ld\n",

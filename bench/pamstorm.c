@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
+
 static const char *service, *user, *env_name = "SLURM_JWT";
 static long per_thread, threads;
 static int every_round; /* -b: a barrier before every login, not only the first */
@@ -43,12 +45,6 @@ static pthread_barrier_t start_line, round_line; /* round_line: workers only, fo
 static pthread_mutex_t first_lock = PTHREAD_MUTEX_INITIALIZER;
 static char first_error[160];
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void note_error(const char *what, pam_handle_t *pamh, int rc)
 {
@@ -171,20 +167,7 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return (x > y) - (x < y);
-}
 
-/* Nearest-rank percentile P of the N sorted values, in microseconds. */
-static double pct_us(const uint64_t *sorted, long n, int p)
-{
-	if (n == 0)
-		return 0;
-	long rank = (n * p + 99) / 100;
-	return (double)sorted[rank > 0 ? rank - 1 : 0] / 1e3;
-}
 
 static void usage(void)
 {
@@ -195,11 +178,8 @@ static void usage(void)
 
 static long number(const char *text, long max)
 {
-	char *end;
-	long v;
-	errno = 0;
-	v = strtol(text, &end, 10);
-	if (errno != 0 || end == text || *end != '\0' || v < 1 || v > max)
+	long v = parse_count(text, max);
+	if (v < 0)
 		usage();
 	return v;
 }
