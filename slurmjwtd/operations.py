@@ -121,6 +121,16 @@ class Operations:
                          **fields, reason=reason, code=code.value, detail=message)
         return ProtocolError(code, message, audited=True)
 
+    def _granted(self, op: str, caller: Caller, target: Account, decision: Decision, token: Token,
+                 **audited: object) -> Fields:
+        """Audit a token just made for TARGET; return the answer's fields about it."""
+        self._grant(op, caller, user=target.name, uid=target.uid,
+                    slurm_user=token.user if token.user != target.name else None,
+                    reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
+                    exp=token.exp, jti=token.jti, **audited)
+        return {"token": token.jwt, "user": target.name, "slurm_user": token.user,
+                "exp": token.exp, "jti": token.jti, "lifetime": decision.lifetime}
+
     def _grant(self, op: str, caller: Caller, **fields: object) -> None:
         self.state.audit(decision="granted", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
                          **fields)
@@ -194,12 +204,7 @@ class Operations:
         target, decision = self._mint_for("mint", caller, request)
 
         def answer(token: Token) -> Fields:
-            self._grant("mint", caller, user=target.name, uid=target.uid,
-                        slurm_user=token.user if token.user != target.name else None,
-                        reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
-                        exp=token.exp, jti=token.jti)
-            return {"token": token.jwt, "user": target.name, "slurm_user": token.user,
-                    "exp": token.exp, "jti": token.jti, "lifetime": decision.lifetime}
+            return self._granted("mint", caller, target, decision, token)
         return self._sign("mint", caller, target, decision, answer)
 
     def _op_explain(self, caller: Caller, request: Request) -> dict[str, object]:
@@ -243,13 +248,9 @@ class Operations:
             raise ProtocolError(Code.BAD_REQUEST, "the calling process exited before its session opened")
 
         def answer(token: Token) -> Fields:
-            self._grant("open", caller, user=target.name, uid=target.uid,
-                        slurm_user=token.user if token.user != target.name else None,
-                        reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
-                        exp=token.exp, jti=token.jti, session=session.id, **where)
-            return {"session": session.id, "token": token.jwt, "user": target.name,
-                    "slurm_user": token.user, "exp": token.exp, "jti": token.jti,
-                    "lifetime": decision.lifetime, "uid": target.uid, "gid": target.gid}
+            fields = self._granted("open", caller, target, decision, token, session=session.id,
+                                   **where)
+            return {"session": session.id, **fields, "uid": target.uid, "gid": target.gid}
         # no token, no session: a failed signer leaves nothing open
         return self._sign("open", caller, target, decision, answer,
                           undo=lambda: self.state.registry.close(session.id))
