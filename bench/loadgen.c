@@ -71,7 +71,6 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-
 static void usage(void)
 {
 	fprintf(stderr, "usage: loadgen -S SOCKET -n COUNT -t THREADS [-r OP] [-u USER] "

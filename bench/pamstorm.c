@@ -167,8 +167,6 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-
-
 static void usage(void)
 {
 	fprintf(stderr, "usage: pamstorm -s SERVICE -u USER -n LOGINS_PER_THREAD -t THREADS "
