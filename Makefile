@@ -5,10 +5,10 @@
 
 VENV    ?= /opt/slurmjwt/venv
 PYTHON  := $(VENV)/bin/python
-APT_PACKAGES := slurmctld slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
+APT_PACKAGES := slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
 	libpam0g-dev pamtester openssh-server openssh-client valgrind libsystemd-dev pkg-config \
 	python3-venv python3-dev python3-click python3-systemd python3-jwt python3-cryptography \
-	systemd gcc binutils make curl zsh tcsh \
+	systemd gcc binutils make curl zsh tcsh tmux screen \
 	procps passwd util-linux
 PYTEST_ARGS ?=
 
@@ -25,8 +25,12 @@ TMPFILESDIR ?= /usr/lib/tmpfiles.d
 PROFILEDIR  ?= $(SYSCONFDIR)/profile.d
 CSHRCDIR    ?= $(SYSCONFDIR)/csh/cshrc.d
 RUNTIME_PACKAGES := python3 python3-click python3-systemd python3-jwt python3-cryptography
+# slurmjwt-exec runs Slurm's commands (in SLURM_BINDIR) without the login's token; its links go in
+# WRAPDIR, which must come before SLURM_BINDIR on PATH (/usr/local/bin does on every Debian default)
+SLURM_BINDIR ?= /usr/bin
+WRAPDIR     ?= $(BINDIR)
 
-.PHONY: all deps venv module test demo bench install install-deps clean
+.PHONY: all deps venv module test demo bench install install-exec install-deps clean
 
 all: venv module
 
@@ -74,7 +78,17 @@ export LAUNCHER_DAEMON := $(call launcher,main)
 install-deps:
 	apt-get install -y --no-install-recommends $(RUNTIME_PACKAGES)
 
-install: module
+# one link per Slurm command present in SLURM_BINDIR (`slurmjwt-exec --list` is the table)
+install-exec: deps
+	@[ "$$(realpath -m $(WRAPDIR))" != "$$(realpath -m $(SLURM_BINDIR))" ] || \
+	  { echo "install-exec: WRAPDIR and SLURM_BINDIR are both $(SLURM_BINDIR): set WRAPDIR to a directory before it on PATH" >&2; exit 1; }
+	$(MAKE) -s -B -C pam slurmjwt-exec SLURM_BINDIR=$(SLURM_BINDIR) SYSCONFDIR=$(SYSCONFDIR)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(WRAPDIR)
+	install -m 0755 pam/slurmjwt-exec $(DESTDIR)$(LIBDIR)/slurmjwt-exec
+	@for c in $$(pam/slurmjwt-exec --list); do \
+	  [ ! -e $(SLURM_BINDIR)/$$c ] || ln -sfn $(LIBDIR)/slurmjwt-exec $(DESTDIR)$(WRAPDIR)/$$c; done
+
+install: module install-exec
 	install -d $(DESTDIR)$(LIBDIR)/slurmjwtd $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) \
 	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DOCDIR)
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/slurmjwt

@@ -63,6 +63,11 @@ class Config:
         "Seconds a client has to send its whole request before it is dropped.", min=0.01, max=60))
     max_clients_per_uid: int = field(default=32, metadata=_doc(
         "Connections one uid may have open at once; more are refused with `busy`.", min=1))
+    slurm_commands_use_token: bool = field(default=False, metadata=_doc(
+        "Read by slurmjwt-exec, through which srun, sbatch and Slurm's other commands run: "
+        "false, they run as if SLURM_JWT were unset (MUNGE authenticates them, srun works, no job "
+        "carries the token); true, on JWT-only login nodes (no MUNGE key), they authenticate "
+        "with the login's token, as Slurm itself would. Keep it among the top-level keys."))
     slurmrestd_url: str = field(default="http://localhost:6820", metadata=_doc(
         "Where `slurmjwt curl` sends requests ($SLURMRESTD_URL overrides it).", url=True))
     # -- site policy (docs/policy.md) --

@@ -1,8 +1,10 @@
-"""A real Slurm on loopback for the tests: munged, slurmctld and slurmrestd.
+"""A real Slurm on loopback for the tests: munged, slurmctld, slurmd and slurmrestd.
 
-Debian 12's packages (Slurm 22.05). No slurmd and no slurmdbd: slurmctld only has
-to authenticate clients and accept jobs (they stay pending), and slurmrestd only
-has to answer for a user whose token slurmctld accepts.
+Debian 12's packages (Slurm 22.05). One node, `localhost`, whose slurmd runs jobs and
+steps for real (proctrack/linuxproc, task/none: no cgroups needed); no slurmdbd.
+slurmrestd only has to answer for a user whose token slurmctld accepts. The helpers run
+Slurm's commands by absolute path, so that slurmjwt-exec links on PATH (tests/exec_links.py)
+never stand between a test and the command it means.
 
 Everything started here is a child of the test process, stopped by its pid.
 munged is left alone if one already answers; it is stopped at stop() only if
@@ -14,8 +16,7 @@ slurmrestd runs as the unprivileged system user `slurmrest` (Slurm refuses root
 and SlurmUser there), added to group `slurmjwt` to read the 0640 key. The user is
 created if missing and left in place, like the `slurm` user the package makes.
 
-Ports: slurmctld 16817, slurmrestd 16820 on 127.0.0.1 (16818 is configured for a
-slurmd that never runs).
+Ports: slurmctld 16817, slurmd 16818, slurmrestd 16820 on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from conftest import run_as
 
 SLURMCTLD = "/usr/sbin/slurmctld"
 SLURMRESTD = "/usr/sbin/slurmrestd"
+SLURMD = "/usr/sbin/slurmd"
+SLURM_BIN = "/usr/bin"  # Slurm's client commands
 MUNGED = "/usr/sbin/munged"
 MUNGE_DIR = Path("/run/munge")
 MUNGE_SOCKET = MUNGE_DIR / "munge.socket.2"
@@ -49,7 +52,7 @@ REST_USER = "slurmrest"
 KEY_GROUP = "slurmjwt"
 OPENAPI = "v0.0.38"
 CTLD_PORT, SLURMD_PORT, REST_PORT = 16817, 16818, 16820
-_OUR_BINARIES = {"slurmctld", "slurmscriptd", "slurmrestd"}
+_OUR_BINARIES = {"slurmctld", "slurmscriptd", "slurmrestd", "slurmd", "slurmstepd"}
 
 
 class SlurmError(RuntimeError):
@@ -111,9 +114,9 @@ def _port_answers(port: int) -> bool:
 
 
 def _slurm_processes(conf: Path) -> list[int]:
-    """Pids of live slurmctld, slurmscriptd and slurmrestd processes started with CONF:
-    named in their argv (-f CONF) or in their environment (SLURM_CONF=CONF, which
-    slurmscriptd inherits from slurmctld; its argv is only "slurmctld: slurmscriptd")."""
+    """Pids of live slurmctld, slurmscriptd, slurmd, slurmstepd and slurmrestd processes
+    started with CONF: named in their argv (-f CONF) or in their environment (SLURM_CONF=CONF,
+    which slurmscriptd inherits from slurmctld; its argv is only "slurmctld: slurmscriptd")."""
     found = []
     conf_b, env_b = str(conf).encode(), f"SLURM_CONF={conf}".encode()
     for entry in os.listdir("/proc"):
@@ -168,12 +171,14 @@ class SlurmCluster:
         self.state_dir = self.workdir / "state"
         self.log_dir = self.workdir / "log"
         self.run_dir = self.workdir / "run"
+        self.spool_dir = self.workdir / "slurmd"
         self.ctld_log = self.log_dir / "slurmctld.log"
         self.rest_log = self.log_dir / "slurmrestd.log"
         self.env = {"SLURM_CONF": str(self.conf)}
         self.rest_url = f"http://127.0.0.1:{REST_PORT}"
         self.ctld: subprocess.Popen | None = None
         self.rest: subprocess.Popen | None = None
+        self.slurmd: subprocess.Popen | None = None
         self.munged_pid: int | None = None  # set only if this harness started munged
         self._started_once = False
         self._made_rest_user = False
@@ -182,9 +187,9 @@ class SlurmCluster:
     def start(self) -> "SlurmCluster":
         if self.running():
             return self
-        for binary in (SLURMCTLD, SLURMRESTD, MUNGED):
+        for binary in (SLURMCTLD, SLURMD, SLURMRESTD, MUNGED):
             if not os.access(binary, os.X_OK):
-                raise SlurmError(f"{binary} missing: apt-get install slurmctld slurmrestd "
+                raise SlurmError(f"{binary} missing: apt-get install slurmctld slurmd slurmrestd "
                                  f"slurm-wlm-jwt-plugin munge slurm-client")
         self.kill_leftovers()
         self._start_munged()
@@ -194,6 +199,7 @@ class SlurmCluster:
         try:
             self._start_slurmctld(clear_state=not self._started_once)
             self._started_once = True
+            self._start_slurmd()
             self._start_slurmrestd()
         except BaseException:
             self.stop()
@@ -215,7 +221,7 @@ class SlurmCluster:
             self._made_rest_user = False
 
     def running(self) -> bool:
-        return all(p is not None and p.poll() is None for p in (self.ctld, self.rest))
+        return all(p is not None and p.poll() is None for p in (self.ctld, self.slurmd, self.rest))
 
     def restart(self) -> "SlurmCluster":
         """Stop slurmctld and slurmrestd and start them again (state kept; keys re-read)."""
@@ -223,6 +229,7 @@ class SlurmCluster:
         self.write_conf()
         try:
             self._start_slurmctld(clear_state=False)
+            self._start_slurmd()
             self._start_slurmrestd()
         except BaseException:
             self.stop()
@@ -232,11 +239,12 @@ class SlurmCluster:
     def kill_leftovers(self) -> None:
         """Kill slurm daemons a crashed run left with this configuration; refuse to start
         if anything else holds our ports (it is not ours to kill)."""
-        mine = {p.pid for p in (self.ctld, self.rest) if p is not None and p.poll() is None}
+        mine = {p.pid for p in (self.ctld, self.slurmd, self.rest)
+                if p is not None and p.poll() is None}
         for pid in _slurm_processes(self.conf):
             if pid not in mine:
                 _kill_pid(pid)
-        for port in (CTLD_PORT, REST_PORT):
+        for port in (CTLD_PORT, SLURMD_PORT, REST_PORT):
             # a killed daemon's listener can linger a moment after the process is gone
             deadline = time.monotonic() + 5
             while _port_answers(port) and time.monotonic() < deadline:
@@ -280,6 +288,7 @@ class SlurmCluster:
         for d in (self.state_dir, self.log_dir, self.run_dir):
             d.mkdir(mode=0o755, exist_ok=True)
             shutil.chown(d, SLURM_USER, SLURM_USER)
+        self.spool_dir.mkdir(mode=0o755, exist_ok=True)  # slurmd's, as root
 
     def conf_text(self) -> str:
         alt = f"jwt_key={self.jwt_key}"
@@ -297,7 +306,7 @@ class SlurmCluster:
             "AuthAltTypes=auth/jwt",
             f"AuthAltParameters={alt}",
             f"StateSaveLocation={self.state_dir}",
-            f"SlurmdSpoolDir={self.workdir / 'slurmd'}",
+            f"SlurmdSpoolDir={self.spool_dir}",
             f"SlurmctldPidFile={self.run_dir / 'slurmctld.pid'}",
             f"SlurmdPidFile={self.run_dir / 'slurmd.pid'}",
             f"SlurmctldLogFile={self.ctld_log}",
@@ -314,6 +323,7 @@ class SlurmCluster:
             "JobCompType=jobcomp/none",
             "ReturnToService=2",
             "SlurmdTimeout=300",
+            "MinJobAge=5",  # sbatch --wait then polls every 2 s (8 s after a first miss otherwise)
             "MailProg=/bin/true",
             "NodeName=localhost CPUs=2 State=UNKNOWN",
             "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
@@ -343,18 +353,45 @@ class SlurmCluster:
 
     def ping(self) -> bool:
         try:
-            run = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=5,
+            run = subprocess.run([f"{SLURM_BIN}/scontrol", "ping"], capture_output=True, text=True, timeout=5,
                                  env={"PATH": "/usr/bin:/bin", **self.env})
         except subprocess.TimeoutExpired:
             return False
         return run.returncode == 0 and "is UP" in run.stdout
 
     def _stop_slurm(self) -> None:
-        """Stop slurmrestd, then slurmctld; its slurmscriptd exits with it (checked)."""
+        """Stop slurmrestd, slurmd, then slurmctld; slurmscriptd and any slurmstepd left
+        exit with them (checked)."""
         _stop_child(self.rest)
+        _stop_child(self.slurmd)
         _stop_child(self.ctld)
         for pid in _slurm_processes(self.conf):
             _kill_pid(pid, timeout=5)
+
+    # -- slurmd -------------------------------------------------------------------------
+    def _start_slurmd(self) -> None:
+        """slurmd for node localhost, as root; up once slurmctld shows the node idle."""
+        log = open(self.log_dir / "slurmd.stdout", "ab")
+        self.slurmd = subprocess.Popen(
+            [SLURMD, "-D", "-N", "localhost", "-f", str(self.conf)], stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log, cwd="/",
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SLURM_CONF": str(self.conf)})
+        log.close()
+        deadline = time.monotonic() + 20
+        while self.node_state() != "idle":
+            if self.slurmd.poll() is not None:
+                raise SlurmError(f"slurmd exited {self.slurmd.returncode}:\n"
+                                 f"{self.tail(self.log_dir / 'slurmd.log')}")
+            if time.monotonic() > deadline:
+                raise SlurmError(f"node localhost not idle within 20 s ({self.node_state()}):\n"
+                                 f"{self.tail(self.log_dir / 'slurmd.log')}")
+            time.sleep(0.1)
+
+    def node_state(self) -> str:
+        run = subprocess.run([f"{SLURM_BIN}/sinfo", "-h", "-n", "localhost", "-o", "%t"],
+                             capture_output=True, text=True, timeout=10,
+                             env={"PATH": "/usr/bin:/bin", **self.env})
+        return run.stdout.strip()
 
     # -- slurmrestd ---------------------------------------------------------------------
     def _ensure_rest_user(self) -> None:
@@ -406,21 +443,21 @@ class SlurmCluster:
         return {**self.env, "SLURM_JWT": token}
 
     def squeue_as(self, user: str, token: str, *args: str) -> subprocess.CompletedProcess:
-        return run_as(user, "squeue", *args, env=self.client_env(token))
+        return run_as(user, f"{SLURM_BIN}/squeue", *args, env=self.client_env(token))
 
     def sbatch_as(self, user: str, token: str, *args: str,
-                  wrap: str = "sleep 1") -> subprocess.CompletedProcess:
-        return run_as(user, "sbatch", "--parsable", "--chdir=/tmp", "--output=/dev/null",
+                  wrap: str = "sleep 300") -> subprocess.CompletedProcess:
+        return run_as(user, f"{SLURM_BIN}/sbatch", "--parsable", "--chdir=/tmp", "--output=/dev/null",
                       "--job-name=sjt-test", *args, "--wrap", wrap, env=self.client_env(token))
 
     def scancel_as(self, user: str, token: str, *job_ids: str) -> subprocess.CompletedProcess:
-        return run_as(user, "scancel", *job_ids, env=self.client_env(token))
+        return run_as(user, f"{SLURM_BIN}/scancel", *job_ids, env=self.client_env(token))
 
     def scancel_all(self) -> None:
         """Cancel every job the helpers submitted (as root, over munge)."""
         if self.ctld is None or self.ctld.poll() is not None:
             return
-        subprocess.run(["scancel", "--full", "--quiet", "--name=sjt-test"], capture_output=True,
+        subprocess.run([f"{SLURM_BIN}/scancel", "--full", "--quiet", "--name=sjt-test"], capture_output=True,
                        env={"PATH": "/usr/bin:/bin", **self.env}, timeout=30)
 
     def rest_request(self, user_name: str | None, token: str | None,

@@ -1,0 +1,240 @@
+"""A login's SLURM_JWT never breaks Slurm's own job commands, nor rides into jobs.
+
+slurmjwt-exec is installed as `make install` installs it (tests/exec_links.py): links named
+srun, sbatch, salloc, ... in /usr/local/bin, before Slurm's /usr/bin on every default PATH.
+Alice logs in through a real sshd whose session stack runs pam_slurmjwt.so, and pam_env for
+SLURM_CONF (a site has /etc/slurm/slurm.conf instead), into the tests' real Slurm: slurmctld
+and a slurmd that runs the steps, authenticated by MUNGE. Her startup files set a prompt and
+nothing else. In every kind of session a person uses (interactive bash, zsh and tcsh login
+shells on a terminal, `ssh host cmd`, a Python program, tmux and screen started in the session)
+the login keeps its token, srun, srun --pty, salloc and sbatch --wait work, and no job's
+environment holds the token. On a JWT-only node (the switch in slurmjwtd.toml), Slurm's
+commands use the token instead, as slurmctld's record of the job shows.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import exec_links
+from logins import PROMPT, Account, Terminal, start_sshd, terminals, verified  # noqa: F401 (a fixture)
+from slurm_cluster import SLURM_BIN
+from sshd_server import pam_stack
+
+PORT = 2234
+HOST = socket.gethostname()
+SITE_CONFIG = Path("/etc/slurmjwt/slurmjwtd.toml")  # what slurmjwt-exec reads
+SAVED = Path("/var/tmp/slurmjwt-test-jobs-saved.toml")
+MARK = "# written for a test by tests/test_jobs.py: remove me\n"
+# startup files that set the prompt the Terminal waits for, and nothing else
+PROMPT_ONLY = {".profile": f"PS1='{PROMPT}'\n", ".zshrc": f"PS1='{PROMPT}'\n",
+               ".tcshrc": f"set prompt = '{PROMPT}'\n"}
+
+
+@pytest.fixture(scope="module")
+def links():
+    exec_links.install()
+    yield
+    exec_links.remove()
+
+
+@pytest.fixture(scope="module")
+def sshd(daemon, slurm, users, workdir, links):
+    environment = workdir / "jobs-environment"
+    environment.write_text(f"SLURM_CONF={slurm.conf}\n")
+    stack = pam_stack(daemon.socket)
+    stack.insert(-1, f"session  required pam_env.so conffile=/dev/null envfile={environment}")
+    server = start_sshd(workdir, "jobs", PORT, stack, users)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def account(users, workdir):
+    acc = Account(users["alice"].pw_name, workdir / "jobs-home")
+    yield acc
+    acc.restore()
+
+
+@pytest.fixture
+def site_config():
+    """Write slurmjwt's site configuration, as an admin would; an admin's own file is set
+    aside (outside the tests' workdir, which each run wipes) and put back."""
+    if SITE_CONFIG.exists() and not SITE_CONFIG.read_text(errors="replace").startswith(MARK):
+        shutil.copy2(SITE_CONFIG, SAVED)
+    made_dir = not SITE_CONFIG.parent.exists()
+
+    def write(text: str) -> None:
+        SITE_CONFIG.parent.mkdir(mode=0o755, exist_ok=True)
+        SITE_CONFIG.write_text(MARK + text)
+        os.chmod(SITE_CONFIG, 0o644)
+
+    yield write
+    if SAVED.exists():
+        shutil.copy2(SAVED, SITE_CONFIG)
+        SAVED.unlink()
+    else:
+        SITE_CONFIG.unlink(missing_ok=True)
+        if made_dir:
+            SITE_CONFIG.parent.rmdir()
+
+
+def job_output(account: Account) -> str:
+    """The batch job's output: srun's hostname line inside the job, then the job's environment."""
+    text = account.read("job.out")
+    assert text.startswith(HOST), f"srun inside the batch job failed:\n{text[:2000]}"
+    assert "SLURM_JOB_ID=" in text, text[:2000]
+    return text
+
+
+def assert_no_token(text: str, *tokens: str) -> None:
+    assert "SLURM_JWT" not in text, "the job's environment holds SLURM_JWT"
+    for token in tokens:
+        assert token.rsplit(".", 1)[1] not in text, "the job's environment holds the token"
+
+
+# -- interactive login shells on a terminal -------------------------------------------------
+SBATCH = "sbatch --wait -o \"$HOME/job.out\" --wrap 'srun -n1 hostname && env'"
+
+
+def pty_step(term: Terminal) -> str:
+    """srun --pty bash, used as a person would: type into the job's shell, then leave it."""
+    start = len(term.screen)
+    term.send("srun -n1 --pty bash --norc --noprofile -i\r")
+    term.wait(r"bash-\d+\.\d+\$ ", start, timeout=30)
+    term.send("tty; echo job=$SLURM_JOB_ID jwt=${SLURM_JWT:-none}; exit\r")
+    found = term.wait(r"job=\d+ jwt=\S+", start, timeout=30)
+    term.wait(re.escape(PROMPT), found.end())
+    return term.screen[start:]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "tcsh"])
+def test_slurm_commands_work_in_a_login_shell_that_holds_the_token(shell, sshd, daemon, account,
+                                                                  terminals):
+    alice = account.user
+    account.make(shell, PROMPT_ONLY)
+    term = terminals(sshd, alice)
+    status = "$status" if shell == "tcsh" else "$?"
+    term.run("printenv SLURM_JWT > ~/login")
+    login = account.read("login")
+    verified(daemon, login, alice)
+
+    out = term.run(f"srun -n1 hostname; echo rc={status}")
+    assert f"{HOST}\r\n" in out and "rc=0" in out, out
+    shown = pty_step(term)
+    assert "/dev/pts/" in shown and "jwt=none" in shown, shown
+    out = term.run(f"salloc -n1 srun -n1 hostname; echo rc={status}", timeout=30)
+    assert f"{HOST}\r\n" in out and "rc=0" in out, out
+    out = term.run(f"{SBATCH}; echo rc={status}", timeout=60)
+    assert "rc=0" in out, out
+    assert_no_token(job_output(account), login)
+
+    # the session's own token is untouched, for REST clients and slurmjwt curl
+    term.run("printenv SLURM_JWT > ~/after")
+    assert account.read("after") == login
+
+
+def test_ctrl_c_reaches_srun(sshd, slurm, account, terminals):
+    account.make("bash", PROMPT_ONLY)
+    term = terminals(sshd, account.user)
+    start = len(term.screen)
+    term.send("srun -n1 sleep 300; echo rc=$?\r")
+    deadline = time.monotonic() + 30
+    while not _steps_of(slurm, account.user):  # the step runs: srun is waiting on it
+        assert time.monotonic() < deadline, f"no step started:\n{term.screen[start:]}"
+        time.sleep(0.1)
+    term.send("\x03")
+    term.wait(r"srun: interrupt", start)  # only srun prints this: SIGINT reached it
+    term.send("\x03")  # a second one within a second aborts the step
+    done = term.wait(r"rc=\d+", start, timeout=30)
+    assert done.group() != "rc=0", term.screen[start:]
+    assert not _steps_of(slurm, account.user)
+
+
+def _steps_of(slurm, user: str) -> list[str]:
+    run = subprocess.run([f"{SLURM_BIN}/squeue", "-h", "-s", "-u", user, "-o", "%i"],
+                         capture_output=True, text=True, timeout=10,
+                         env={"PATH": "/usr/bin:/bin", **slurm.env})
+    return run.stdout.split()
+
+
+# -- ssh host cmd, programs, tmux and screen ------------------------------------------------
+SCRIPT = """
+printenv SLURM_JWT > "$HOME/login"
+srun -n1 hostname; echo "srun rc=$?"
+printf 'typed\\n' | srun -n1 cat
+srun -n1 sh -c 'exit 7'; echo "exit rc=$?"
+srun -n1 printf '[%s]' 'a b' '' -x; echo
+salloc -n1 srun -n1 hostname; echo "salloc rc=$?"
+{sbatch}; echo "sbatch rc=$?"
+python3 -c 'import subprocess; print("python rc=%d" % subprocess.run(["srun", "-n1", "hostname"]).returncode)'
+tmux -S "$HOME/tmux.sock" new-session -d 'srun -n1 hostname > "$HOME/tmux.out" 2>&1; tmux -S "$HOME/tmux.sock" wait-for -S done'
+tmux -S "$HOME/tmux.sock" wait-for done
+SCREENDIR="$HOME/.screen" screen -D -m sh -c 'srun -n1 hostname > "$HOME/screen.out" 2>&1'
+printenv SLURM_JWT > "$HOME/after"
+""".format(sbatch=SBATCH)
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_slurm_commands_work_in_ssh_host_cmd(shell, sshd, daemon, account):
+    alice = account.user
+    account.make(shell, {})
+    run = sshd.ssh(alice, SCRIPT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    for expected in (HOST, "srun rc=0", "typed", "exit rc=7", "[a b][][-x]", "salloc rc=0",
+                     "sbatch rc=0", "python rc=0"):
+        assert expected in lines, f"{expected!r} missing:\n{run.stdout}\n{run.stderr}"
+    assert lines.count(HOST) == 3, run.stdout  # srun, salloc, python
+    assert account.read("tmux.out") == HOST
+    assert account.read("screen.out") == HOST
+    login = account.read("login")
+    verified(daemon, login, alice)
+    assert account.read("after") == login
+    assert_no_token(job_output(account), login)
+
+
+def test_srun_pty_in_ssh_host_cmd(sshd, account):
+    account.make("sh", {})
+    run = sshd.ssh(account.user, "srun -n1 --pty sh -c 'tty; echo job=$SLURM_JOB_ID jwt=${SLURM_JWT:-none}'",
+                   tty=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "/dev/pts/" in run.stdout and re.search(r"job=\d+ jwt=none", run.stdout), run.stdout
+
+
+# -- a JWT-only login node ----------------------------------------------------------------
+def test_jwt_only_switch_makes_slurm_commands_use_the_token(sshd, slurm, daemon, users, account,
+                                                            site_config, workdir):
+    """A login node without MUNGE (here: its slurm.conf points MUNGE at no socket), so a job
+    submitted from it can only have been authenticated by the login's token."""
+    alice = users["alice"]
+    account.make("sh", {})
+    node_conf = workdir / "slurm-jwt-only-node.conf"
+    node_conf.write_text(slurm.conf_text() + "AuthInfo=socket=/nonexistent/munge.socket.2\n")
+    os.chmod(node_conf, 0o644)
+    submit = (f"SLURM_CONF={node_conf} sbatch --parsable --hold -o /dev/null --job-name=sjt-test "
+              "--wrap true; echo rc=$?")
+
+    site_config("slurm_commands_use_token = false\n")
+    without = sshd.ssh(alice.pw_name, submit)
+    assert "rc=0" not in without.stdout, "a job was submitted without MUNGE and without the token"
+
+    site_config("lifetime = 3600\nslurm_commands_use_token = true  # a JWT-only login node\n")
+    with_token = sshd.ssh(alice.pw_name, submit)
+    assert with_token.stdout.strip().endswith("rc=0"), with_token.stdout + with_token.stderr
+    job = with_token.stdout.split()[0]
+    try:
+        shown = subprocess.run([f"{SLURM_BIN}/scontrol", "show", "job", job], capture_output=True,
+                               text=True, timeout=10, env={"PATH": "/usr/bin:/bin", **slurm.env})
+        assert f"UserId={alice.pw_name}({alice.pw_uid})" in shown.stdout, shown.stdout
+    finally:
+        subprocess.run([f"{SLURM_BIN}/scancel", job], capture_output=True, timeout=10,
+                       env={"PATH": "/usr/bin:/bin", **slurm.env})
