@@ -16,11 +16,16 @@ throwaway user sjwt-bench, and times pam_open_session (and pam_close_session) wi
 bench/pamstorm, one login alone and 100 at once, for both stacks; it reports the time the
 module adds, median and p99, against the goal: under 2 ms at p99 in the storm.
 
+jobs: runs srun, sbatch and squeue --version (they print a version and contact nothing) from
+/usr/bin and through symlinks to pam/slurmjwt-exec, in turn, with a dummy SLURM_JWT set, and
+/bin/true as the fork/exec floor; it reports the time slurmjwt-exec adds to each command, median
+and p99, and the ratio to the plain command, against the goal: under 5 ms added per command.
+
 Everything started is stopped by PID; everything made (files, user) is removed afterwards.
 
     /opt/slurmjwt/venv/bin/python bench/bench.py [--count N] [--repeat R] [--quick] [--profile]
         [--skip-tokens] [--skip-logins] [--skip-munged] [--alone N] [--storm T]
-        [--storm-logins N] [--burst] [--sessions N]
+        [--storm-logins N] [--burst] [--sessions N] [--skip-jobs] [--job-runs N]
 """
 
 from __future__ import annotations
@@ -50,12 +55,15 @@ PAMSTORM = str(HERE / "pamstorm")
 STAMP = HERE / "pam_benchstamp.so"
 PAM_SRC = HERE.parent / "pam"
 MODULE = PAM_SRC / "pam_slurmjwt.so"
+EXEC = PAM_SRC / "slurmjwt-exec"
+JOB_COMMANDS = ("srun", "sbatch", "squeue")  # each run as `CMD --version`
 PAM_D = Path("/etc/pam.d")
 BENCH_USER = "sjwt-bench"
 BENCH_GECOS = "slurmjwt bench.py, temporary"
 STACKS = ("without", "with")  # PAM services sjwt-bench-without and sjwt-bench-with
 PAM_MARK = "# written by slurmjwt bench/bench.py for one run, which removes it when it ends"
 GOAL_ADDED_P99_US = 2000  # the issue: the module adds under 2 ms at p99 under the storm
+GOAL_EXEC_ADDED_US = 5000  # the issue: slurmjwt-exec adds under 5 ms per command
 MUNGED = shutil.which("munged") or "/usr/sbin/munged"
 REMUNGE = shutil.which("remunge") or "/usr/bin/remunge"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -350,6 +358,99 @@ def report_logins(results: dict[tuple[str, str], list[dict[str, float]]],
     return verdict
 
 
+# -- jobs -----------------------------------------------------------------------------------
+def spawn_us(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time of one run of ARGV (posix_spawn to waitpid, stdout to /dev/null), in us."""
+    start = time.perf_counter_ns()
+    pid = os.posix_spawn(argv[0], argv, env,
+                         file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
+    _, status = os.waitpid(pid, 0)
+    elapsed = time.perf_counter_ns() - start
+    if status != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({os.waitstatus_to_exitcode(status)})")
+    return elapsed / 1000
+
+
+def check_exec(link: str, env: dict[str, str], tmp: Path) -> str:
+    """What slurmjwt-exec did with SLURM_JWT in one run through LINK, as strace shows the
+    exec of Slurm's command; an error if that is not what `slurmjwt-exec --mode` says."""
+    mode = subprocess.run([str(EXEC), "--mode"], capture_output=True, text=True, check=True).stdout
+    if not shutil.which("strace"):
+        return f"{mode.strip()}; not checked (no strace)"
+    trace, target = tmp / "exec.strace", f"/usr/bin/{Path(link).name}"
+    subprocess.run(["strace", "-f", "-v", "-s", "64", "-e", "trace=execve", "-o", str(trace),
+                    link, "--version"], env=env, stdout=subprocess.DEVNULL, check=True)
+    execs = [line for line in trace.read_text().splitlines() if f'execve("{target}", ' in line]
+    want = "kept" if "token=kept" in mode else "removed"
+    if len(execs) != 1 or ('"SLURM_JWT=' in execs[0]) != (want == "kept"):
+        raise RuntimeError(f"{link} did not exec {target} with SLURM_JWT {want} "
+                           f"({mode.strip()}); strace in {trace}")
+    return f"{mode.strip()}; checked with strace: SLURM_JWT {want}"
+
+
+def run_jobs(tmp: Path, runs: int, repeat: int) -> dict[str, list[dict[str, float]]]:
+    """RUNS runs of each command, plain and through slurmjwt-exec in turn, in each of REPEAT
+    rounds; per round and command: the p50 and p99 of both (us), their difference and ratio."""
+    d = tmp / "jobs"
+    d.mkdir()
+    conf = d / "slurm.conf"  # the commands want a configuration before they print a version
+    conf.write_text("ClusterName=sjwt-bench\nSlurmctldHost=localhost\n")
+    env = dict(os.environ, SLURM_JWT="x.y.z", SLURM_CONF=str(conf))  # a dummy, not a token
+    argvs = {"true": {"plain": ["/bin/true"]}}
+    for cmd in JOB_COMMANDS:
+        (d / cmd).symlink_to(EXEC)
+        argvs[cmd] = {"plain": [f"/usr/bin/{cmd}", "--version"],
+                      "wrapped": [str(d / cmd), "--version"]}
+    for variants in argvs.values():  # they work, and are in the page cache
+        for argv in variants.values():
+            r = subprocess.run(argv, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}; slurm-client is "
+                                   f"installed by `make deps`): {r.stderr.strip()}")
+    print(f"slurmjwt-exec: {check_exec(str(d / JOB_COMMANDS[0]), env, tmp)}\n")
+    results: dict[str, list[dict[str, float]]] = {}
+    for _ in range(repeat):
+        for cmd, variants in argvs.items():
+            times: dict[str, list[float]] = {v: [] for v in variants}
+            for _ in range(runs):  # plain and wrapped in turn: other load hits both alike
+                for v, argv in variants.items():
+                    times[v].append(spawn_us(argv, env))
+            r: dict[str, float] = {}
+            for v, t in times.items():
+                t.sort()
+                r[f"{v}_p50"] = statistics.median(t)
+                r[f"{v}_p99"] = t[(len(t) * 99 + 99) // 100 - 1]  # nearest rank, as pamstorm's
+            if "wrapped" in times:
+                r["added"] = r["wrapped_p50"] - r["plain_p50"]
+                r["ratio"] = r["wrapped_p50"] / r["plain_p50"]
+            results.setdefault(cmd, []).append(r)
+    return results
+
+
+def report_jobs(results: dict[str, list[dict[str, float]]]) -> bool:
+    """Print the table; return whether slurmjwt-exec adds under the goal to every command."""
+    table = {cmd: summarize(runs) for cmd, runs in results.items()}
+    print(f"{'command':<16} {'plain p50':>9} {'plain p99':>9} {'wrapped p50':>11} "
+          f"{'wrapped p99':>11} {'added p50':>9} {'(min-max)':>13} {'ratio':>6}")
+    for cmd, r in table.items():
+        runs = results[cmd]
+        cells = [f"{r[k] / 1000:.2f}" if k in r else "-"
+                 for k in ("plain_p50", "plain_p99", "wrapped_p50", "wrapped_p99", "added")]
+        spread = ("-" if "added" not in r else
+                  f"{min(x['added'] for x in runs) / 1000:.2f}-{max(x['added'] for x in runs) / 1000:.2f}")
+        ratio = f"x{r['ratio']:.2f}" if "ratio" in r else "-"
+        name = "/bin/true" if cmd == "true" else f"{cmd} --version"
+        print(f"{name:<16} {cells[0]:>9} {cells[1]:>9} {cells[2]:>11} {cells[3]:>11} {cells[4]:>9} "
+              f"{spread:>13} {ratio:>6}")
+    print("ms per run, posix_spawn to waitpid; plain: /usr/bin/CMD; wrapped: a symlink CMD -> "
+          "slurmjwt-exec;\nadded: wrapped p50 - plain p50 (and its range over the rounds); "
+          "ratio: wrapped p50 / plain p50\n")
+    added = max(r["added"] for r in table.values() if "added" in r)
+    print(f"goal: under {ms(GOAL_EXEC_ADDED_US)} added per command: "
+          f"{'met' if added < GOAL_EXEC_ADDED_US else 'NOT met'} (at most {ms(added)}, median)")
+    return added < GOAL_EXEC_ADDED_US
+
+
 def ms(us: float) -> str:
     return f"{us / 1000:.2f} ms"
 
@@ -396,9 +497,10 @@ def fmt(value: float | None) -> str:
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Median of each figure over the runs, and the range of rates."""
+    """Median of each figure over the runs, and the range of rates (if they have a rate)."""
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    out["rate_lo"], out["rate_hi"] = min(r["rate"] for r in runs), max(r["rate"] for r in runs)
+    if "rate" in out:
+        out["rate_lo"], out["rate_hi"] = min(r["rate"] for r in runs), max(r["rate"] for r in runs)
     return out
 
 
@@ -456,14 +558,22 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=0, metavar="N",
                         help="keep N other sessions open during the logins, as on a busy login "
                              "node [0]")
+    parser.add_argument("--skip-jobs", action="store_true",
+                        help="leave out the jobs section (srun, sbatch, squeue through "
+                             "slurmjwt-exec and not)")
+    parser.add_argument("--job-runs", type=int, default=None, metavar="N",
+                        help="runs of each command per round, plain and wrapped [300, or 30 "
+                             "with --quick]")
     parser.add_argument("--profile", action="store_true",
                         help="instead: run slurmjwtd under cProfile with 1 client; print the top")
     args = parser.parse_args()
     count, repeat = (3000, 1) if args.quick else (args.count, args.repeat)
     alone = args.alone or (100 if args.quick else 1000)
     storm_logins = args.storm_logins or (3 if args.quick else 50)
-    if min(count, repeat, alone, args.storm, storm_logins) < 1 or args.sessions < 0:
-        parser.error("--count, --repeat, --alone, --storm and --storm-logins must be 1 or more")
+    job_runs = args.job_runs or (30 if args.quick else 300)
+    if min(count, repeat, alone, args.storm, storm_logins, job_runs) < 1 or args.sessions < 0:
+        parser.error("--count, --repeat, --alone, --storm, --storm-logins and --job-runs must "
+                     "be 1 or more")
     scenarios = {"alone": (1, alone), "storm": (args.storm, storm_logins)}
     if os.geteuid() != 0:
         print("bench.py: run as root (it starts munged as the munge user, writes /etc/pam.d, "
@@ -514,6 +624,12 @@ def main() -> int:
                   f"user {BENCH_USER}; {args.sessions} other sessions open\n")
             report_logins(run_logins(jwt.pid, sock, scenarios, repeat, args.sessions, args.burst),
                           scenarios)
+            print()
+        if not args.skip_jobs:
+            print(f"jobs: {', '.join(JOB_COMMANDS)} --version, {job_runs} runs each per round, "
+                  f"from /usr/bin and through {EXEC}, in turn;\nSLURM_JWT=x.y.z (a dummy) in "
+                  f"their environment; /bin/true for the fork/exec floor")
+            report_jobs(run_jobs(tmp, job_runs, repeat))
         return 0
     finally:
         for proc in procs:
