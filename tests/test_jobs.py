@@ -87,9 +87,9 @@ def site_config():
             SITE_CONFIG.parent.rmdir()
 
 
-def job_output(account: Account) -> str:
-    """The batch job's output: srun's hostname line inside the job, then the job's environment."""
-    text = account.read("job.out")
+def job_output(account: Account, name: str = "job.out") -> str:
+    """A batch job's output: srun's hostname line inside the job, then the job's environment."""
+    text = account.read(name)
     assert text.startswith(HOST), f"srun inside the batch job failed:\n{text[:2000]}"
     assert "SLURM_JOB_ID=" in text, text[:2000]
     return text
@@ -176,7 +176,7 @@ srun -n1 printf '[%s]' 'a b' '' -x; echo
 salloc -n1 srun -n1 hostname; echo "salloc rc=$?"
 {sbatch}; echo "sbatch rc=$?"
 python3 -c 'import subprocess; print("python rc=%d" % subprocess.run(["srun", "-n1", "hostname"]).returncode)'
-tmux -S "$HOME/tmux.sock" new-session -d 'srun -n1 hostname > "$HOME/tmux.out" 2>&1; tmux -S "$HOME/tmux.sock" wait-for -S done'
+tmux -S "$HOME/tmux.sock" new-session -d 'sbatch --wait -o "$HOME/tmux.out" --wrap "srun -n1 hostname && env" >/dev/null; tmux -S "$HOME/tmux.sock" wait-for -S done'
 tmux -S "$HOME/tmux.sock" wait-for done
 SCREENDIR="$HOME/.screen" screen -D -m sh -c 'srun -n1 hostname > "$HOME/screen.out" 2>&1'
 printenv SLURM_JWT > "$HOME/after"
@@ -194,12 +194,12 @@ def test_slurm_commands_work_in_ssh_host_cmd(shell, sshd, daemon, account):
                      "sbatch rc=0", "python rc=0"):
         assert expected in lines, f"{expected!r} missing:\n{run.stdout}\n{run.stderr}"
     assert lines.count(HOST) == 3, run.stdout  # srun, salloc, python
-    assert account.read("tmux.out") == HOST
     assert account.read("screen.out") == HOST
     login = account.read("login")
     verified(daemon, login, alice)
     assert account.read("after") == login
     assert_no_token(job_output(account), login)
+    assert_no_token(job_output(account, "tmux.out"), login)  # submitted from a tmux server
 
 
 def test_srun_pty_in_ssh_host_cmd(sshd, account):
