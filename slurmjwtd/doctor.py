@@ -3,14 +3,21 @@
 Checks, in order: the daemon answers; its configuration is valid; its key file passes the
 daemon's own checks (keyfile.read_key); slurm.conf has AuthAltTypes=auth/jwt and a jwt_key
 holding the same bytes as the daemon's key; sshd's PAM stack runs pam_slurmjwt.so in its session
-phase and sshd has UsePAM yes; the clock is synchronised; and, as a warning, that interactive
-srun breaks when MUNGE is on the host and the token is exported as SLURM_JWT.
+phase and sshd has UsePAM yes; the clock is synchronised; and how Slurm's commands treat the
+login's token (`jobs`): slurm_commands_use_token against MUNGE on the host; whether `srun` is
+slurmjwt-exec, which removes the token unless that switch is true, both on this shell's PATH and
+on the PATH of `ssh HOST COMMAND` (sshd's, or /etc/environment's); whether each slurmjwt-exec
+found reads the switch from the daemon's file and as the daemon reads it; and what Slurm's
+version does with SLURM_JWT itself.
 
 The parsers below are pure (files in, values out) and follow each program's own rules:
 slurm.conf (keys case-insensitive, last value wins, `Include` followed relative to slurm.conf's
 directory, %c expanded), PAM (`@include`, `include`/`substack` controls, relative to the stack's
-directory) and sshd_config (first value wins, `Include` globs relative to /etc/ssh, nothing
-after `Match` counts). Key bytes and tokens are never printed.
+directory), sshd_config (first value wins, `Include` globs relative to /etc/ssh, nothing
+after `Match` counts) and /etc/environment (pam_env: the last `PATH=`, quoted or not). The
+programs doctor runs (`slurmjwt-exec --mode`, `sbatch --version`) run without a shell, with a
+fixed environment and a 5 s limit, through a replaceable runner. Key bytes and tokens are never
+printed.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ import json
 import os
 import pwd
 import re
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .client import BadAnswer, DaemonUnreachable, call
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, toml_value
 from .keyfile import MAX_KEY_BYTES, KeyFileError, allowed_owners, check_program, read_key
 
 OK, WARNING, PROBLEM, SKIP = "ok", "WARNING", "PROBLEM", "skip"
@@ -37,7 +46,6 @@ PAM_DIRS = [*sorted(glob.glob("/lib/*/security")), *sorted(glob.glob("/usr/lib/*
             "/lib/security", "/lib64/security", "/usr/lib/security", "/usr/lib64/security"]
 SSH_DIR = "/etc/ssh"
 MUNGE_FILES = ("/run/munge/munged.pid", "/etc/munge/munge.key")
-PROFILE = "/etc/profile.d/slurmjwt.sh"
 MAX_DEPTH = 16  # include nesting, against loops
 
 
@@ -364,26 +372,25 @@ def check_other_signer(path: str, params: dict[str, str], config: Config,
     return [Finding(OK, "slurm.conf", f"{path}: AuthAltTypes has auth/jwt and {jwks} holds kid {kid}")]
 
 
-def check_pam(path: str) -> tuple[list[PamLine], Finding]:
+def check_pam(path: str) -> Finding:
     line = f"session optional {MODULE}"
     try:
         stack = parse_pam(path)
     except OSError as exc:
-        return [], Finding(PROBLEM, "pam", f"{path}: {exc.strerror}", "sshd logins run no "
-                           "session module from it", "name sshd's PAM stack with --pam-file PATH")
+        return Finding(PROBLEM, "pam", f"{path}: {exc.strerror}", "sshd logins run no session "
+                       "module from it", "name sshd's PAM stack with --pam-file PATH")
     ours = [x for x in stack.lines if x.type == "session" and os.path.basename(x.module) == MODULE]
     if not ours:
         commented = f" (commented out at {', '.join(stack.commented)})" if stack.commented else ""
-        return [], Finding(PROBLEM, "pam", f"{path} has no session line with {MODULE}{commented}",
-                           "SSH logins get no token: the variable is never set",
-                           f"echo '{line}' >> {path}")
+        return Finding(PROBLEM, "pam", f"{path} has no session line with {MODULE}{commented}",
+                       "SSH logins get no token: the variable is never set", f"echo '{line}' >> {path}")
     missing = [x for x in ours if not find_module(x.module)]
     if missing:
-        return ours, Finding(PROBLEM, "pam", f"{missing[0].where}: {missing[0].module} is not "
-                             f"installed", "PAM skips the line: SSH logins get no token",
-                             "make install (in the slurmjwt source tree), or install -m 0644 "
-                             f"pam/{MODULE} into the PAM module directory")
-    return ours, Finding(OK, "pam", f"{ours[0].where}: session {ours[0].control} {ours[0].module}")
+        return Finding(PROBLEM, "pam", f"{missing[0].where}: {missing[0].module} is not installed",
+                       "PAM skips the line: SSH logins get no token",
+                       "make install (in the slurmjwt source tree), or install -m 0644 "
+                       f"pam/{MODULE} into the PAM module directory")
+    return Finding(OK, "pam", f"{ours[0].where}: session {ours[0].control} {ours[0].module}")
 
 
 def check_sshd(path: str) -> Finding:
@@ -417,39 +424,216 @@ def check_clock(clock: Callable[[], tuple[bool, str]]) -> Finding:
     return Finding(OK, "clock", f"synchronised ({detail})")
 
 
-def check_srun(pam_lines: list[PamLine], pam_file: str, environ: Mapping[str, str] = os.environ,
-               munge_files: tuple[str, ...] | None = None) -> Finding | None:
-    """A warning when MUNGE is on this host and the token is exported as SLURM_JWT, by the PAM
-    module (its env=, SLURM_JWT by default) or the shell integration (SLURMJWT_VARIABLE)."""
-    munge = [f for f in (MUNGE_FILES if munge_files is None else munge_files) if os.path.exists(f)]
-    sources = []
-    for line in pam_lines:
-        names = [arg.removeprefix("env=") for arg in line.args if arg.startswith("env=")]
-        if not names or names[-1] == "SLURM_JWT":
-            sources.append(f"{MODULE} at {line.where}")
-    variable = environ.get("SLURMJWT_VARIABLE")
-    if variable in (None, "SLURM_JWT"):
-        sources.append("SLURMJWT_VARIABLE " + ("unset" if variable is None else "=SLURM_JWT"))
-    if not munge or not sources:
-        return None
-    return Finding(WARNING, "srun", f"MUNGE is on this host ({munge[0]}) and the token is exported "
-                   f"as SLURM_JWT ({'; '.join(sources)})",
-                   "Slurm's commands switch to auth/jwt whenever SLURM_JWT is set, and interactive "
-                   "srun does not work with it set",
-                   f"'session optional {MODULE} env=SLURM_JWT_TOKEN' in {pam_file}, and "
-                   f"SLURMJWT_VARIABLE=SLURM_JWT_TOKEN in {PROFILE}")
+# -- Slurm's commands and the token (slurmjwt-exec) -----------------------------------------
+
+EXEC = "slurmjwt-exec"
+SWITCH = "slurm_commands_use_token"
+LINK_DIR = "/usr/local/bin"  # where `make install` links Slurm's command names to slurmjwt-exec
+SSHD_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"  # Debian's OpenSSH, for users other than root
+ETC_ENVIRONMENT = "/etc/environment"  # pam_env in Debian's sshd stack reads it; its PATH wins
+RUN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C"}  # the whole environment of what doctor runs
+RUN_TIMEOUT = 5.0
+SCRUBBING_SLURM = (26, 5)  # the first Slurm whose sbatch leaves SLURM_JWT out of jobs itself (in part)
+_MODE = re.compile(r"token=(removed|kept) config=(\S.*) slurm=(\S.*)")
+
+
+class RunFailed(Exception):
+    """A program doctor ran gave no answer; the message says why."""
+
+
+Runner = Callable[[list[str], Mapping[str, str]], str]
+
+
+def run_program(argv: list[str], env: Mapping[str, str]) -> str:
+    """ARGV's standard output: no shell, ENV its whole environment, RUN_TIMEOUT seconds at most."""
+    try:
+        done = subprocess.run(argv, env=dict(env), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", timeout=RUN_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"{argv[0]} gave no answer in {RUN_TIMEOUT:g} s") from None
+    except OSError as exc:
+        raise RunFailed(f"{argv[0]}: {exc.strerror}") from None
+    if done.returncode != 0:
+        said = done.stderr.strip().splitlines()[-1:]
+        raise RunFailed(": ".join([f"{' '.join(argv)} exited with {done.returncode}", *said]))
+    return done.stdout
+
+
+def sshd_path(etc_environment: str = ETC_ENVIRONMENT) -> tuple[str, str]:
+    """(PATH, where it is set) for `ssh HOST COMMAND`, which reads no profile: sshd's default,
+    unless /etc/environment sets PATH (pam_env: `PATH=...`, quoted or not, the last one wins)."""
+    try:
+        lines = _logical_lines(etc_environment)
+    except OSError:
+        lines = []
+    found = (SSHD_PATH, f"sshd's default PATH (PATH= in {etc_environment} overrides it)")
+    for number, line in lines:
+        setting = re.fullmatch(r"\s*(?:export\s+)?PATH=([\"']?)(.*?)\1\s*", line)
+        if setting:
+            found = (setting.group(2), f"the PATH set at {etc_environment}:{number}")
+    return found
+
+
+@dataclass(frozen=True)
+class Srun:
+    """`srun` on one PATH: none (path ""), Slurm's own, or slurmjwt-exec (real is its file) with
+    the fields of its --mode answer, or why they could not be had."""
+
+    path: str
+    real: str = ""
+    mode: dict[str, str] | None = None
+    error: str = ""
+
+
+def find_srun(search_path: str, run: Runner) -> Srun:
+    path = shutil.which("srun", path=search_path)
+    if path is None:
+        return Srun("")
+    real = os.path.realpath(path)
+    if os.path.basename(real) != EXEC:
+        return Srun(path, real)
+    try:  # by its own name: run as srun it would run Slurm's srun
+        answer = run([real, "--mode"], RUN_ENV).strip()
+    except RunFailed as exc:
+        return Srun(path, real, error=str(exc))
+    fields = _MODE.fullmatch(answer)
+    if fields is None:
+        return Srun(path, real, error=f"--mode answered {answer[:100]!r}")
+    return Srun(path, real, dict(zip(("token", "config", "slurm"), fields.groups())))
+
+
+def check_mode(config: Config | None, config_path: str, munge_files: tuple[str, ...]) -> Finding:
+    """How Slurm's commands authenticate here, as configured, and whether MUNGE is there for it."""
+    if config is None:
+        return Finding(SKIP, "jobs", f"{SWITCH} not read: the configuration is invalid")
+    keep = config.slurm_commands_use_token
+    munge = next((f for f in munge_files if os.path.exists(f)), None)
+    what = f"{SWITCH} = {toml_value(keep)}: " + (
+        "JWT-only: Slurm's commands use the login's token" if keep else
+        "Slurm's commands run without the token: MUNGE authenticates them")
+    if keep and munge:
+        return Finding(WARNING, "jobs", f"{what}, but MUNGE is on this host ({munge})",
+                       "with the token Slurm's commands use auth/jwt, which slurmd refuses: srun "
+                       "fails here, and so do job steps, as jobs submitted from here carry the token",
+                       f"set {SWITCH} = false in {config_path}")
+    if not keep and not munge:
+        return Finding(WARNING, "jobs", f"{what}, but MUNGE is not on this host (no "
+                       f"{' or '.join(munge_files)})", "Slurm's commands here then have no MUNGE "
+                       "credential and no token: they fail",
+                       f"on a JWT-only login node set {SWITCH} = true in {config_path}; otherwise "
+                       "install munge with the cluster's key")
+    return Finding(OK, "jobs", what + (f" (MUNGE: {munge})" if munge else " (no MUNGE on this host)"))
+
+
+def _searched_before(search_path: str, first: str, then: str) -> bool:
+    """Whether directory FIRST comes before THEN on SEARCH_PATH (THEN need not be on it)."""
+    dirs = [os.path.normpath(d or ".") for d in search_path.split(":")]
+    then_at = dirs.index(os.path.normpath(then)) if os.path.normpath(then) in dirs else len(dirs)
+    return first in dirs[:then_at]
+
+
+def check_srun_on_path(where: str, search_path: str, path_source: str, srun: Srun,
+                       keep: bool) -> Finding:
+    """Whether `srun` on this PATH is slurmjwt-exec, which keeps the token out of Slurm's commands."""
+    if not srun.path:
+        return Finding(SKIP, "jobs", f"{where}: no srun on PATH {search_path}: Slurm's commands "
+                       "are not installed here")
+    if srun.error:
+        return Finding(WARNING, "jobs", f"{where}: srun is {srun.path}, {EXEC} ({srun.real}), which "
+                       f"does not say what it does: {srun.error}", "an old or broken copy may keep the "
+                       "token where it must not, or stop Slurm's commands", "make -C pam && make install")
+    if srun.mode:
+        return Finding(OK, "jobs", f"{where}: srun is {srun.path}, {EXEC}: the token is "
+                       f"{srun.mode['token']}, then {srun.mode['slurm']}/srun runs")
+    if keep:
+        return Finding(OK, "jobs", f"{where}: srun is {srun.path}, Slurm's own: it uses the token, "
+                       f"as {SWITCH} = true wants")
+    slurm_dir = os.path.dirname(srun.path)
+    return Finding(WARNING, "jobs", f"{where}: srun is {srun.path}, Slurm's own, not {EXEC} (PATH "
+                   f"{search_path})", "Slurm's commands switch to auth/jwt whenever SLURM_JWT is set: "
+                   "srun fails (slurmd accepts only MUNGE) and sbatch copies the token into every job",
+                   f"make install (it links Slurm's commands in {LINK_DIR} to {EXEC})" + (
+                       "" if _searched_before(search_path, LINK_DIR, slurm_dir) else
+                       f", and put {LINK_DIR} before {slurm_dir} in {path_source}"))
+
+
+def check_exec_token(srun: Srun, config: Config, config_path: str, same_file: bool) -> Finding:
+    """slurmjwt-exec reads the switch with a line scanner, not TOML: it must read what slurmjwtd reads."""
+    kept, value = srun.mode["token"] == "kept", toml_value(config.slurm_commands_use_token)
+    if kept == config.slurm_commands_use_token:
+        return Finding(OK, "jobs", f"{srun.real} reads {SWITCH} = {value} from {srun.mode['config']}, "
+                       f"as slurmjwtd reads {config_path}: the token is {srun.mode['token']}")
+    return Finding(PROBLEM, "jobs", f"{srun.real} {'keeps' if kept else 'removes'} the token, but "
+                   f"slurmjwtd reads {SWITCH} = {value} in {config_path}",
+                   "srun fails and sbatch copies the token into jobs" if kept else
+                   "on a JWT-only node Slurm's commands then have no credential: they fail",
+                   f"write `{SWITCH} = {value}` unquoted on a line of its own among the top-level keys "
+                   f"(before any [table]) in {config_path}: {EXEC} reads only that form" if same_file
+                   else f"rebuild it to read {config_path}: make CONFIG_FILE={config_path} install")
+
+
+def check_exec(srun: Srun, config: Config | None, config_path: str) -> list[Finding]:
+    """slurmjwt-exec reads the switch itself, from the file named when it was built: it must be
+    the daemon's file, read as slurmjwtd reads it."""
+    same_file = os.path.realpath(srun.mode["config"]) == os.path.realpath(config_path)
+    findings = [] if same_file else [Finding(
+        WARNING, "jobs", f"{srun.real} reads {srun.mode['config']}, not {config_path}",
+        f"it keeps or removes the token by {SWITCH} in that other file",
+        f"rebuild it to read {config_path}: make CONFIG_FILE={config_path} install; or check that "
+        f"file: slurmjwt doctor --config {srun.mode['config']}")]
+    return findings + ([check_exec_token(srun, config, config_path, same_file)] if config else [])
+
+
+def check_slurm_version(srun: Srun, slurm_conf: str, run: Runner) -> Finding:
+    """What Slurm itself does with SLURM_JWT: from 26.05 sbatch leaves it out of jobs, in part."""
+    sbatch = os.path.join(srun.mode["slurm"] if srun.mode else os.path.dirname(srun.path), "sbatch")
+    env = {**RUN_ENV, "SLURM_CONF": slurm_conf} if os.path.isfile(slurm_conf) else RUN_ENV
+    try:
+        answer = run([sbatch, "--version"], env)
+    except RunFailed as exc:
+        return Finding(SKIP, "jobs", f"Slurm's version not known: {exc}")
+    found = re.search(r"\b(\d+)\.(\d+)(\.\d+)?\b", answer)
+    if found is None:
+        return Finding(SKIP, "jobs", f"Slurm's version not known: {sbatch} --version answered "
+                       f"{answer.strip()[:100]!r}")
+    slurm = f"Slurm {found.group(0)} ({sbatch})"
+    if (int(found.group(1)), int(found.group(2))) < SCRUBBING_SLURM:
+        return Finding(OK, "jobs", f"{slurm} does not scrub SLURM_JWT from the environment sbatch "
+                       f"copies into a job: {EXEC} is what keeps the token out of jobs")
+    return Finding(OK, "jobs", f"{slurm} scrubs SLURM_JWT from sbatch's copy of the environment "
+                   "itself, but only when no --export is given (not with --export=ALL,...), and its "
+                   f"srun refuses auth/jwt: {EXEC} still keeps srun working")
+
+
+def check_jobs(config: Config | None, config_path: str, slurm_conf: str,
+               environ: Mapping[str, str] = os.environ, etc_environment: str = ETC_ENVIRONMENT,
+               munge_files: tuple[str, ...] | None = None, run: Runner = run_program) -> list[Finding]:
+    """Whether Slurm's commands here run with the login's token or without it, as configured: the
+    mode against MUNGE; `srun` in this shell and for `ssh HOST COMMAND`; each slurmjwt-exec found
+    against the daemon's configuration; and what Slurm's version does itself."""
+    keep = config is not None and config.slurm_commands_use_token
+    shell_path = environ.get("PATH", os.defpath)
+    ssh_path, ssh_source = sshd_path(etc_environment)
+    shell, ssh = find_srun(shell_path, run), find_srun(ssh_path, run)
+    findings = [check_mode(config, config_path, MUNGE_FILES if munge_files is None else munge_files),
+                check_srun_on_path("this shell", shell_path, "this shell's PATH", shell, keep),
+                check_srun_on_path("ssh HOST COMMAND", ssh_path, ssh_source, ssh, keep)]
+    for srun in {s.real: s for s in (shell, ssh) if s.mode}.values():
+        findings += check_exec(srun, config, config_path)
+    found = shell if shell.path else ssh
+    return findings + ([check_slurm_version(found, slurm_conf, run)] if found.path else [])
 
 
 def run_checks(socket: str, config: str, slurm_conf: str, pam_file: str, sshd_config: str,
-               clock: Callable[[], tuple[bool, str]] = read_clock) -> int:
-    """Print one block per finding and a summary; 0 if nothing is wrong (warnings allowed), else 1."""
+               clock: Callable[[], tuple[bool, str]] = read_clock,
+               jobs: Callable[[Config | None, str, str], list[Finding]] = check_jobs) -> int:
+    """Print one block per finding and a summary; 0 if nothing is wrong (warnings allowed), else 1.
+    CLOCK and JOBS (called with the configuration, its path and slurm.conf's) can be replaced."""
     findings = [check_daemon(socket)]
     cfg, finding = check_config(config)
     findings += [finding, check_key(cfg), *check_slurm_conf(slurm_conf, cfg, config)]
-    pam_lines, finding = check_pam(pam_file)
-    findings += [finding, check_sshd(sshd_config), check_clock(clock)]
-    srun = check_srun(pam_lines, pam_file)
-    findings += [srun] if srun else []
+    findings += [check_pam(pam_file), check_sshd(sshd_config), check_clock(clock),
+                 *jobs(cfg, config, slurm_conf)]
     for f in findings:
         print(f.render())
     problems = sum(f.level == PROBLEM for f in findings)

@@ -4,6 +4,9 @@ the fix, and makes the exit status non-zero; key bytes and tokens are never prin
 The real daemon, key and users come from conftest; slurm.conf, the PAM stack and sshd_config
 are written per test. The machine's clock may or may not be synchronised: Python-level tests
 pass a clock, CLI tests accept what the real clock says and check the other findings.
+check_jobs is tested in-process on a node made in tmp_path: slurmjwt-exec built there
+(test_exec.build_exec), PATHs of fake directories, a fake sbatch, MUNGE files and
+/etc/environment passed in.
 """
 
 from __future__ import annotations
@@ -21,18 +24,30 @@ from pathlib import Path
 import pytest
 from conftest import MODULE, PYTHON, SLURMJWT, make_key, run_as
 
+from test_exec import Exec, build_exec
+
 from slurmjwtd import doctor
 from slurmjwtd.doctor import (
+    OK,
+    PROBLEM,
+    SKIP,
+    WARNING,
     Finding,
-    PamLine,
+    RunFailed,
+    Runner,
+    Srun,
     alt_parameters,
-    check_srun,
+    check_config,
+    check_jobs,
+    check_srun_on_path,
     find_module,
     parse_pam,
     parse_slurm_conf,
     read_clock,
     run_checks,
+    run_program,
     sshd_option,
+    sshd_path,
 )
 
 def SYNCED() -> tuple[bool, str]:  # noqa: N802 (a constant clock)
@@ -66,16 +81,16 @@ class Site:
         return subprocess.run(self.argv(**override), check=False, capture_output=True, text=True, env=clean,
                               timeout=60)
 
-    def python(self, capsys, clock=SYNCED, **override: str) -> tuple[int, str]:
+    def python(self, capsys, clock=SYNCED, jobs=lambda *args: [], **override: str) -> tuple[int, str]:
+        """run_checks on this site; the jobs checks (this machine's PATH) only if JOBS is given."""
         paths = {"socket": self.socket, "config": str(self.config), "slurm_conf": str(self.slurm_conf),
                  "pam_file": str(self.pam_file), "sshd_config": str(self.sshd_config)} | override
-        status = run_checks(**paths, clock=clock)
+        status = run_checks(**paths, clock=clock, jobs=jobs)
         return status, capsys.readouterr().out
 
 
 @pytest.fixture
 def site(daemon, workdir, monkeypatch) -> Site:
-    monkeypatch.setenv("SLURMJWT_VARIABLE", "SLURM_JWT_TOKEN")  # no srun warning unless a test wants one
     d = workdir / "doctor"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(mode=0o755)
@@ -136,7 +151,9 @@ def test_correct_setup_is_all_ok(site, capsys):
 
 
 def test_correct_setup_through_the_cli(site):
-    result = site.cli(env={"SLURMJWT_VARIABLE": "SLURM_JWT_TOKEN"})
+    """Through the CLI the jobs checks run too: on the test machine, no slurmjwt-exec on PATH
+    (tests/test_jobs.py checks them with it installed) and the configuration's default mode."""
+    result = site.cli()
     assert result.stderr == ""
     for topic in TOPICS:
         assert len(lines_of(result.stdout, "ok", topic)) == 1, result.stdout
@@ -145,7 +162,8 @@ def test_correct_setup_through_the_cli(site):
     assert problems == ([] if synced else [problems[0]]), result.stdout
     assert synced or problems[0].startswith("PROBLEM clock: not synchronised")
     assert result.returncode == (0 if synced else 1), result.stdout
-    assert "WARNING" not in result.stdout  # the token is SLURM_JWT_TOKEN in PAM and the shell
+    warned = [x.split(":")[0] for x in result.stdout.splitlines() if x.startswith("WARNING")]
+    assert set(warned) <= {"WARNING jobs"}, result.stdout
 
 
 # -- each broken piece ----------------------------------------------------------------------
@@ -357,55 +375,11 @@ def test_read_clock_agrees_for_root_and_users(users):
     assert result.stdout.strip() == str(synced)
 
 
-def test_srun_warning_with_munge_does_not_fail(site, capsys, monkeypatch, tmp_path):
-    munge_key = tmp_path / "munge.key"
-    munge_key.write_bytes(b"x")
-    monkeypatch.setattr(doctor, "MUNGE_FILES", (str(munge_key),))
-    monkeypatch.delenv("SLURMJWT_VARIABLE", raising=False)
-    site.pam_file.write_text(f"session optional {MODULE}\n")
-    status, out = site.python(capsys)
-    assert status == 0, out
-    text = block(out, "srun")
-    assert text.startswith(f"WARNING srun: MUNGE is on this host ({munge_key})")
-    assert f"pam_slurmjwt.so at {site.pam_file}:1" in text and "SLURMJWT_VARIABLE unset" in text
-    assert "interactive srun does not work" in text
-    assert f"'session optional pam_slurmjwt.so env=SLURM_JWT_TOKEN' in {site.pam_file}" in text
-    assert "SLURMJWT_VARIABLE=SLURM_JWT_TOKEN in /etc/profile.d/slurmjwt.sh" in text
-    assert out.splitlines()[-1] == "0 problems, 1 warning"
-
-
-def test_srun_warning_through_the_cli_follows_munge(site):
-    """The real machine: the warning shows exactly when MUNGE's files are there."""
-    site.pam_file.write_text(f"session optional {MODULE}\n")
-    result = site.cli()
-    munge = any(os.path.exists(f) for f in doctor.MUNGE_FILES)
-    assert bool(lines_of(result.stdout, "WARNING", "srun")) == munge, result.stdout
-
-
-def line(*args: str) -> PamLine:
-    return PamLine("f:1", "session", "optional", MODULE, list(args))
-
-
-@pytest.mark.parametrize("lines, env, warned", [
-    ([line()], {"SLURMJWT_VARIABLE": "SLURM_JWT_TOKEN"}, True),  # the module's default is SLURM_JWT
-    ([line("env=SLURM_JWT")], {"SLURMJWT_VARIABLE": "X"}, True),
-    ([line("env=X")], {}, True),  # the shell integration's default is SLURM_JWT
-    ([line("env=X")], {"SLURMJWT_VARIABLE": "SLURM_JWT"}, True),
-    ([line("env=X")], {"SLURMJWT_VARIABLE": "X"}, False),
-    ([], {"SLURMJWT_VARIABLE": "X"}, False),
-])
-def test_check_srun(tmp_path, lines, env, warned):
-    munge = tmp_path / "munged.pid"
-    munge.write_text("1\n")
-    assert (check_srun(lines, "pamfile", env, (str(munge),)) is not None) == warned
-    assert check_srun(lines, "pamfile", env, (str(tmp_path / "none"),)) is None  # no MUNGE, no warning
-
-
 def test_runs_unprivileged_without_checking_the_key(site, users):
     """As an ordinary user the key cannot be read: it is skipped, never a false finding."""
     for path in (site.slurm_conf, site.pam_file, site.sshd_config):
         path.chmod(0o644)
-    result = run_as(users["alice"].pw_name, *site.argv(), env={"SLURMJWT_VARIABLE": "SLURM_JWT_TOKEN"})
+    result = run_as(users["alice"].pw_name, *site.argv())
     assert lines_of(result.stdout, "ok", "daemon"), result.stdout + result.stderr
     assert lines_of(result.stdout, "skip", "key") == [
         "skip    key: not checked: run slurmjwt doctor as root to check the key"]
@@ -606,3 +580,269 @@ def test_rs256_signer_checks_its_key_and_the_jwks_kid(site):
     os.chmod(pem, 0o644)
     assert_problem(site.cli(config=str(config)), "key", f"key file {pem}: mode 0644",
                    fix=f"chmod o-rwx {pem}")
+
+
+# -- Slurm's commands and the token: check_jobs, in-process ----------------------------------
+
+@dataclass
+class Node:
+    """A login node in tmp_path: slurmjwt-exec built to read DIR/slurmjwtd.toml (also linked as
+    DIR/etc/slurmjwtd.toml), `srun` linked to it in DIR/local (/usr/local/bin), Slurm's srun and
+    sbatch (22.05.8) in DIR/slurm, a MUNGE key, and /etc/environment's stand-in."""
+
+    exe: Exec
+    munge: Path
+    environment: Path
+
+    def names(self, text: str) -> str:
+        return text.format(dir=self.exe.dir, local=self.exe.dir / "local", slurm=self.exe.slurm,
+                           exec=self.exe.program, config=self.exe.config, munge=self.munge,
+                           environment=self.environment)
+
+    def jobs(self, config: str = "", shell: str = "{local}:{slurm}", ssh: str = "{local}:{slurm}",
+             munge: bool = True, config_path: str = "{config}", slurm_conf: str = "{dir}/slurm.conf",
+             run: Runner = run_program) -> list[Finding]:
+        """check_jobs as run_checks calls it, with PATH SHELL in the environment and SSH in
+        /etc/environment; CONFIG is written to slurmjwt-exec's file."""
+        self.exe.config.write_text(config)
+        self.environment.write_text(f"PATH={self.names(ssh)}\n")
+        cfg, _ = check_config(self.names(config_path))
+        return check_jobs(cfg, self.names(config_path), self.names(slurm_conf),
+                          environ={"PATH": self.names(shell), "SLURM_JWT": "eyJ.a.b"},
+                          etc_environment=str(self.environment),
+                          munge_files=(str(self.munge if munge else self.exe.dir / "none"),), run=run)
+
+    def assert_found(self, findings: list[Finding], *expected: tuple[str, str]) -> None:
+        """Exactly the findings EXPECTED, in order: (level, words of what), topic jobs; every
+        finding but an ok one says why and the fix."""
+        got = [(f.level, f.what) for f in findings]
+        assert len(got) == len(expected), "\n".join(f.render() for f in findings)
+        for (level, what), (want_level, words) in zip(got, expected):
+            assert level == want_level and self.names(words) in what, (level, what, words)
+        assert {f.topic for f in findings} == {"jobs"}
+        assert all(f.why and f.fix for f in findings if f.level in (WARNING, PROBLEM))
+
+
+@pytest.fixture
+def node(tmp_path) -> Node:
+    exe = build_exec(tmp_path)
+    exe.link("srun")
+    exe.script("srun", "exit 0\n")
+    exe.script("sbatch", 'echo "slurm 22.05.8"\n')
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "slurmjwtd.toml").symlink_to(exe.config)  # the same file by another name
+    munge = tmp_path / "munge.key"
+    munge.write_bytes(b"k")
+    return Node(exe, munge, tmp_path / "environment")
+
+
+SHELL_OK = (OK, "this shell: srun is {local}/srun, slurmjwt-exec: the token is removed, then "
+            "{slurm}/srun runs")
+SSH_OK = (OK, "ssh HOST COMMAND: srun is {local}/srun, slurmjwt-exec: the token is removed")
+EXEC_OK = (OK, "{exec} reads slurm_commands_use_token = false from {config}, as slurmjwtd reads {config}: "
+           "the token is removed")
+SHELL_KEPT = (OK, "this shell: srun is {local}/srun, slurmjwt-exec: the token is kept")
+SSH_KEPT = (OK, "ssh HOST COMMAND: srun is {local}/srun, slurmjwt-exec: the token is kept")
+EXEC_KEPT = (OK, "{exec} reads slurm_commands_use_token = true from {config}")
+VERSION = (OK, "Slurm 22.05.8 ({slurm}/sbatch) does not scrub SLURM_JWT from the environment sbatch "
+           "copies into a job: slurmjwt-exec is what keeps the token out of jobs")
+FALSE = "slurm_commands_use_token = false: Slurm's commands run without the token: MUNGE authenticates them"
+TRUE = "slurm_commands_use_token = true: JWT-only: Slurm's commands use the login's token"
+NOT_INSTALLED = "no srun on PATH {dir}/none: Slurm's commands are not installed here"
+
+JOBS_CASES = {
+    "munge-node": ({}, [(OK, FALSE + " (MUNGE: {munge})"), SHELL_OK, SSH_OK, EXEC_OK, VERSION]),
+    "jwt-only-node": ({"config": "slurm_commands_use_token = true  # no MUNGE here\n", "munge": False},
+                      [(OK, TRUE + " (no MUNGE on this host)"), SHELL_KEPT, SSH_KEPT, EXEC_KEPT, VERSION]),
+    "jwt-only-with-munge": ({"config": "slurm_commands_use_token = true\n"},
+                            [(WARNING, TRUE + ", but MUNGE is on this host ({munge})"), SHELL_KEPT, SSH_KEPT,
+                             EXEC_KEPT, VERSION]),
+    "no-munge-without-token": ({"munge": False}, [
+        (WARNING, FALSE + ", but MUNGE is not on this host (no {dir}/none)"), SHELL_OK, SSH_OK, EXEC_OK,
+        VERSION]),
+    "shell-path-slurm-first": ({"shell": "{slurm}:{local}"}, [
+        (OK, FALSE), (WARNING, "this shell: srun is {slurm}/srun, Slurm's own, not slurmjwt-exec (PATH "
+                      "{slurm}:{local})"), SSH_OK, EXEC_OK, VERSION]),
+    "ssh-path-slurm-first": ({"ssh": '"{slurm}:/usr/bin:{local}"'}, [
+        (OK, FALSE), SHELL_OK, (WARNING, "ssh HOST COMMAND: srun is {slurm}/srun, Slurm's own, not "
+                                "slurmjwt-exec (PATH {slurm}:/usr/bin:{local})"), EXEC_OK, VERSION]),
+    "jwt-only-without-slurmjwt-exec": (
+        {"config": "slurm_commands_use_token = true\n", "munge": False, "shell": "{slurm}", "ssh": "{slurm}"},
+        [(OK, TRUE), (OK, "this shell: srun is {slurm}/srun, Slurm's own: it uses the token"),
+         (OK, "ssh HOST COMMAND: srun is {slurm}/srun, Slurm's own: it uses the token"), VERSION]),
+    "not-installed": ({"shell": "{dir}/none", "ssh": "{dir}/none"},
+                      [(OK, FALSE), (SKIP, "this shell: " + NOT_INSTALLED),
+                       (SKIP, "ssh HOST COMMAND: " + NOT_INSTALLED)]),
+    "only-for-ssh": ({"shell": "{dir}/none"}, [(OK, FALSE), (SKIP, "this shell: " + NOT_INSTALLED), SSH_OK,
+                                               EXEC_OK, VERSION]),
+    "invalid-configuration": ({"config": "lifetime = \"3600\"\n"},
+                              [(SKIP, "slurm_commands_use_token not read: the configuration is invalid"),
+                               SHELL_OK, SSH_OK, VERSION]),
+    "switch-under-a-table": ({"config": "[group_lifetime]\nslurm_commands_use_token = true\n"},
+                             [(SKIP, "slurm_commands_use_token not read"), SHELL_OK, SSH_OK, VERSION]),
+    "switch-unread-by-slurmjwt-exec": (
+        {"config": '"slurm_commands_use_token" = true\n', "munge": False},
+        [(OK, TRUE), SHELL_OK, SSH_OK, (PROBLEM, "{exec} removes the token, but slurmjwtd reads "
+                                        "slurm_commands_use_token = true in {config}"), VERSION]),
+    "other-file-for-doctor": (
+        {"config_path": "{dir}/other.toml", "munge": False},  # doctor reads no file: the defaults
+        [(WARNING, FALSE), SHELL_OK, SSH_OK, (WARNING, "{exec} reads {config}, not {dir}/other.toml"),
+         (OK, "{exec} reads slurm_commands_use_token = false from {config}, as slurmjwtd reads "
+          "{dir}/other.toml"), VERSION]),
+    "same-file-through-a-link": ({"config_path": "{dir}/etc/slurmjwtd.toml"}, [
+        (OK, FALSE), SHELL_OK, SSH_OK, (OK, "as slurmjwtd reads {dir}/etc/slurmjwtd.toml"), VERSION]),
+}
+
+
+@pytest.mark.parametrize("kwargs, expected", JOBS_CASES.values(), ids=JOBS_CASES)
+def test_check_jobs(node, kwargs, expected):
+    node.assert_found(node.jobs(**kwargs), *expected)
+
+
+def test_check_jobs_fixes(node):
+    """Each warning and problem names its fix."""
+    fixes = {}
+    (node.exe.dir / "other.toml").write_text("slurm_commands_use_token = true\n")
+    for name, kwargs in [("shell", {"shell": "{slurm}:{local}"}), ("ssh", {"ssh": "{slurm}"}),
+                         ("munge", {"config": "slurm_commands_use_token = true\n"}),
+                         ("no-munge", {"munge": False}),
+                         ("unread", {"config": '"slurm_commands_use_token" = true\n', "munge": False}),
+                         ("other-file", {"munge": False, "config_path": "{dir}/other.toml"})]:
+        fixes[name] = [f.fix for f in node.jobs(**kwargs) if f.level in (WARNING, PROBLEM)]
+    assert fixes["shell"] == [node.names("make install (it links Slurm's commands in /usr/local/bin to "
+                                         "slurmjwt-exec), and put /usr/local/bin before {slurm} in this "
+                                         "shell's PATH")]
+    assert fixes["ssh"] == [node.names("make install (it links Slurm's commands in /usr/local/bin to "
+                                       "slurmjwt-exec), and put /usr/local/bin before {slurm} in the PATH "
+                                       "set at {environment}:1")]
+    assert fixes["munge"] == [node.names("set slurm_commands_use_token = false in {config}")]
+    assert fixes["no-munge"] == [node.names("on a JWT-only login node set slurm_commands_use_token = true "
+                                            "in {config}; otherwise install munge with the cluster's key")]
+    assert fixes["unread"] == [node.names("write `slurm_commands_use_token = true` unquoted on a line of its "
+                                          "own among the top-level keys (before any [table]) in {config}: "
+                                          "slurmjwt-exec reads only that form")]
+    rebuild = node.names("rebuild it to read {dir}/other.toml: make CONFIG_FILE={dir}/other.toml install")
+    check = node.names("; or check that file: slurmjwt doctor --config {config}")
+    assert fixes["other-file"] == [rebuild + check, rebuild]
+
+
+@pytest.mark.parametrize("path", ["/usr/local/bin:/usr/bin", "/usr/bin:/usr/local/bin", "/usr/bin"])
+def test_srun_fix_names_the_path_order_only_when_wrong(path):
+    srun = Srun("/usr/bin/srun", "/usr/bin/srun")
+    fix = check_srun_on_path("this shell", path, "this shell's PATH", srun, keep=False).fix
+    assert fix.startswith("make install (it links")
+    reorder = "put /usr/local/bin before /usr/bin in this shell's PATH" in fix
+    assert reorder is not path.startswith("/usr/local")
+
+
+SBATCH_CASES = {
+    "22.05": ('echo "slurm 22.05.8"', OK, "Slurm 22.05.8 ({slurm}/sbatch) does not scrub SLURM_JWT"),
+    "debian": ('echo "slurm-wlm 25.11.2"', OK, "Slurm 25.11.2 ({slurm}/sbatch) does not scrub SLURM_JWT"),
+    "26.05": ('echo "slurm 26.05.0"', OK, "Slurm 26.05.0 ({slurm}/sbatch) scrubs SLURM_JWT from sbatch's "
+              "copy of the environment itself, but only when no --export is given (not with "
+              "--export=ALL,...), and its srun refuses auth/jwt: slurmjwt-exec still keeps srun working"),
+    "27.11": ('echo "slurm 27.11.1-rc1"', OK, "Slurm 27.11.1 ({slurm}/sbatch) scrubs SLURM_JWT"),
+    "garbled": ("echo nonsense", SKIP,
+                "Slurm's version not known: {slurm}/sbatch --version answered 'nonsense'"),
+    "fails": ('echo "sbatch: error: x" >&2; echo "sbatch: fatal: no configuration" >&2; exit 1', SKIP,
+              "Slurm's version not known: {slurm}/sbatch --version exited with 1: sbatch: fatal: no "
+              "configuration"),
+    "missing": (None, SKIP, "Slurm's version not known: {slurm}/sbatch: No such file or directory"),
+}
+
+
+@pytest.mark.parametrize("script, level, what", SBATCH_CASES.values(), ids=SBATCH_CASES)
+@pytest.mark.parametrize("shell", ["{local}:{slurm}", "{slurm}"], ids=["slurmjwt-exec", "slurms-own"])
+def test_slurm_version(node, script, level, what, shell):
+    """Slurm's sbatch from slurmjwt-exec's slurm= (not the link's directory), or from beside srun."""
+    if script is None:
+        (node.exe.slurm / "sbatch").unlink()
+    else:
+        node.exe.script("sbatch", script + "\n")
+    last = node.jobs(shell=shell)[-1]
+    assert last.level == level and last.what.startswith(node.names(what)), last
+
+
+def test_what_doctor_runs(node):
+    """slurmjwt-exec by its own file name with --mode (as `srun` it would run Slurm's srun), once
+    per PATH; then sbatch --version with SLURM_CONF; no shell, a fixed environment, no token."""
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def spy(argv: list[str], env) -> str:
+        calls.append((argv, dict(env)))
+        return run_program(argv, env)
+    (node.exe.dir / "slurm.conf").write_text("ClusterName=x\n")
+    node.jobs(run=spy)
+    mode = [str(node.exe.program), "--mode"]
+    assert [argv for argv, _ in calls] == [mode, mode, [f"{node.exe.slurm}/sbatch", "--version"]]
+    assert [env for _, env in calls] == [doctor.RUN_ENV, doctor.RUN_ENV,
+                                         doctor.RUN_ENV | {"SLURM_CONF": f"{node.exe.dir}/slurm.conf"}]
+    assert "SLURM_JWT" not in doctor.RUN_ENV
+    calls.clear()
+    node.jobs(run=spy, slurm_conf="{dir}/none.conf")  # no such slurm.conf: Slurm's own default
+    assert calls[-1][1] == doctor.RUN_ENV
+
+
+@pytest.mark.parametrize("script, error", [
+    ("exit 3", "exited with 3"),
+    ('echo "old: unknown option" >&2; exit 2', "exited with 2: old: unknown option"),
+    ("echo token=maybe", "--mode answered 'token=maybe'"),
+    ("echo token=kept", "--mode answered 'token=kept'"),
+], ids=["fails", "says-why", "garbled", "fields-missing"])
+def test_slurmjwt_exec_that_does_not_say_what_it_does(node, script, error):
+    """An old or broken slurmjwt-exec on PATH: what it does with the token cannot be told."""
+    old = node.exe.dir / "old"
+    old.mkdir()
+    (old / "slurmjwt-exec").write_text(f"#!/bin/sh\n{script}\n")
+    (old / "slurmjwt-exec").chmod(0o755)
+    node.exe.link("srun", node.exe.dir / "oldbin")
+    (node.exe.dir / "oldbin" / "srun").unlink()
+    (node.exe.dir / "oldbin" / "srun").symlink_to(old / "slurmjwt-exec")
+    shell = node.jobs(shell="{dir}/oldbin:{slurm}")[1]
+    assert shell.level == WARNING, shell
+    assert shell.what.startswith(node.names("this shell: srun is {dir}/oldbin/srun, slurmjwt-exec "
+                                            "({dir}/old/slurmjwt-exec), which does not say what it does: "))
+    assert shell.what.endswith(error) and shell.fix == "make -C pam && make install"
+
+
+ENVIRONMENT_CASES = {
+    "absent": (None, None, 0),
+    "other-variables": ("LANG=C.UTF-8\nMYPATH=/x\n", None, 0),
+    "plain": ("LANG=C\nPATH=/a:/b\n", "/a:/b", 2),
+    "double-quoted": ('PATH="/a:/b"\n', "/a:/b", 1),
+    "single-quoted": ("PATH='/a'\n", "/a", 1),
+    "export": ("export PATH=/a\n", "/a", 1),
+    "spaces": ("  PATH=/a  \n", "/a", 1),
+    "last-wins": ("#PATH=/x\nPATH=/a\nPATH=/b\n", "/b", 3),
+}
+
+
+@pytest.mark.parametrize("text, path, line", ENVIRONMENT_CASES.values(), ids=ENVIRONMENT_CASES)
+def test_sshd_path(tmp_path, text, path, line):
+    environment = tmp_path / "environment"
+    if text is not None:
+        environment.write_text(text)
+    found = sshd_path(str(environment))
+    if path is None:
+        assert found == (doctor.SSHD_PATH, f"sshd's default PATH (PATH= in {environment} overrides it)")
+    else:
+        assert found == (path, f"the PATH set at {environment}:{line}")
+
+
+def test_sshd_default_path_is_the_installed_sshds():
+    """Debian's OpenSSH gives users this PATH (root gets another): it is compiled into sshd."""
+    assert doctor.SSHD_PATH == "/usr/local/bin:/usr/bin:/bin:/usr/games"
+    assert doctor.SSHD_PATH.encode() + b"\0" in Path("/usr/sbin/sshd").read_bytes()
+
+
+def test_run_program(tmp_path, monkeypatch):
+    """No shell, exactly the environment given, a time limit, and the reason when it fails."""
+    assert run_program(["/bin/echo", "a; echo b", "$HOME"], {}) == "a; echo b $HOME\n"
+    assert run_program(["/usr/bin/env"], {"X": "1"}) == "X=1\n"
+    with pytest.raises(RunFailed, match=f"^{tmp_path}/none: No such file or directory$"):
+        run_program([f"{tmp_path}/none"], {})
+    with pytest.raises(RunFailed, match=r"^/bin/sh -c echo x >&2; exit 4 exited with 4: x$"):
+        run_program(["/bin/sh", "-c", "echo x >&2; exit 4"], {})
+    monkeypatch.setattr(doctor, "RUN_TIMEOUT", 0.3)
+    with pytest.raises(RunFailed, match=r"^/bin/sleep gave no answer in 0.3 s$"):
+        run_program(["/bin/sleep", "10"], {})

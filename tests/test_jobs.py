@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import exec_links
+from conftest import SLURMJWT
 from logins import PROMPT, Account, Terminal, start_sshd, terminals, verified  # noqa: F401 (a fixture)
 from slurm_cluster import SLURM_BIN
 from sshd_server import pam_stack
@@ -238,3 +239,26 @@ def test_jwt_only_switch_makes_slurm_commands_use_the_token(sshd, slurm, daemon,
     finally:
         subprocess.run([f"{SLURM_BIN}/scancel", job], capture_output=True, timeout=10,
                        env={"PATH": "/usr/bin:/bin", **slurm.env})
+
+
+# -- slurmjwt doctor, as a user runs it in their session -------------------------------------
+@pytest.mark.parametrize("keep", [False, True])
+def test_doctor_in_a_session_says_the_mode_and_that_srun_is_protected(keep, sshd, slurm, daemon,
+                                                                     account, site_config):
+    site_config(f"slurm_commands_use_token = {'true' if keep else 'false'}\n")
+    account.make("bash", {})
+    run = sshd.ssh(account.user, f"{SLURMJWT} --socket {daemon.socket} doctor --config {SITE_CONFIG} "
+                                 f"--slurm-conf {slurm.conf}")
+    jobs = [line for line in run.stdout.splitlines() if line.split(":")[0].endswith(" jobs")]
+    state = "kept" if keep else "removed"
+    for where in ("this shell", "ssh HOST COMMAND"):
+        assert f"ok      jobs: {where}: srun is /usr/local/bin/srun, slurmjwt-exec: the token is " \
+               f"{state}, then /usr/bin/srun runs" in jobs, run.stdout
+    assert any(line.startswith(f"ok      jobs: {exec_links.EXEC} reads slurm_commands_use_token = "
+                               f"{str(keep).lower()} from {SITE_CONFIG}") for line in jobs), run.stdout
+    assert any(re.match(r"ok      jobs: Slurm 22\.05\.\d+ \(/usr/bin/sbatch\) does not scrub", line)
+               for line in jobs), run.stdout
+    # MUNGE is on this host: the JWT-only switch is a mistake here, and doctor says so
+    mode = [line for line in jobs if "slurm_commands_use_token = " in line and "reads" not in line]
+    assert mode and mode[0].startswith("WARNING" if keep else "ok"), run.stdout
+    assert not [line for line in jobs if line.startswith("PROBLEM")], run.stdout
