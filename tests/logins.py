@@ -113,6 +113,14 @@ set prompt = '{PROMPT}'
         return (self.home / name).read_text().strip()
 
 
+@pytest.fixture
+def account(users, workdir):
+    """Alice, whose login shell and home a test sets up; restored afterwards."""
+    acc = Account(users["alice"].pw_name, workdir / "login-home")
+    yield acc
+    acc.restore()
+
+
 # -- a terminal ---------------------------------------------------------------------------
 class Terminal:
     """/usr/bin/ssh -tt on a pty of our own: what it reads is what the user's screen shows."""

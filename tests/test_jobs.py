@@ -26,7 +26,7 @@ import pytest
 
 import exec_links
 from conftest import SLURMJWT
-from logins import PROMPT, Account, Terminal, start_sshd, terminals, verified  # noqa: F401 (a fixture)
+from logins import PROMPT, account, Account, Terminal, start_sshd, terminals, verified  # noqa: F401 (fixtures)
 from slurm_cluster import SLURM_BIN
 from sshd_server import pam_stack
 
@@ -56,13 +56,6 @@ def sshd(daemon, slurm, users, workdir, links):
     server = start_sshd(workdir, "jobs", PORT, stack, users)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def account(users, workdir):
-    acc = Account(users["alice"].pw_name, workdir / "jobs-home")
-    yield acc
-    acc.restore()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SLURMJWT
-from logins import PROMPT, SHELLS, Account, Terminal, start_sshd, terminals, verified  # noqa: F401 (a fixture)
+from logins import PROMPT, account, SHELLS, Account, Terminal, start_sshd, terminals, verified  # noqa: F401 (fixtures)
 from sshd_server import pam_stack
 
 SHELL_DIR = Path(__file__).resolve().parent.parent / "shell"
@@ -65,13 +65,6 @@ def install():
         else:
             dest.unlink(missing_ok=True)
     SAVED.rmdir()
-
-
-@pytest.fixture
-def account(users, workdir):
-    acc = Account(users["alice"].pw_name, workdir / "shell-home")
-    yield acc
-    acc.restore()
 
 
 # -- servers ------------------------------------------------------------------------------
