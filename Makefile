@@ -30,7 +30,7 @@ RUNTIME_PACKAGES := python3 python3-click python3-systemd python3-jwt python3-cr
 SLURM_BINDIR ?= /usr/bin
 WRAPDIR     ?= $(BINDIR)
 
-.PHONY: all deps venv module test demo bench install install-exec install-deps clean
+.PHONY: all deps venv module test demo bench fuzz install install-exec install-deps clean
 
 all: venv module
 
@@ -63,6 +63,13 @@ demo: venv module
 
 bench: venv module
 	SLURMJWT_VENV=$(VENV) $(PYTHON) bench/bench.py
+
+# the request path under tests/fuzz/harness.py at length (make test runs it for a few seconds);
+# FUZZ_SEED empty: a random seed, printed; a crashing input is saved in the current directory
+FUZZ_SECONDS ?= 300
+FUZZ_SEED ?=
+fuzz: venv
+	$(PYTHON) tests/fuzz/harness.py --seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 # the daemon and CLI run on Debian's python3 (-I: no PYTHONPATH, no user site, no cwd)
 define launcher
@@ -98,7 +105,7 @@ install: module install-exec
 	chmod 0755 $(DESTDIR)$(BINDIR)/slurmjwt $(DESTDIR)$(SBINDIR)/slurmjwtd
 	sed 's|/usr/local/|$(PREFIX)/|g; s|/etc/slurmjwt/|$(SYSCONFDIR)/slurmjwt/|' \
 	  systemd/slurmjwtd.service > $(DESTDIR)$(UNITDIR)/slurmjwtd.service
-	install -m 0644 systemd/slurmjwtd.socket $(DESTDIR)$(UNITDIR)/slurmjwtd.socket
+	install -m 0644 systemd/slurmjwtd.socket systemd/slurmjwtd-root.socket $(DESTDIR)$(UNITDIR)/
 	install -m 0644 systemd/slurmjwtd.sysusers $(DESTDIR)$(SYSUSERSDIR)/slurmjwt.conf
 	install -m 0644 systemd/slurmjwtd.tmpfiles $(DESTDIR)$(TMPFILESDIR)/slurmjwt.conf
 	/usr/bin/python3 -I -c 'import sys; sys.path.insert(0, "."); \

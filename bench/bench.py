@@ -155,7 +155,8 @@ def start_slurmjwtd(tmp: Path, profile_out: Path | None = None) -> tuple[subproc
     os.close(fd)
     sock = str(d / "sock")
     config = d / "slurmjwtd.toml"
-    config.write_text(f'socket = "{sock}"\nsession_file = "{d}/sessions.json"\n'
+    config.write_text(f'socket = "{sock}"\nroot_socket = "{root_socket_of(sock)}"\n'
+                      f'session_file = "{d}/sessions.json"\n'
                       f'key_file = "{key}"\nmin_uid = 0\n')
     argv = ([str(VENV / "bin" / "python"), "-c", PROFILED_DAEMON, str(config), str(profile_out)]
             if profile_out else [SLURMJWTD, "--config", str(config)])
@@ -296,13 +297,18 @@ def pamstorm(pid: int, service: str, user: str, per_thread: int, threads: int,
             "in_p50": fields["in_open_p50_us"], "in_p99": fields["in_open_p99_us"]}
 
 
+def root_socket_of(sock: str) -> str:
+    return str(Path(sock).with_name("root.sock"))
+
+
 def run_logins(pid: int, sock: str, scenarios: dict[str, tuple[int, int]], repeat: int,
                held: int = 0, burst: bool = False) -> dict[tuple[str, str], list[dict[str, float]]]:
     """Each scenario (threads, logins per thread) on both stacks, REPEAT rounds, interleaved;
     with HELD sessions open all along."""
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
-    with bench_user() as user, pam_services(sock) as services:
-        hold_sessions(sock, user, held)
+    root = root_socket_of(sock)  # OPEN and CLOSE are taken only on root's socket
+    with bench_user() as user, pam_services(root) as services:
+        hold_sessions(root, user, held)
         for stack in STACKS:  # warm-up: page cache, dlopen, the daemon's first sessions
             pamstorm(pid, services[stack], user, 20, 1, stack == "with")
         for _ in range(repeat):

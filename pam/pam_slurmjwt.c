@@ -44,7 +44,7 @@ static int valid_env_name(const char *s)
 /* Like pam_env, a bad argument is logged and ignored: a typo must not lock anyone out. */
 static void parse_options(pam_handle_t *pamh, int argc, const char **argv, struct options *opt)
 {
-	opt->socket = "/run/slurmjwt/slurmjwtd.sock";
+	opt->socket = "/run/slurmjwt/slurmjwtd-root.sock"; /* root's: OPEN and CLOSE are taken only there */
 	opt->timeout_ms = 2000;
 	opt->env = "SLURM_JWT";
 	opt->tokendir = "/run/slurmjwt-tokens";
@@ -160,40 +160,70 @@ fail:
 	return -1;
 }
 
-/* The user's uid and gid from the daemon's answer (it has just looked them up),
- * sparing a second NSS lookup inside the login; NSS only if they are missing. */
-static int answer_account(pam_handle_t *pamh, const char *answer, const char *user,
-			  struct passwd *pw)
-{
-	char uid[16], gid[16];
-	char *end_uid, *end_gid;
-	const struct passwd *found;
+/* A token as slurmjwtd mints it: three non-empty base64url parts joined by dots. */
+#define MAX_TOKEN 3072
+#define B64URL "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
-	if (sjwt_answer_field(answer, "uid", uid, sizeof uid) == SJWT_OK &&
-	    sjwt_answer_field(answer, "gid", gid, sizeof gid) == SJWT_OK) {
-		unsigned long u = strtoul(uid, &end_uid, 10), g = strtoul(gid, &end_gid, 10);
-		if (*end_uid == '\0' && *end_gid == '\0' && u < (uid_t)-1 && g < (gid_t)-1) {
-			pw->pw_name = (char *)user;
-			pw->pw_uid = (uid_t)u;
-			pw->pw_gid = (gid_t)g;
+static int jwt_shaped(const char *token)
+{
+	const char *p = token;
+	size_t total = strnlen(token, MAX_TOKEN + 1);
+
+	if (total > MAX_TOKEN)
+		return 0;
+	for (int part = 0; part < 3; part++) {
+		size_t n = strspn(p, B64URL);
+		if (n == 0 || p[n] != (part < 2 ? '.' : '\0'))
 			return 0;
-		}
+		p += n + 1;
 	}
-	if ((found = pam_modutil_getpwnam(pamh, user)) == NULL)
-		return -1;
-	*pw = *found;
-	return 0;
+	return 1;
 }
 
-static void write_token_file(pam_handle_t *pamh, const struct options *opt, const char *user,
-			     const char *token, const char *answer)
+/* The answer's uid= or gid=, when present, must be the number NSS gives: the module writes
+ * as root into the passwd entry's directory, never where the socket says. */
+static int same_id(const char *answer, const char *key, unsigned long id)
 {
-	struct passwd account, *pw = &account;
+	char value[16];
+	char *end;
+	int rc = sjwt_answer_field(answer, key, value, sizeof value);
+
+	if (rc == SJWT_ERR_NOTFOUND)
+		return 1;
+	return rc == SJWT_OK && value[0] >= '0' && value[0] <= '9' &&
+	       strtoul(value, &end, 10) == id && *end == '\0';
+}
+
+/* Whatever in an OK answer the module can check itself: the token's shape, a session id,
+ * and the account (user=, uid=, gid=) against the passwd entry of PAM_USER.
+ * NULL if the answer is sound, else why not. */
+static const char *check_answer(const char *answer, const char *user, const char *token,
+				const char *session, const struct passwd *pw)
+{
+	char name[256];
+	int rc;
+
+	if (!jwt_shaped(token))
+		return "its token is not a JWT";
+	if (session[0] == '\0')
+		return "its session is empty";
+	/* user= is compared when it is plain: a percent-encoded name is not decoded here */
+	rc = sjwt_answer_field(answer, "user", name, sizeof name);
+	if (rc == SJWT_OK && strcmp(name, pw->pw_name) != 0 && strcmp(name, user) != 0)
+		return "it names another user";
+	if (!same_id(answer, "uid", pw->pw_uid) || !same_id(answer, "gid", pw->pw_gid))
+		return "its uid or gid is not the passwd entry's";
+	return NULL;
+}
+
+static void write_token_file(pam_handle_t *pamh, const struct options *opt,
+			     const struct passwd *pw, const char *token)
+{
+	const char *user = pw->pw_name;
 	char tmp[32];
 	int dir, fd, ok = 0;
 
-	if (opt->tokendir == NULL || answer_account(pamh, answer, user, pw) < 0 ||
-	    (dir = open_user_dir(pamh, opt, pw, 1)) < 0)
+	if (opt->tokendir == NULL || (dir = open_user_dir(pamh, opt, pw, 1)) < 0)
 		return;
 	snprintf(tmp, sizeof tmp, ".token.%d", (int)getpid());
 	unlinkat(dir, tmp, 0);
@@ -233,12 +263,23 @@ static int export_token(pam_handle_t *pamh, const struct options *opt, const cha
 			const char *answer)
 {
 	char token[SJWT_MAX_ANSWER], session[64], env[MAX_ENV_NAME + 1 + SJWT_MAX_ANSWER];
+	const struct passwd *pw;
+	const char *wrong;
 	char *saved;
 	int rc = PAM_SESSION_ERR;
 
 	if (sjwt_answer_field(answer, "token", token, sizeof token) != SJWT_OK ||
 	    sjwt_answer_field(answer, "session", session, sizeof session) != SJWT_OK) {
 		pam_syslog(pamh, LOG_ERR, "slurmjwtd's answer lacks a token or session");
+		goto out;
+	}
+	if ((pw = pam_modutil_getpwnam(pamh, user)) == NULL) {
+		pam_syslog(pamh, LOG_ERR, "no token for %s: no passwd entry (NSS)", user);
+		goto out;
+	}
+	if ((wrong = check_answer(answer, user, token, session, pw)) != NULL) {
+		pam_syslog(pamh, LOG_ERR, "no token for %s: garbled answer from slurmjwtd: %s (socket %s)",
+			   user, wrong, opt->socket);
 		goto out;
 	}
 	if ((saved = strdup(session)) == NULL) {
@@ -255,7 +296,7 @@ static int export_token(pam_handle_t *pamh, const struct options *opt, const cha
 	if (rc != PAM_SUCCESS)
 		pam_syslog(pamh, LOG_ERR, "pam_putenv(%s): %s", opt->env, pam_strerror(pamh, rc));
 	else {
-		write_token_file(pamh, opt, user, token, answer);
+		write_token_file(pamh, opt, pw, token);
 		if (opt->debug)
 			pam_syslog(pamh, LOG_DEBUG, "%s set, session %s", opt->env, session);
 	}

@@ -79,10 +79,12 @@ alias slurmjwt 'set _sjwt_a = (\!*); set _sjwt_r = (`/bin/sh -c $_sjwt_sh:q slur
 # -- automatic renewal: tcsh runs the alias precmd before each prompt -----------------------
 # Cost per prompt: a few builtins when off; with it on, one `date` while the token is fresh,
 # and the helper only when the token changed (to read its exp) or is due for renewal.
+# Every _sjwt_* shell variable is set here or before its use: tcsh reads an environment
+# variable for $name when no shell variable of that name exists.
+set _sjwt_seen = ""
+set _sjwt_exp = -
+set _sjwt_tried = 0
 if ($?tcsh && $?prompt) then
-    set _sjwt_seen = ""
-    set _sjwt_exp = -
-    set _sjwt_tried = 0
     set _sjwt_pc = 'set _sjwt_on = 0\
 if ($?SLURMJWT_AUTORENEW) eval set _sjwt_on = \"\$SLURMJWT_AUTORENEW\"\
 if ("$_sjwt_on" == 1) eval $_sjwt_hook:q'

@@ -21,7 +21,15 @@
 : "${SLURMJWT_MARGIN:=600}"           # seconds
 export SLURMJWT_VARIABLE SLURMJWT_AUTORENEW SLURMJWT_MARGIN
 
-# Everything below keeps its state in _sjwt_* shell variables (POSIX sh has no `local`).
+# Everything below keeps its state in _sjwt_* shell variables (POSIX sh has no `local`). None
+# may come from the environment: bash evaluates a variable's value in arithmetic, so an
+# inherited _sjwt_seen_exp='a[$(cmd)]' would run cmd. Each is unset (which also unexports it)
+# and set here, and numbers are checked before any arithmetic.
+unset _sjwt_name _sjwt_tok _sjwt_p _sjwt_exp _sjwt_pid _sjwt_rest _sjwt_sub _sjwt_out _sjwt_rc \
+    _sjwt_cur _sjwt_seen _sjwt_seen_exp _sjwt_tried _sjwt_now _sjwt_margin _sjwt_status
+_sjwt_name=SLURM_JWT _sjwt_tok= _sjwt_p= _sjwt_exp= _sjwt_pid= _sjwt_rest= _sjwt_sub= _sjwt_out=
+_sjwt_rc=0 _sjwt_cur= _sjwt_seen= _sjwt_seen_exp= _sjwt_tried= _sjwt_now=0 _sjwt_margin=600
+_sjwt_status=0
 
 # _sjwt_name: $SLURMJWT_VARIABLE if it is a valid name, else SLURM_JWT (as the CLI decides)
 _slurmjwt_name() {
@@ -123,7 +131,9 @@ _slurmjwt_autorenew() {
     fi
     _sjwt_cur=
     if [ -z "$_sjwt_seen_exp" ] || [ -n "$_sjwt_tried" ]; then return 0; fi
-    if [ -n "${EPOCHSECONDS-}" ]; then _sjwt_now=$EPOCHSECONDS; else _sjwt_now=$(date +%s); fi
+    case $_sjwt_seen_exp in *[!0-9]*) _sjwt_seen_exp=; return 0 ;; esac
+    _sjwt_now=${EPOCHSECONDS-}
+    case $_sjwt_now in '' | *[!0-9]*) _sjwt_now=$(date +%s) ;; esac
     case ${SLURMJWT_MARGIN-} in
         '' | *[!0-9]*) _sjwt_margin=600 ;;
         *) _sjwt_margin=$SLURMJWT_MARGIN ;;

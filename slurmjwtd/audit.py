@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Callable
 
 AUDIT_FIELDS = ("decision", "op", "caller_uid", "caller_pid", "user", "uid", "slurm_user", "reason",
                 "rule", "code", "lifetime", "exp", "jti", "session", "tty", "rhost", "service",
-                "detail")
+                "count", "seconds", "detail")
 _FIELD_SET = frozenset(AUDIT_FIELDS)
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+,-]+\Z")
 
@@ -35,6 +36,52 @@ def format_audit(fields: dict[str, object]) -> str:
     if not fields.keys() <= _FIELD_SET:  # a programming error the tests catch: no secret field
         raise ValueError(f"not an audit field: {sorted(fields.keys() - _FIELD_SET)}")
     return " ".join([f"{k}={_value(v)}" for k, v in fields.items() if v is not None and v != ""])
+
+
+class RefusalSummary:
+    """Passes every audit line on to WRITE, except a user's repeated refusals: per (caller
+    uid, code) the first is written in full, the rest are counted, and one `decision=summary`
+    line per INTERVAL seconds gives their count while they go on. Root's refusals (logins)
+    and every grant are always written. One user thus makes at most two lines per code per
+    interval however fast they are refused, and cannot crowd others' grants out of a
+    rate-limited log (journald drops lines beyond its limit, whoever wrote them)."""
+
+    def __init__(self, write: Callable[..., None], interval: float) -> None:
+        self.write = write
+        self.interval = interval
+        self._windows: dict[tuple[object, object], list[float]] = {}  # -> [start, until, count]
+
+    def __call__(self, **fields: object) -> None:
+        uid = fields.get("caller_uid")
+        if fields.get("decision") != "refused" or not isinstance(uid, int) or uid == 0:
+            self.write(**fields)
+            return
+        key = (uid, fields.get("code"))
+        now = time.monotonic()
+        window = self._windows.get(key)
+        if window is not None and window[1] <= now:
+            window = self._close(key, window, now)
+        if window is None:  # the first of a run, or the first after a quiet interval
+            self._windows[key] = [now, now + self.interval, 0]
+            self.write(**fields)
+        else:
+            window[2] += 1
+
+    def flush(self, now: float) -> None:
+        """Write the counts of the intervals that have ended; forget runs that have stopped."""
+        for key, window in list(self._windows.items()):
+            if window[1] <= now:
+                self._close(key, window, now)
+
+    def _close(self, key: tuple[object, object], window: list[float],
+               now: float) -> list[float] | None:
+        if not window[2]:
+            del self._windows[key]
+            return None
+        self.write(decision="summary", caller_uid=key[0], code=key[1], count=int(window[2]),
+                   seconds=f"{now - window[0]:.1f}")
+        window[:] = [now, now + self.interval, 0]
+        return window
 
 
 class AuditLog:
@@ -59,7 +106,7 @@ class AuditLog:
 
 class JournalAuditLog:
     """Writes audit lines to the journal, each field also as SLURMJWT_<FIELD> for
-    `journalctl SLURMJWT_USER=alice`; refusals at priority notice, grants at info."""
+    `journalctl SLURMJWT_USER=alice`; refusals and summaries at priority notice, grants at info."""
 
     def __init__(self) -> None:
         from systemd import journal  # only under systemd
@@ -68,5 +115,5 @@ class JournalAuditLog:
     def __call__(self, **fields: object) -> None:
         extra = {f"SLURMJWT_{k.upper()}": str(v) for k, v in fields.items()
                  if v is not None and v != ""}
-        self._send(format_audit(fields), PRIORITY=5 if fields.get("decision") == "refused" else 6,
+        self._send(format_audit(fields), PRIORITY=6 if fields.get("decision") == "granted" else 5,
                    SYSLOG_IDENTIFIER="slurmjwtd", **extra)

@@ -6,10 +6,14 @@ exit status (docs/cli.md):
   0 success                      5 refused: no live login session
   1 unexpected error; doctor     6 daemon error: busy, timeout, internal, signer unavailable,
     found a problem                garbled answer
-  2 usage error                  7 no token to show, or not a JWT, or it has expired
-  3 daemon unreachable           8 keygen or jwks could not write or read the key
+  2 usage error; a socket path    7 no token to show, or not a JWT, or it has expired
+    too long for a Unix socket   8 keygen or jwks could not write or read the key
+  3 daemon unreachable           9 curl ran but failed (its status in the message)
   4 refused by policy (permission, unknown user, min_uid, policy-denied, rate-limited,
     lifetime, bad request)
+
+Text that comes from the daemon (or from whatever listens on $SLURMJWT_SOCKET) is printed as
+printable ASCII only (printable()): a fake daemon cannot send escape sequences to a terminal.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import os
 import pwd
 import re
 import secrets
+import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -30,16 +36,27 @@ import click
 
 from . import __version__
 from .client import BadAnswer, DaemonUnreachable, call
-from .config import DEFAULT_CONFIG, DEFAULT_SOCKET, Config, ConfigError, load_config
+from .config import (DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config, ConfigError,
+                     load_config)
 from .protocol import Response
 from .tokenfile import read_token_file, token_path, write_token_file
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NO_SESSION = 1, 2, 3, 4, 5
-EXIT_DAEMON, EXIT_NO_TOKEN, EXIT_KEYGEN = 6, 7, 8
+EXIT_DAEMON, EXIT_NO_TOKEN, EXIT_KEYGEN, EXIT_CURL = 6, 7, 8, 9
+MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path (108) less the terminating NUL
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2: help, not an error
 _DAEMON_SIDE = {"busy", "timeout", "internal", "too-large", "unsupported-version",
                 "signer-unavailable"}
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+
+
+def printable(text: object) -> str:
+    """TEXT with everything but printable ASCII shown as \\xNN (\\uNNNN above 0xff): what a daemon
+    or a token says reaches a terminal as plain characters, never as escape sequences."""
+    return "".join(c if " " <= c <= "~" and c != "\\" else
+                   "\\\\" if c == "\\" else
+                   f"\\x{ord(c):02x}" if ord(c) <= 0xff else f"\\u{ord(c):04x}" for c in str(text))
 
 
 class Failure(click.ClickException):
@@ -50,7 +67,44 @@ class Failure(click.ClickException):
         self.exit_code = status
 
     def show(self, file: object = None) -> None:
-        click.echo(f"slurmjwt: {self.message}", err=True)
+        click.echo(f"slurmjwt: {printable(self.message)}", err=True)
+
+
+def usage_failure(exc: click.UsageError) -> Failure:
+    """Click's usage error as one line: `slurmjwt: MESSAGE (see slurmjwt [COMMAND] --help)`."""
+    where = exc.ctx.command_path if exc.ctx is not None else "slurmjwt"
+    return Failure(EXIT_USAGE, f"{exc.format_message().rstrip('.')} (see {where} --help)")
+
+
+class OneLineUsage(click.Group):
+    """A group whose usage errors, its own and its commands', are one line with exit status 2,
+    as docs/cli.md promises, instead of click's usage, hint and error lines."""
+
+    def make_context(self, *args: object, **kwargs: object) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _NO_ARGS_IS_HELP:
+            raise
+        except click.UsageError as exc:
+            raise usage_failure(exc) from None
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except _NO_ARGS_IS_HELP:
+            raise
+        except click.UsageError as exc:
+            raise usage_failure(exc) from None
+
+
+def socket_path_error(path: str) -> str | None:
+    """Why PATH cannot be a Unix socket's address, or None: connect(2) would only say
+    "AF_UNIX path too long" (and Python's OSError then has no strerror)."""
+    size = len(os.fsencode(path))
+    if size <= MAX_SOCKET_PATH:
+        return None
+    shown = path if len(path) <= 60 else path[:57] + "..."
+    return f"socket path {shown} is {size} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket allows"
 
 
 def variable_name() -> str:
@@ -61,6 +115,9 @@ def variable_name() -> str:
 
 def ask(ctx: click.Context, op: str, args: dict[str, object] | None = None,
         timeout: float = 5.0) -> Response:
+    too_long = socket_path_error(ctx.obj)
+    if too_long:
+        raise Failure(EXIT_USAGE, f"{too_long} (give a shorter --socket or SLURMJWT_SOCKET)")
     try:
         answer = call(ctx.obj, op, args, timeout=timeout)
     except DaemonUnreachable as exc:
@@ -105,16 +162,18 @@ def current_token(explicit: str | None = None) -> str:
     return token
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--socket", "socket_path", envvar="SLURMJWT_SOCKET", default=DEFAULT_SOCKET,
-              show_default=True, metavar="PATH", help="slurmjwtd's socket [env: SLURMJWT_SOCKET].")
+@click.group(cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", envvar="SLURMJWT_SOCKET", default=None, metavar="PATH",
+              help=f"slurmjwtd's socket [env: SLURMJWT_SOCKET; default: {DEFAULT_SOCKET}, "
+                   f"as root {DEFAULT_ROOT_SOCKET}].")
 @click.version_option(__version__, prog_name="slurmjwt")
 @click.pass_context
-def main(ctx: click.Context, socket_path: str) -> None:
+def main(ctx: click.Context, socket_path: str | None) -> None:
     """Get and inspect short-lived Slurm JWTs from slurmjwtd.
 
     The token's variable is $SLURMJWT_VARIABLE, else SLURM_JWT."""
-    ctx.obj = socket_path
+    # root's own socket has its own queue, which users flooding the public one cannot fill
+    ctx.obj = socket_path or (DEFAULT_ROOT_SOCKET if os.geteuid() == 0 else DEFAULT_SOCKET)
 
 
 lifetime_option = click.option("--lifetime", type=click.IntRange(min=1), metavar="SECONDS",
@@ -202,7 +261,7 @@ def show(token_arg: str | None, as_json: bool) -> None:
         click.echo(json.dumps(facts))
         return
     left = facts["left"]
-    click.echo(f"user:    {facts['user'] or 'unknown'}")
+    click.echo(f"user:    {printable(facts['user'] or 'unknown')}")
     click.echo(f"issued:  {local_time(facts['issued'])}")
     click.echo(f"expires: {local_time(facts['expires'])}")
     if left is None:
@@ -212,7 +271,7 @@ def show(token_arg: str | None, as_json: bool) -> None:
     else:
         click.echo(f"left:    {describe_span(left)}")
     if facts["jti"]:
-        click.echo(f"jti:     {facts['jti']}")
+        click.echo(f"jti:     {printable(facts['jti'])}")
 
 
 def usable_token() -> tuple[str, str]:
@@ -238,7 +297,8 @@ def curl(args: tuple[str, ...]) -> None:
     """curl [CURL ARGS] PATH against slurmrestd, with the headers filled in.
 
     The URL is $SLURMRESTD_URL, else slurmrestd_url in slurmjwtd.toml, followed by PATH.
-    The token reaches curl through a pipe (-H @/dev/fd/N), never its command line."""
+    The token reaches curl through a pipe (-H @/dev/fd/N), never its command line.
+    Exit 9 if curl fails (curl's own status is in the message)."""
     *options, path = args
     if not path.startswith("/"):
         raise Failure(EXIT_USAGE, f"the last argument must be a path on slurmrestd, like "
@@ -248,12 +308,23 @@ def curl(args: tuple[str, ...]) -> None:
     read_end, write_end = os.pipe()
     os.write(write_end, f"X-SLURM-USER-NAME: {user}\nX-SLURM-USER-TOKEN: {token}\n".encode())
     os.close(write_end)
-    os.set_inheritable(read_end, True)
     try:
-        os.execvp("curl", ["curl", "-H", f"@/dev/fd/{read_end}", *options,
-                           base.rstrip("/") + path])
+        # curl's own statuses (7: cannot connect, 22: HTTP error with --fail, ...) would collide
+        # with ours, so slurmjwt waits for it and maps any failure to one status of its own
+        proc = subprocess.Popen(["curl", "-H", f"@/dev/fd/{read_end}", *options,
+                                 base.rstrip("/") + path], pass_fds=(read_end,))
     except OSError as exc:
         raise Failure(EXIT_ERROR, f"cannot run curl: {exc.strerror} (apt-get install curl)")
+    finally:
+        os.close(read_end)
+    # Ctrl-C reaches curl (the same process group); this process only waits for it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    status = proc.wait()
+    if status < 0:
+        raise Failure(EXIT_CURL, f"curl was killed by signal {-status}")
+    if status != 0:
+        raise Failure(EXIT_CURL, f"curl failed with its exit status {status} (its own message, "
+                                 f"unless -s, is above; see man curl, EXIT CODES)")
 
 
 def site_config() -> Config:
@@ -269,15 +340,17 @@ def site_config() -> Config:
               help="slurmjwtd's configuration.")
 @click.option("--slurm-conf", default="/etc/slurm/slurm.conf", metavar="PATH", help="slurm.conf to check.")
 @click.option("--pam-file", default="/etc/pam.d/sshd", metavar="PATH", help="sshd's PAM stack.")
+@click.option("--pam-dir", metavar="DIR", help="The other PAM stacks, which should not run "
+              "pam_slurmjwt.so [default: the directory of --pam-file].")
 @click.option("--sshd-config", default="/etc/ssh/sshd_config", metavar="PATH",
               help="sshd's configuration.")
 @click.pass_context
 def doctor(ctx: click.Context, config_path: str, slurm_conf: str, pam_file: str,
-           sshd_config: str) -> None:
+           pam_dir: str | None, sshd_config: str) -> None:
     """Check this login node's setup (for admins); non-zero exit when something is wrong."""
     from .doctor import run_checks
     sys.exit(run_checks(socket=ctx.obj, config=config_path, slurm_conf=slurm_conf,
-                        pam_file=pam_file, sshd_config=sshd_config))
+                        pam_file=pam_file, sshd_config=sshd_config, pam_dir=pam_dir))
 
 
 @main.command()
@@ -292,14 +365,15 @@ def policy(ctx: click.Context, user: str, lifetime: int | None) -> None:
     args: dict[str, object] = {"user": user} | ({"lifetime": lifetime} if lifetime else {})
     f = ask(ctx, "EXPLAIN", args).fields
     granted = f.get("decision") == "granted"
-    click.echo(f"{user}: {'granted' if granted else 'refused'} ({f.get('reason')}, rule {f.get('rule')})")
+    click.echo(printable(f"{user}: {'granted' if granted else 'refused'} ({f.get('reason')}, "
+                         f"rule {f.get('rule')})"))
     if not granted:
-        click.echo(f"  {f.get('code')}: {f.get('message')}")
+        click.echo(printable(f"  {f.get('code')}: {f.get('message')}"))
     for label, key in (("slurm user", "slurm_user"), ("uid", "uid"), ("groups", "groups"),
                        ("lifetime", "lifetime"), ("max lifetime", "max_lifetime"),
                        ("sessions", "sessions"), ("rate left", "rate_left")):
         if key in f:
-            click.echo(f"  {label + ':':<14}{f[key]}")
+            click.echo(f"  {label + ':':<14}{printable(f[key])}")
     if not granted:
         sys.exit(EXIT_REFUSED)
 
@@ -309,10 +383,11 @@ def policy(ctx: click.Context, user: str, lifetime: int | None) -> None:
 def status(ctx: click.Context) -> None:
     """Say whether slurmjwtd answers, its version and signer."""
     fields = ask(ctx, "STATUS").fields
-    click.echo(f"slurmjwtd {fields.get('version', '?')} answers on {ctx.obj}: "
-               f"signer {fields.get('signer', '?')}, {fields.get('sessions', '?')} open session(s), "
-               f"{fields.get('granted', '?')} granted, {fields.get('refused', '?')} refused, "
-               f"up {fields.get('uptime', '?')} s")
+    click.echo(printable(
+        f"slurmjwtd {fields.get('version', '?')} answers on {ctx.obj}: "
+        f"signer {fields.get('signer', '?')}, {fields.get('sessions', '?')} open session(s), "
+        f"{fields.get('granted', '?')} granted, {fields.get('refused', '?')} refused, "
+        f"up {fields.get('uptime', '?')} s"))
 
 
 def _default_owner() -> str:

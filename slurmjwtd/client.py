@@ -25,10 +25,16 @@ def call(socket_path: str, op: str, args: dict[str, object] | None = None,
         sock.settimeout(timeout)
         try:
             sock.connect(socket_path)
-            sock.sendall(encode_request(op, args))
         except OSError as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror
             raise DaemonUnreachable(f"cannot reach slurmjwtd at {socket_path}: {reason}") from None
+        try:
+            sock.sendall(encode_request(op, args))
+        except TimeoutError:
+            raise DaemonUnreachable(f"slurmjwtd at {socket_path} did not read the request in "
+                                    f"{timeout:g} s") from None
+        except OSError:  # EPIPE: it answered (`busy`) and closed before we wrote; read it
+            pass
         answer = b""
         while b"\n" not in answer:
             sock.settimeout(max(0.001, deadline - time.monotonic()))

@@ -16,6 +16,7 @@ from typing import Any
 
 DEFAULT_CONFIG = "/etc/slurmjwt/slurmjwtd.toml"
 DEFAULT_SOCKET = "/run/slurmjwt/slurmjwtd.sock"
+DEFAULT_ROOT_SOCKET = "/run/slurmjwt/slurmjwtd-root.sock"
 
 
 class ConfigError(Exception):
@@ -30,6 +31,9 @@ def _doc(text: str, **checks: Any) -> dict[str, Any]:
 class Config:
     socket: str = field(default=DEFAULT_SOCKET, metadata=_doc(
         "Path of the Unix socket clients connect to (mode 0666; the daemon decides).", path=True))
+    root_socket: str = field(default=DEFAULT_ROOT_SOCKET, metadata=_doc(
+        "Path of the socket only root can connect to (mode 0600, its own backlog): the PAM "
+        "module's OPEN and CLOSE, accepted only here, and root's CLI.", path=True))
     session_file: str = field(default="/run/slurmjwt/sessions.json", metadata=_doc(
         "Where the registry of live login sessions is kept across restarts (a runtime directory).",
         path=True))
@@ -63,6 +67,10 @@ class Config:
         "Seconds a client has to send its whole request before it is dropped.", min=0.01, max=60))
     max_clients_per_uid: int = field(default=32, metadata=_doc(
         "Connections one uid may have open at once; more are refused with `busy`.", min=1))
+    audit_summary_interval: float = field(default=10.0, metadata=_doc(
+        "A user's refusals of one code: the first is audited in full, then one line per this "
+        "many seconds counts the rest, while they go on. Root's refusals and all grants are "
+        "always written in full.", min=0.1, max=3600))
     slurm_commands_use_token: bool = field(default=False, metadata=_doc(
         "Read by slurmjwt-exec, through which srun, sbatch and Slurm's other commands run: "
         "false, they run as if SLURM_JWT were unset (MUNGE authenticates them, srun works, no job "
@@ -95,6 +103,9 @@ class Config:
         "Explicit login name to Slurm user name table; wins over strip_realm."))
 
     def __post_init__(self) -> None:
+        if self.root_socket == self.socket:
+            raise ConfigError(f"key 'root_socket': {self.root_socket} is also socket; give it a "
+                              f"path of its own, e.g. {DEFAULT_ROOT_SOCKET}")
         if self.lifetime > self.max_lifetime:
             raise ConfigError(
                 f"key 'lifetime': {self.lifetime} exceeds max_lifetime ({self.max_lifetime})")
@@ -192,18 +203,52 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return Config(**values)
 
 
-def load_config(path: str, required: bool = True) -> Config:
-    """Read and validate PATH. A missing file is an error only if REQUIRED."""
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def read_config_bytes(path: str, owners: dict[int, str] | None = None) -> bytes | None:
+    """PATH's bytes, None if it does not exist; checked on the open descriptor as the key is
+    (keyfile.check_config_file): a regular file that only OWNERS (default: root and this
+    process's user, munged's rule) can change, under directories only they can write."""
+    from .keyfile import KeyFileError, check_config_file, trusted_owners
+
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        if required:
-            raise ConfigError(f"config {path}: no such file") from None
-        return Config()
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config {path}: {exc}") from None
+        return None
+    except OSError as exc:
+        raise ConfigError(f"config {path}: {exc.strerror}") from None
     try:
-        return config_from_dict(data)
+        st = os.fstat(fd)
+        check_config_file(path, st, trusted_owners() if owners is None else owners)
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path}: {st.st_size} bytes, larger than any configuration; "
+                              f"is it the right file?")
+        return os.read(fd, MAX_CONFIG_BYTES + 1)
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"config {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def load_config(path: str, required: bool = True, owners: dict[int, str] | None = None) -> Config:
+    """Read, check and validate PATH. A missing file is an error only if REQUIRED."""
+    data = read_config_bytes(path, owners)
+    if data is None:
+        if required:
+            raise ConfigError(f"config {path}: no such file")
+        return Config()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"config {path}: line {line}: byte 0x{data[exc.start]:02x} is not UTF-8; "
+                          f"TOML files are UTF-8 text (iconv -t UTF-8)") from None
+    try:
+        return config_from_dict(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"config {path}: {exc}") from None

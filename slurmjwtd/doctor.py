@@ -1,9 +1,11 @@
 """`slurmjwt doctor`: checks a login node's setup; each finding says what, why and the fix.
 
-Checks, in order: the daemon answers; its configuration is valid; its key file passes the
+Checks, in order: the daemon answers; its configuration is valid; every user and group its
+policy names is known to NSS (a warning if not); its key file passes the
 daemon's own checks (keyfile.read_key); slurm.conf has AuthAltTypes=auth/jwt and a jwt_key
 holding the same bytes as the daemon's key; sshd's PAM stack runs pam_slurmjwt.so in its session
-phase and sshd has UsePAM yes; the clock is synchronised; and how Slurm's commands treat the
+phase, no other stack in its directory runs it (su, cron, ... through common-session), and sshd
+has UsePAM yes; the clock is synchronised; and how Slurm's commands treat the
 login's token (`jobs`): slurm_commands_use_token against MUNGE on the host; whether `srun` is
 slurmjwt-exec, which removes the token unless that switch is true, both on this shell's PATH and
 on the PATH of `ssh HOST COMMAND` (sshd's, or /etc/environment's); whether each slurmjwt-exec
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import grp
 import hmac
 import json
 import os
@@ -31,6 +34,7 @@ import pwd
 import re
 import shutil
 import socket
+import stat
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ from dataclasses import dataclass, field
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import Config, ConfigError, load_config, toml_value
 from .keyfile import MAX_KEY_BYTES, KeyFileError, allowed_owners, check_program, read_key
+from .policy import unknown_names
 
 OK, WARNING, PROBLEM, SKIP = "ok", "WARNING", "PROBLEM", "skip"
 DAEMON_USER = "slurmjwt"  # the unit's User=, which may also own the key
@@ -222,13 +227,40 @@ def read_clock() -> tuple[bool, str]:
 
 # -- the checks -----------------------------------------------------------------------------
 
-def check_daemon(socket: str) -> Finding:
-    fix = "systemctl start slurmjwtd.socket (why it stopped: journalctl -u slurmjwtd)"
+def unreachable_fix(socket: str, config: Config | None) -> str:
+    """What to do when nothing answers on SOCKET: start the daemon only if SOCKET is where it
+    listens; a path with nothing at it, elsewhere, is a wrong --socket or SLURMJWT_SOCKET."""
+    defaults = Config() if config is None else config
+    listens = [p for p in (defaults.socket, getattr(defaults, "root_socket", None)) if p]
+    start = "systemctl start slurmjwtd.socket (why it stopped: journalctl -u slurmjwtd)"
+    if os.path.realpath(socket) in {os.path.realpath(p) for p in listens}:
+        return start
+    where = f"slurmjwtd listens on {' and '.join(listens)}"
+    other = f"run doctor without --socket and SLURMJWT_SOCKET, or with --socket {listens[0]}"
+    if not os.path.lexists(socket):
+        return f"nothing is at {socket} ({where}): the socket path is wrong: {other}"
+    if not stat.S_ISSOCK(os.lstat(socket).st_mode):
+        return f"{socket} is not a socket ({where}): {other}"
+    return f"{start}; or, if another slurmjwtd should answer there, {other}"
+
+
+def check_daemon(socket: str, config: Config | None = None) -> Finding:
+    """The daemon answers STATUS on SOCKET; CONFIG (None: invalid or unread) says where it listens."""
     why = "without the daemon no login gets a token and `slurmjwt refresh` fails"
+    from .cli import MAX_SOCKET_PATH, socket_path_error  # doctor runs from the CLI: loaded already
+    too_long = socket_path_error(socket)
+    if too_long:
+        return Finding(PROBLEM, "daemon", too_long,
+                       "connect(2) cannot name a longer path: no client can reach it there",
+                       f"run doctor with --socket {(config or Config()).socket}, "
+                       f"and keep socket paths under {MAX_SOCKET_PATH + 1} bytes")
     try:
         answer = call(socket, "STATUS", timeout=5)
-    except (DaemonUnreachable, BadAnswer) as exc:
-        return Finding(PROBLEM, "daemon", str(exc), why, fix)
+    except DaemonUnreachable as exc:
+        return Finding(PROBLEM, "daemon", str(exc), why, unreachable_fix(socket, config))
+    except BadAnswer as exc:
+        return Finding(PROBLEM, "daemon", str(exc), "whatever listens there is not a working slurmjwtd",
+                       f"see what listens there: ss -xlp src {socket}; journalctl -u slurmjwtd")
     if not answer.ok:
         return Finding(PROBLEM, "daemon", f"slurmjwtd on {socket} refused STATUS ({answer.code}): "
                        f"{answer.message}", why, "journalctl -u slurmjwtd")
@@ -241,11 +273,40 @@ def check_config(path: str) -> tuple[Config | None, Finding]:
     try:
         config = load_config(path, required=False)
     except ConfigError as exc:
-        return None, Finding(PROBLEM, "configuration", str(exc),
+        what, _, fix = str(exc).partition("; fix: ")
+        return None, Finding(PROBLEM, "configuration", what,
                              "slurmjwtd refuses to start, or to reload, with it",
-                             f"correct it, then: slurmjwtd --config {path} --check-config")
+                             f"{fix or 'correct it'}, then: slurmjwtd --config {path} --check-config")
     state = "is valid" if os.path.exists(path) else "does not exist: the defaults apply"
     return config, Finding(OK, "configuration", f"{path} {state} (key_file {config.key_file})")
+
+
+def _nss_knows(lookup: Callable[[str], object]) -> Callable[[str], bool]:
+    def known(name: str) -> bool:
+        try:
+            lookup(name)
+        except KeyError:
+            return False
+        return True
+    return known
+
+
+def check_policy_names(config: Config | None, path: str,
+                       user_known: Callable[[str], bool] = _nss_knows(pwd.getpwnam),
+                       group_known: Callable[[str], bool] = _nss_knows(grp.getgrnam)) -> Finding:
+    """Every user and group the policy names exists in NSS; an unknown one is a typo or an
+    account not made yet, and its rule matches no one (slurmjwtd logs the same at start)."""
+    if config is None:
+        return Finding(SKIP, "policy", "not checked: the configuration is invalid")
+    unknown = unknown_names(config, user_known, group_known)
+    if not unknown:
+        return Finding(OK, "policy", "every user and group the policy names is known to NSS")
+    listed = "; ".join(f"{key}: {name}" for key, name in unknown)
+    return Finding(WARNING, "policy", f"NSS knows no such user or group: {listed}",
+                   "a rule naming an unknown account matches no one: a deny or allow list "
+                   "with a typo denies or allows no one it was meant to",
+                   f"correct the name in {path}, or make the account (getent passwd NAME, "
+                   f"getent group NAME), then: systemctl reload slurmjwtd")
 
 
 def signer_file(config: Config) -> str:
@@ -268,8 +329,9 @@ def check_key(config: Config | None) -> Finding:
     try:
         if config.signer == "scontrol":
             check_program(path)
-        else:
-            read_key(path, owners)
+        else:  # and as the unit's User= would read it
+            read_key(path, owners, config.min_uid, DAEMON_USER,
+                     keygen="slurmjwt keygen --rs256" if config.signer == "rs256" else "slurmjwt keygen")
     except KeyFileError as exc:
         what, _, fix = str(exc).partition("; ")
         return Finding(PROBLEM, "key", what,
@@ -391,6 +453,47 @@ def check_pam(path: str) -> Finding:
                        "make install (in the slurmjwt source tree), or install -m 0644 "
                        f"pam/{MODULE} into the PAM module directory")
     return Finding(OK, "pam", f"{ours[0].where}: session {ours[0].control} {ours[0].module}")
+
+
+def _service_names(pam_dir: str) -> list[str]:
+    """The files in PAM_DIR that are services: not the common-* files Debian includes from them,
+    not editor or dpkg leftovers (a name with a dot or a trailing ~)."""
+    return sorted(n for n in os.listdir(pam_dir)
+                  if not n.startswith("common-") and "." not in n and not n.endswith("~"))
+
+
+def check_pam_stacks(pam_file: str, pam_dir: str | None = None) -> Finding:
+    """pam_slurmjwt.so in a session stack other than sshd's, directly or through an include
+    (Debian's common-session is included by su, login, sudo -i, runuser, systemd-user...)."""
+    pam_dir = pam_dir or os.path.dirname(os.path.abspath(pam_file))
+    try:
+        names = _service_names(pam_dir)
+    except OSError as exc:
+        return Finding(SKIP, "pam stacks", f"{pam_dir}: {exc.strerror}: other PAM stacks not checked")
+    sshd = os.path.realpath(pam_file)
+    found: list[tuple[str, str]] = []  # (service, file:line of the module's line)
+    for name in names:
+        path = os.path.join(pam_dir, name)
+        if os.path.realpath(path) == sshd or not os.path.isfile(path):
+            continue
+        try:
+            lines = parse_pam(path, only="session").lines
+        except OSError:
+            continue
+        ours = [x for x in lines if os.path.basename(x.module) == MODULE]
+        if ours:
+            found.append((name, ours[0].where))
+    if not found:
+        return Finding(OK, "pam stacks", f"no PAM stack in {pam_dir} but {os.path.basename(pam_file)} "
+                       f"runs {MODULE}")
+    files = sorted({where.rsplit(":", 1)[0] for _, where in found})
+    return Finding(WARNING, "pam stacks", f"{MODULE} runs in stacks other than sshd's: " +
+                   ", ".join(f"{name} ({where})" for name, where in found),
+                   "each of their sessions (su, sudo -i, cron jobs, ...) opens a login session in "
+                   "slurmjwtd and gets a token: a cron job or an su then counts as a login, and "
+                   "keeps `slurmjwt refresh` working after the user logged out",
+                   f"remove the line from {', '.join(files)} and keep 'session optional {MODULE}' "
+                   f"in {pam_file} alone, after its other session lines")
 
 
 def check_sshd(path: str) -> Finding:
@@ -625,15 +728,18 @@ def check_jobs(config: Config | None, config_path: str, slurm_conf: str,
 
 
 def run_checks(socket: str, config: str, slurm_conf: str, pam_file: str, sshd_config: str,
+               pam_dir: str | None = None,
                clock: Callable[[], tuple[bool, str]] = read_clock,
                jobs: Callable[[Config | None, str, str], list[Finding]] = check_jobs) -> int:
     """Print one block per finding and a summary; 0 if nothing is wrong (warnings allowed), else 1.
-    CLOCK and JOBS (called with the configuration, its path and slurm.conf's) can be replaced."""
-    findings = [check_daemon(socket)]
-    cfg, finding = check_config(config)
-    findings += [finding, check_key(cfg), *check_slurm_conf(slurm_conf, cfg, config)]
-    findings += [check_pam(pam_file), check_sshd(sshd_config), check_clock(clock),
-                 *jobs(cfg, config, slurm_conf)]
+    CLOCK and JOBS (called with the configuration, its path and slurm.conf's) can be replaced;
+    PAM_DIR, where the other PAM stacks are looked for, defaults to PAM_FILE's directory."""
+    cfg, finding = check_config(config)  # first: check_daemon compares the socket with it
+    findings = [check_daemon(socket, cfg)]
+    findings += [finding, check_policy_names(cfg, config), check_key(cfg),
+                 *check_slurm_conf(slurm_conf, cfg, config)]
+    findings += [check_pam(pam_file), check_pam_stacks(pam_file, pam_dir), check_sshd(sshd_config),
+                 check_clock(clock), *jobs(cfg, config, slurm_conf)]
     for f in findings:
         print(f.render())
     problems = sum(f.level == PROBLEM for f in findings)

@@ -16,7 +16,9 @@ import click
 from . import __version__, service
 from .audit import AuditLog, JournalAuditLog
 from .config import DEFAULT_CONFIG, Config, ConfigError, example_config, load_config
-from .keyfile import KeyFileError, allowed_owners, check_program, pwd_uid, read_key
+from .hardening import no_dumps
+from .keyfile import (DAEMON_ACCOUNT, KeyFileError, allowed_owners, check_program, check_runtime_path,
+                      pwd_uid, read_key, trusted_owners)
 from .server import Server, StartupError
 from .state import DaemonState
 from .sessions import SessionRegistry
@@ -30,12 +32,14 @@ def fail(status: int, message: str) -> None:
     sys.exit(status)
 
 
-def load_signer(config: Config) -> Signer:
-    """The configured signer, its files checked as the key file is; KeyFileError if unsafe."""
+def load_signer(config: Config, reader: str | None = None) -> Signer:
+    """The configured signer, its files checked as the key file is; KeyFileError if unsafe.
+    READER: an account that must be able to read the key (root checking for the unit's User=)."""
     owners = allowed_owners(config.slurm_user)
     if config.signer == "rs256":
         try:
-            return RS256Signer(read_key(config.rs256_key_file, owners),
+            return RS256Signer(read_key(config.rs256_key_file, owners, config.min_uid, reader,
+                                        keygen="slurmjwt keygen --rs256"),
                                config.rs256_kid or socket.gethostname())
         except ValueError as exc:
             raise KeyFileError(f"key file {config.rs256_key_file}: {exc}; make one with: "
@@ -46,7 +50,19 @@ def load_signer(config: Config) -> Signer:
             raise KeyFileError(f"signer scontrol: slurmjwtd must run as root or {config.slurm_user} "
                                f"(SlurmUser) to mint for other users; see docs/signers.md")
         return ScontrolSigner(config.scontrol, config.scontrol_timeout)
-    return HS256Signer(read_key(config.key_file, owners))
+    return HS256Signer(read_key(config.key_file, owners, config.min_uid, reader))
+
+
+RUNTIME_FILES = ("socket", "root_socket", "session_file")
+
+
+def check_runtime(config: Config) -> None:
+    """The directories the sockets and the session file are made in: root's or the daemon's,
+    writable by no one else (not even sticky, as /tmp is); KeyFileError if not."""
+    owners = trusted_owners(DAEMON_ACCOUNT)
+    for key in RUNTIME_FILES:
+        if hasattr(config, key):
+            check_runtime_path(key.replace("_", " "), getattr(config, key), owners)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,14 +77,24 @@ def main(config_path: str | None, check_config: bool, print_defaults: bool) -> N
     if print_defaults:
         click.echo(example_config(), nl=False)
         return
+    try:  # before the key is read: no core file, no /proc/PID/mem for others of this uid
+        no_dumps()
+    except OSError as exc:
+        fail(EXIT_RUNTIME, f"cannot keep the key out of core dumps (prctl, RLIMIT_CORE): {exc.strerror}")
     try:
         config = load_config(config_path or DEFAULT_CONFIG, required=config_path is not None)
     except ConfigError as exc:
         fail(EXIT_CONFIG, str(exc))
-    try:
-        signer = load_signer(config)
+    try:  # --check-config as root: could the unit's User= read the key?
+        signer = load_signer(config, DAEMON_ACCOUNT if check_config and os.geteuid() == 0 else None)
     except KeyFileError as exc:
         fail(EXIT_KEY, str(exc))
+    try:
+        check_runtime(config)
+    except KeyFileError as exc:
+        fail(EXIT_RUNTIME, str(exc))
+    except OSError as exc:
+        fail(EXIT_RUNTIME, f"{exc.filename}: {exc.strerror}")
     if check_config:
         checked = {"rs256": f"key file {config.rs256_key_file}", "scontrol": f"program {config.scontrol}",
                    }.get(signer.name, f"key file {config.key_file}")
@@ -78,16 +104,17 @@ def main(config_path: str | None, check_config: bool, print_defaults: bool) -> N
     journal = service.journal_stream()
     setup_logging(journal)
     state = DaemonState(config, signer, SessionRegistry(config.session_file),
-                        audit=JournalAuditLog() if journal else AuditLog())
+                        audit_log=JournalAuditLog() if journal else AuditLog())
     path = config_path or DEFAULT_CONFIG
 
     def reload() -> tuple[Config, Signer]:
+        no_dumps()  # still so (nothing here resets it); a failure refuses the reload
         fresh = load_config(path, required=config_path is not None)
         return fresh, load_signer(fresh)
 
     server = Server(state, reload, service.Notifier())
     try:
-        server.startup(service.inherited_listener())
+        server.startup(service.inherited_listeners())
     except (StartupError, ValueError, OSError) as exc:
         fail(EXIT_RUNTIME, str(exc))
     try:

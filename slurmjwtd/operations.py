@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import __version__
+from .config import Config
 from .policy import (Account, Caller, Decision, decide_mint, decide_session_change, refuse,
-                     slurm_name)
-from .protocol import Code, ProtocolError, Request, encode_error, encode_ok, parse_request
+                     slurm_name, unknown_names)
+from .protocol import (Code, ProtocolError, Request, encode_error, encode_ok, parse_number,
+                       parse_request)
 from .signer import SignerError, Token
 from .state import DaemonState
 
@@ -32,18 +34,27 @@ _OPERATIONS: dict[str, frozenset[str]] = {
 }
 
 
-def lookup_account(key: str | int, policy_groups: frozenset[str]) -> Account | None:
+def lookup_account(key: str | int, policy_groups: frozenset[str],
+                   check_alias: bool = False) -> Account | None:
     """The account named (str) or numbered (int) KEY, with those of POLICY_GROUPS it is in,
-    primary or supplementary; None if NSS does not know it."""
+    primary or supplementary; None if NSS does not know it. CHECK_ALIAS: for a name, also ask
+    which name its uid has (getpwuid), to tell a second passwd entry of that uid (`useradd -o`)."""
     try:
         pw = pwd.getpwnam(key) if isinstance(key, str) else pwd.getpwuid(key)
     except KeyError:
         return None
+    alias_of = ""
+    if check_alias and isinstance(key, str):
+        try:
+            primary = pwd.getpwuid(pw.pw_uid).pw_name
+        except KeyError:  # NSS changed between the two lookups: no name to compare with
+            primary = "?"
+        alias_of = "" if primary == pw.pw_name else primary
     groups: frozenset[str] = frozenset()
     if policy_groups:  # initgroups through NSS only when the policy names groups
         gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
         groups = frozenset(g for g in policy_groups if _gid(g) in gids)
-    return Account(pw.pw_name, pw.pw_uid, groups, pw.pw_gid)
+    return Account(pw.pw_name, pw.pw_uid, groups, pw.pw_gid, alias_of)
 
 
 def _gid(group: str) -> int | None:
@@ -53,12 +64,33 @@ def _gid(group: str) -> int | None:
         return None
 
 
+def user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def warn_unknown_names(config: Config) -> int:
+    """Log one warning per user or group the policy names that NSS does not know; not fatal:
+    NSS may be down, or the account made later. Return how many; at startup and each reload."""
+    unknown = unknown_names(config, user_exists, lambda name: _gid(name) is not None)
+    for key, name in unknown:
+        kind = "user" if key.endswith("_users") else "group"
+        log.warning("config key '%s': no %s %r in NSS (a typo, not made yet, or NSS down); "
+                    "its rule matches no one until it exists; `slurmjwt doctor` lists them",
+                    key, kind, name)
+    return len(unknown)
+
+
 def parse_lifetime(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit() or len(text) > 9 or int(text) == 0:
+    seconds = parse_number(text)
+    if not seconds:  # None (not 1 to 9 ASCII digits) or 0
         raise ProtocolError(Code.BAD_REQUEST, "lifetime must be a whole number of seconds, 1 or more")
-    return int(text)
+    return seconds
 
 
 Fields = dict[str, object]
@@ -88,8 +120,10 @@ class Operations:
         self._refuse("-", caller, code, code.value, message)
         return encode_error(code, message)
 
-    def answer(self, caller: Caller, buf: bytes, end: int) -> bytes | Pending:
-        """Turn one request into one answer line; every refusal becomes its code here."""
+    def answer(self, caller: Caller, buf: bytes, end: int,
+               root_socket: bool = False) -> bytes | Pending:
+        """Turn one request into one answer line; every refusal becomes its code here.
+        ROOT_SOCKET: it came through the root socket, the only one taking OPEN and CLOSE."""
         op = "-"
         try:
             if end + 1 != len(buf):
@@ -102,6 +136,12 @@ class Operations:
             extra = set(request.args) - allowed
             if extra:
                 raise ProtocolError(Code.BAD_REQUEST, f"{request.op} takes no argument {min(extra)}")
+            if request.op in ("OPEN", "CLOSE") and caller.is_root and not root_socket:
+                raise self._refuse(op, caller, Code.PERMISSION_DENIED, "public-socket",
+                                   f"{request.op} is taken only on the root socket "
+                                   f"{self.state.config.root_socket}; point pam_slurmjwt's "
+                                   f"socket= at it", user=request.args.get("user"),
+                                   session=request.args.get("session"))
             result = getattr(self, "_op_" + op)(caller, request)
             return result if isinstance(result, Pending) else encode_ok(result)
         except ProtocolError as exc:
@@ -144,7 +184,10 @@ class Operations:
         lifetime = parse_lifetime(request.args.get("lifetime"))
         name = request.args.get("user")
         groups = self.state.config.policy_groups
-        target = lookup_account(caller.uid if name is None else name, groups)
+        # a user naming herself is checked against her uid's name: another entry of that uid
+        # (useradd -o) would be another Slurm user, with other associations and limits
+        target = lookup_account(caller.uid if name is None else name, groups,
+                                check_alias=not caller.is_root)
         shown = name if name is not None else f"uid {caller.uid}"
         has_session = (not caller.is_root and target is not None and target.uid == caller.uid
                        and self.state.registry.has_live_session(target.uid))

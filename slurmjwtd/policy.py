@@ -4,8 +4,10 @@ The server gathers the facts (the kernel's word on the caller, NSS's word on the
 target account and its groups, the session registry's word on live sessions) and
 asks here. Every decision names the rule that made it, for the audit log.
 
-Order: the account must exist; only root may ask for someone else; min_uid; deny
-lists (deny wins); allow lists; lifetimes; root needs no session; others do.
+Order: the account must exist; only root may ask for someone else, and for a name that is
+not its uid's own (a second passwd entry of the uid); min_uid; deny lists (deny wins); allow
+lists; lifetimes; root needs no session; others do. The lists apply to the name minted:
+deny_users to the login name and to the Slurm name it maps to alike.
 Per-group lifetimes: of the user's groups that have a rule, the shortest wins, for
 the default and for the maximum alike, so the order of groups never matters and the
 most cautious rule holds. A group rule replaces the global lifetime and max_lifetime
@@ -15,6 +17,7 @@ most cautious rule holds. A group rule replaces the global lifetime and max_life
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .config import Config
 from .protocol import Code
@@ -39,6 +42,7 @@ class Account:
     uid: int
     groups: frozenset[str] = field(default_factory=frozenset)  # those the policy names
     gid: int = -1  # the primary group
+    alias_of: str = ""  # NAME is not its uid's name (getpwuid) but another entry's: that name
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,10 @@ def check_lists(account: Account, config: Config) -> Decision | None:
     """The deny and allow lists; None if they let ACCOUNT through."""
     if not (config.deny_users or config.deny_groups or config.allow_users or config.allow_groups):
         return None
-    if account.name in config.deny_users:
-        return refuse(Code.POLICY_DENIED, "deny-user", f"{account.name} is denied tokens by policy",
-                      f"deny-user:{account.name}")
+    for name in dict.fromkeys((account.name, slurm_name(account.name, config))):
+        if name in config.deny_users:  # the login name, or the Slurm name the token would carry
+            return refuse(Code.POLICY_DENIED, "deny-user", f"{name} is denied tokens by policy",
+                          f"deny-user:{name}")
     denied = sorted(account.groups & set(config.deny_groups))
     if denied:
         return refuse(Code.POLICY_DENIED, "deny-group",
@@ -102,6 +107,10 @@ def decide_mint(caller: Caller, target: Account | None, requested_name: str,
     if not caller.is_root and caller.uid != target.uid:
         return refuse(Code.PERMISSION_DENIED, "other-user",
                       f"uid {caller.uid} may get only its own token, not {target.name}'s")
+    if not caller.is_root and target.alias_of:
+        return refuse(Code.PERMISSION_DENIED, "not-primary-name",
+                      f"{target.name} is another name of uid {target.uid}; its tokens are for "
+                      f"{target.alias_of} only (slurmjwt token without --user)")
     if target.uid < config.min_uid:
         return refuse(Code.BELOW_MIN_UID, "below-min-uid",
                       f"{target.name} (uid {target.uid}) is below min_uid {config.min_uid}")
@@ -137,3 +146,16 @@ def slurm_name(login: str, config: Config) -> str:
     if config.strip_realm and "@" in login:
         return login.split("@", 1)[0]
     return login
+
+
+def unknown_names(config: Config, user_known: Callable[[str], bool],
+                  group_known: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """(key, name) for each user or group the policy names that the lookups (NSS) do not know:
+    a typo, or an account not made yet, whose rule silently matches no one until it exists."""
+    lists = (("allow_users", config.allow_users, user_known),
+             ("deny_users", config.deny_users, user_known),
+             ("allow_groups", config.allow_groups, group_known),
+             ("deny_groups", config.deny_groups, group_known),
+             ("group_lifetime", config.group_lifetime, group_known),
+             ("group_max_lifetime", config.group_max_lifetime, group_known))
+    return [(key, name) for key, names, known in lists for name in names if not known(name)]

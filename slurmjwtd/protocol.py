@@ -27,6 +27,7 @@ _KEY = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _OP = re.compile(r"[A-Z]{1,16}\Z")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NUMBER = re.compile(r"[0-9]{1,9}\Z")  # ASCII only: str.isdigit() also takes "²" and "٣"
 
 
 class Code(str, enum.Enum):
@@ -89,6 +90,12 @@ def unquote(value: str) -> str:
     if _CONTROL.search(text):
         raise ValueError("control character")
     return text
+
+
+def parse_number(value: str) -> int | None:
+    """VALUE as a number if it is 1 to 9 ASCII digits, else None. int() alone would also take
+    Arabic-Indic digits, " 1", "+1" and "1_000"; str.isdigit() takes "²", which int() rejects."""
+    return int(value) if _NUMBER.match(value) else None
 
 
 def _encode_pairs(pairs: dict[str, object]) -> str:

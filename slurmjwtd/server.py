@@ -5,6 +5,10 @@ One thread runs an epoll loop. It accepts, asks the kernel who connected
 closes. Each decision takes tens of microseconds and never waits on a client,
 so a client that hangs or floods costs the others nothing: it is dropped at
 its deadline. What a request means, and every refusal, is operations.py's.
+
+It listens on two sockets: the public one (0666) and the root one (0600), where
+the logins' OPEN and CLOSE come, with its own backlog, served first in each turn:
+users flooding the public socket cannot make a login wait for a place in a queue.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Callable
 
 from . import __version__
 from .config import Config
-from .operations import Operations, Pending
+from .operations import Operations, Pending, warn_unknown_names
 from .policy import Caller
 from .protocol import MAX_REQUEST, Code
 from .ratelimit import RateLimiter
@@ -40,6 +44,7 @@ _ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descr
 _PRUNE_INTERVAL = 60.0  # seconds between sweeps for sessions whose leader has gone
 _STATUS_INTERVAL = 1.0  # seconds between STATUS= updates to systemd, when the counters moved
 _NOWAIT = socket.MSG_DONTWAIT  # per call, which spares a fcntl per connection
+_AUDIT_FLUSH = 0.5  # seconds between writing the counts of refusal summaries that are due
 
 
 class StartupError(Exception):
@@ -52,6 +57,8 @@ class Connection:
     caller: Caller
     deadline: float
     buf: bytes = b""
+    root_socket: bool = False  # came through the root socket
+    refused: bool = False  # answered `busy` at once; kept only until the client has written
 
 
 def peer_caller(sock: socket.socket) -> Caller:
@@ -60,8 +67,8 @@ def peer_caller(sock: socket.socket) -> Caller:
     return Caller(uid=uid, gid=gid, pid=pid)
 
 
-def bind_socket(path: str) -> socket.socket:
-    """Bind PATH (mode 0666), refusing to steal it from a daemon that still answers."""
+def bind_socket(path: str, mode: int = 0o666) -> socket.socket:
+    """Bind PATH (MODE), refusing to steal it from a daemon that still answers."""
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     if os.path.lexists(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -77,8 +84,16 @@ def bind_socket(path: str) -> socket.socket:
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    os.chmod(path, 0o666)
+    umask = os.umask(0o177)  # no moment in which the root socket is open to others
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"socket {path}: cannot make it ({exc.strerror}); its directory must "
+                           f"be writable by the daemon's user") from None
+    finally:
+        os.umask(umask)
+    os.chmod(path, mode)
     sock.listen(512)
     return sock
 
@@ -104,11 +119,13 @@ class Server:
         self._load = load
         self._notifier = notifier or Notifier()
         self._selector = selectors.DefaultSelector()
-        self._listener: socket.socket | None = None
-        self._bound_path: str | None = None
+        self._listeners: dict[str, socket.socket] = {}  # "public", "root"
+        self._paused: set[str] = set()  # listeners not accepting for _ACCEPT_PAUSE (EMFILE)
+        self._bound_paths: list[str] = []
         # deadlines are now + a constant, so insertion order is deadline order
         self._pending: collections.OrderedDict[int, Connection] = collections.OrderedDict()
         self._per_uid: collections.Counter[int] = collections.Counter()
+        self._refused_per_uid: collections.Counter[int] = collections.Counter()  # `busy`, waiting
         self._signals: list[int] = []
         self._stopping = False
         self._timers: dict[str, float] = {"prune": time.monotonic() + _PRUNE_INTERVAL}
@@ -116,6 +133,7 @@ class Server:
             self._timers["status"] = time.monotonic() + _STATUS_INTERVAL
         if self._notifier.watchdog_interval:
             self._timers["watchdog"] = time.monotonic()
+        self._timers["audit"] = time.monotonic() + _AUDIT_FLUSH
         self._status_shown = ""
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._signed_r, self._signed_w = socket.socketpair()  # worker threads: "a token is ready"
@@ -123,8 +141,9 @@ class Server:
         self.ops = Operations(state)
 
     # -- life -------------------------------------------------------------------------------
-    def startup(self, listener: socket.socket | None = None) -> None:
-        """Load the registry, listen (on LISTENER if systemd passed one), then say READY=1."""
+    def startup(self, listeners: tuple[socket.socket, socket.socket] | None = None) -> None:
+        """Load the registry, listen (on LISTENERS, public and root, if systemd passed them),
+        then say READY=1."""
         config = self.state.config
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:  # each waiting client holds a descriptor: allow as many as we may
@@ -134,12 +153,19 @@ class Server:
             live = self.state.registry.load()
         except (OSError, ValueError) as exc:
             raise StartupError(str(exc)) from None
-        if listener is None:
-            listener = bind_socket(config.socket)
-            self._bound_path = config.socket
-        listener.setblocking(False)
-        self._listener = listener
-        self._selector.register(listener, selectors.EVENT_READ, None)
+        if listeners is None:
+            public = bind_socket(config.socket)
+            try:
+                listeners = (public, bind_socket(config.root_socket, 0o600))
+            except BaseException:
+                public.close()
+                os.unlink(config.socket)
+                raise
+            self._bound_paths += [config.socket, config.root_socket]
+        for name, listener in zip(("public", "root"), listeners):
+            listener.setblocking(False)
+            self._listeners[name] = listener
+            self._selector.register(listener, selectors.EVENT_READ, name)
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, "signal")
@@ -149,8 +175,9 @@ class Server:
         signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        log.info("slurmjwtd %s ready: socket=%s signer=%s sessions=%d", __version__,
-                 config.socket, self.state.signer.name, live)
+        log.info("slurmjwtd %s ready: socket=%s root_socket=%s signer=%s sessions=%d", __version__,
+                 config.socket, config.root_socket, self.state.signer.name, live)
+        warn_unknown_names(config)
         self._notifier.send("READY=1", "STATUS=" + self._status_text())
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -159,9 +186,12 @@ class Server:
     def serve(self) -> None:
         while not (self._stopping and not self._pending and not self._signing):
             due = min(self._timers.values())
-            for key, _ in self._selector.select(self._next_timeout(due)):
-                if key.data is None:
-                    self._accept()
+            ready = self._selector.select(self._next_timeout(due))
+            if len(ready) > 1:  # the root socket first: logins never wait behind users
+                ready.sort(key=lambda event: event[0].data != "root")
+            for key, _ in ready:
+                if key.data == "public" or key.data == "root":
+                    self._accept(key.data)
                 elif key.data == "signal":
                     self._handle_signals()
                 elif key.data == "signed":
@@ -178,8 +208,8 @@ class Server:
 
     def shutdown(self) -> None:
         """Stop listening, let requests in flight finish (serve() did), save the registry."""
-        if self._listener is not None:
-            self._close_listener()
+        if self._listeners:
+            self._close_listeners()
         try:
             self.state.registry.save()
         except OSError as exc:
@@ -198,7 +228,7 @@ class Server:
             log.info("stopping: finishing %d request(s) in flight", len(self._pending))
             self._notifier.send("STOPPING=1")
             self._stopping = True
-            self._close_listener()
+            self._close_listeners()
 
     def reload(self) -> None:
         """Re-read the configuration and the key; on any error keep both old ones.
@@ -213,30 +243,36 @@ class Server:
         except Exception as exc:  # ConfigError, KeyFileError, or anything a loader raises
             log.error("reload refused, still serving with the old configuration and key: %s", exc)
         else:
-            fixed = [k for k in ("socket", "session_file") if getattr(config, k) != getattr(old, k)]
+            fixed = [k for k in ("socket", "root_socket", "session_file")
+                     if getattr(config, k) != getattr(old, k)]
             if fixed:
                 log.warning("%s changed: that takes a restart; keeping %s until then",
                             " and ".join(fixed), ", ".join(getattr(old, k) for k in fixed))
-                config = dataclasses.replace(config, socket=old.socket, session_file=old.session_file)
+                config = dataclasses.replace(config, socket=old.socket, root_socket=old.root_socket,
+                                             session_file=old.session_file)
             if (config.rate_limit, config.rate_window) != (old.rate_limit, old.rate_window):
                 self.state.limiter = RateLimiter(config.rate_limit, config.rate_window)
             self.state.config, self.state.signer = config, signer
+            self.state.audit.interval = config.audit_summary_interval
             log.info("reloaded: signer=%s lifetime=%d max_lifetime=%d", signer.name,
                      config.lifetime, config.max_lifetime)
+            warn_unknown_names(config)
         self._notifier.send("READY=1", "STATUS=" + self._status_text())
 
-    def _close_listener(self) -> None:
-        assert self._listener is not None
-        if "resume_accept" not in self._timers:
-            self._selector.unregister(self._listener)
+    def _close_listeners(self) -> None:
+        for name, listener in self._listeners.items():
+            if name not in self._paused:
+                self._selector.unregister(listener)
+            listener.close()
+        self._listeners.clear()
+        self._paused.clear()
         self._timers.pop("resume_accept", None)
-        self._listener.close()
-        self._listener = None
-        if self._bound_path is not None:
+        for path in self._bound_paths:
             try:
-                os.unlink(self._bound_path)
+                os.unlink(path)
             except FileNotFoundError:
                 pass
+        self._bound_paths.clear()
 
     # -- timers -----------------------------------------------------------------------------
     def _next_timeout(self, due: float) -> float:
@@ -257,8 +293,13 @@ class Server:
 
     def _on_resume_accept(self, now: float) -> None:
         del self._timers["resume_accept"]
-        if self._listener is not None:
-            self._selector.register(self._listener, selectors.EVENT_READ, None)
+        for name in self._paused:
+            self._selector.register(self._listeners[name], selectors.EVENT_READ, name)
+        self._paused.clear()
+
+    def _on_audit(self, now: float) -> None:
+        self._timers["audit"] = now + _AUDIT_FLUSH
+        self.state.audit.flush(now)
 
     def _on_status(self, now: float) -> None:
         self._timers["status"] = now + _STATUS_INTERVAL
@@ -286,28 +327,34 @@ class Server:
             log.error("could not save sessions to %s: %s", registry.path, exc.strerror)
 
     # -- connections ------------------------------------------------------------------------
-    def _accept(self) -> None:
-        assert self._listener is not None
+    def _accept(self, name: str) -> None:
+        listener = self._listeners[name]
+        root_socket = name == "root"
         for _ in range(_ACCEPT_BURST):
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: serve those we have, retry shortly
                 log.error("accept: %s; pausing new connections for %g s", exc.strerror,
                           _ACCEPT_PAUSE)
-                self._selector.unregister(self._listener)
+                self._selector.unregister(listener)
+                self._paused.add(name)
                 self._timers["resume_accept"] = time.monotonic() + _ACCEPT_PAUSE
                 return
             caller = peer_caller(sock)
+            deadline = time.monotonic() + self.state.config.client_timeout
             if not caller.is_root and self._per_uid[caller.uid] >= self.state.config.max_clients_per_uid:
-                self._refuse_quietly(sock, caller, Code.BUSY, "too many connections from this uid")
+                self._refuse_busy(sock, caller, deadline)
                 continue
-            conn = Connection(sock, caller, time.monotonic() + self.state.config.client_timeout)
+            conn = Connection(sock, caller, deadline, root_socket=root_socket)
             self._per_uid[caller.uid] += 1
             self._read(conn, fresh=True)
 
     def _read(self, conn: Connection, fresh: bool = False) -> None:
+        if conn.refused:  # its request (or hang-up) is in: it has read, or can read, its `busy`
+            self._drop_refused(conn)
+            return
         try:
             data = conn.sock.recv(MAX_REQUEST + 1 - len(conn.buf), _NOWAIT)
         except BlockingIOError:
@@ -321,9 +368,9 @@ class Server:
             self._finish(conn, None)
             return
         conn.buf += data
-        end = conn.buf.find(b"\n")
+        end = conn.buf.find(b"\n", 0, MAX_REQUEST)  # at most MAX_REQUEST bytes, newline included
         if end >= 0:
-            reply = self.ops.answer(conn.caller, conn.buf, end)
+            reply = self.ops.answer(conn.caller, conn.buf, end, conn.root_socket)
             if isinstance(reply, Pending):  # no client deadline, no reading, while signing
                 if self._pending.pop(conn.sock.fileno(), None) is not None:
                     self._selector.unregister(conn.sock)
@@ -331,7 +378,7 @@ class Server:
                 reply.future.add_done_callback(self._wake_signed)
             else:
                 self._finish(conn, reply)
-        elif len(conn.buf) > MAX_REQUEST - 1:
+        elif len(conn.buf) >= MAX_REQUEST:
             self._finish(conn, self.ops.refusal(conn.caller, Code.TOO_LARGE,
                                              f"request longer than {MAX_REQUEST} bytes"))
         elif fresh:
@@ -343,6 +390,9 @@ class Server:
             conn = next(iter(self._pending.values()))
             if conn.deadline > now:
                 return
+            if conn.refused:
+                self._drop_refused(conn)
+                continue
             self._finish(conn, self.ops.refusal(conn.caller, Code.TIMEOUT,
                                              "no complete request within the deadline"))
 
@@ -359,13 +409,37 @@ class Server:
                 pass
         conn.sock.close()
 
-    def _refuse_quietly(self, sock: socket.socket, caller: Caller, code: Code, message: str) -> None:
-        reply = self.ops.refusal(caller, code, message)
+    def _refuse_busy(self, sock: socket.socket, caller: Caller, deadline: float) -> None:
+        """Answer `busy` now, before reading, but close only once the client has written its
+        request (or hung up, or its deadline passed): closing first would fail its write
+        (EPIPE) before it reads the answer. At most max_clients_per_uid such connections
+        per uid wait; beyond them, close at once (clients read after a failed write)."""
         try:
-            sock.send(reply, _NOWAIT)
+            sock.send(self.ops.refusal(caller, Code.BUSY, "too many connections from this uid"),
+                      _NOWAIT)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if self._refused_per_uid[caller.uid] >= self.state.config.max_clients_per_uid:
+            sock.close()
+            return
+        self._refused_per_uid[caller.uid] += 1
+        conn = Connection(sock, caller, deadline, refused=True)
+        self._pending[sock.fileno()] = conn
+        self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _drop_refused(self, conn: Connection) -> None:
+        try:
+            conn.sock.recv(MAX_REQUEST + 1, _NOWAIT)  # what it wrote; unread, it would get a reset
         except OSError:
             pass
-        sock.close()
+        del self._pending[conn.sock.fileno()]
+        self._selector.unregister(conn.sock)
+        self._refused_per_uid[conn.caller.uid] -= 1
+        if self._refused_per_uid[conn.caller.uid] <= 0:
+            del self._refused_per_uid[conn.caller.uid]
+        conn.sock.close()
 
     def _wake_signed(self, future: Future) -> None:  # runs in the worker thread
         try:

@@ -23,17 +23,27 @@ def journal_stream() -> bool:
     return expected == f"{st.st_dev}:{st.st_ino}"
 
 
-def inherited_listener() -> socket.socket | None:
-    """The listening socket systemd passed (LISTEN_FDS), or None to bind our own."""
-    fds = daemon.listen_fds()  # also unsets LISTEN_FDS, LISTEN_PID
-    if not fds:
+LISTENER_NAMES = ("public", "root")  # FileDescriptorName= of the two socket units
+
+
+def inherited_listeners() -> tuple[socket.socket, socket.socket] | None:
+    """The public and the root listening sockets systemd passed (LISTEN_FDS, told apart by
+    LISTEN_FDNAMES), or None to bind our own."""
+    named = daemon.listen_fds_with_names()  # also unsets LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES
+    if not named:
         return None
-    if len(fds) != 1:
-        raise ValueError(f"systemd passed {len(fds)} sockets; slurmjwtd.socket must have exactly one "
-                         f"ListenStream=")
-    if not daemon.is_socket_unix(fds[0], socket.SOCK_STREAM, 1):
-        raise ValueError("the socket systemd passed is not a listening Unix stream socket")
-    return socket.socket(fileno=fds[0])
+    by_name = {name: fd for fd, name in named.items()}
+    if sorted(named.values()) != sorted(LISTENER_NAMES):
+        raise ValueError(f"systemd passed sockets named {', '.join(map(str, named.values()))}; "
+                         f"slurmjwtd needs two, FileDescriptorName=public (slurmjwtd.socket) and "
+                         f"FileDescriptorName=root (slurmjwtd-root.socket): install both units "
+                         f"of this version and run systemctl daemon-reload")
+    for name, fd in by_name.items():
+        if not daemon.is_socket_unix(fd, socket.SOCK_STREAM, 1):
+            raise ValueError(f"the socket systemd passed as {name} is not a listening Unix "
+                             f"stream socket")
+    public, root = (socket.socket(fileno=by_name[name]) for name in LISTENER_NAMES)
+    return public, root
 
 
 class Notifier:
@@ -43,8 +53,8 @@ class Notifier:
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", str(os.getpid()))
-        self.watchdog_interval = (int(usec) / 2e6 if usec.isdigit() and pid == str(os.getpid())
-                                  else None)  # ping twice per WatchdogSec=
+        self.watchdog_interval = (int(usec) / 2e6 if usec.isascii() and usec.isdigit()
+                                  and pid == str(os.getpid()) else None)  # twice per WatchdogSec=
 
     def send(self, *assignments: str) -> None:
         if self.enabled:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
-from .audit import AuditLog
+from .audit import AuditLog, RefusalSummary
 from .config import Config
 from .ratelimit import RateLimiter
 from .sessions import SessionRegistry
@@ -26,10 +27,12 @@ class DaemonState:
     config: Config
     signer: Signer
     registry: SessionRegistry
-    audit: AuditLog = field(default_factory=AuditLog)
+    audit_log: Callable[..., None] = field(default_factory=AuditLog)  # where audit lines go
+    audit: RefusalSummary = field(init=False)  # what decisions are audited through
     limiter: RateLimiter = field(init=False)
     counters: Counters = field(default_factory=Counters)
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.config.rate_limit, self.config.rate_window)
+        self.audit = RefusalSummary(self.audit_log, self.config.audit_summary_interval)

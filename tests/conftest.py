@@ -122,6 +122,12 @@ class Daemon:
         return str(self.settings.get("socket", self.dir / "sock"))
 
     @property
+    def root_socket(self) -> str:
+        """Root's socket (0600): the only one taking OPEN and CLOSE, so the PAM module's;
+        next to the public one unless set."""
+        return str(self.settings.get("root_socket", Path(self.socket).with_name("root.sock")))
+
+    @property
     def key_file(self) -> Path:
         return Path(str(self.settings.get("key_file", self.dir / "jwt_hs256.key")))
 
@@ -130,7 +136,8 @@ class Daemon:
         return (self.dir / "daemon.log").read_text()
 
     def config_text(self) -> str:
-        values = {"socket": self.socket, "session_file": str(self.dir / "sessions.json"),
+        values = {"socket": self.socket, "root_socket": self.root_socket,
+                  "session_file": str(self.dir / "sessions.json"),
                   "key_file": str(self.key_file)} | self.settings
         return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
 

@@ -38,7 +38,7 @@ def test_user_without_a_session_is_refused(daemon, users):
 
 def test_root_opens_a_session_then_the_user_gets_their_own_token(daemon, users, leaders):
     alice = users["alice"].pw_name
-    leader = leaders(daemon.socket, alice, tty="/dev/pts/9", rhost="10.0.0.5", service="sshd")
+    leader = leaders(daemon.root_socket, alice, tty="/dev/pts/9", rhost="10.0.0.5", service="sshd")
     c = claims(daemon, token_of(daemon.token_as(alice)))
     assert c["sun"] == alice and c["exp"] - c["iat"] == 3600 and len(c["jti"]) == 16
     short = claims(daemon, token_of(daemon.token_as(alice, "--lifetime", "600")))
@@ -52,14 +52,14 @@ def test_root_opens_a_session_then_the_user_gets_their_own_token(daemon, users, 
 
 
 def test_a_session_counts_only_for_its_own_user(daemon, users, leaders):
-    leaders(daemon.socket, users["alice"].pw_name)
+    leaders(daemon.root_socket, users["alice"].pw_name)
     assert daemon.token_as(users["bob"].pw_name).returncode == 5
 
 
 def test_a_user_cannot_get_a_token_for_another(daemon, users, leaders):
     alice, bob = users["alice"].pw_name, users["bob"].pw_name
-    leaders(daemon.socket, alice)
-    leaders(daemon.socket, bob)
+    leaders(daemon.root_socket, alice)
+    leaders(daemon.root_socket, bob)
     result = daemon.token_as(alice, "--user", bob)
     assert result.returncode == 4 and "permission-denied" in result.stderr
     assert result.stdout == ""
@@ -68,7 +68,7 @@ def test_a_user_cannot_get_a_token_for_another(daemon, users, leaders):
 
 def test_a_session_whose_leader_died_stops_counting(daemon, users, leaders):
     alice = users["alice"].pw_name
-    leader = leaders(daemon.socket, alice)
+    leader = leaders(daemon.root_socket, alice)
     assert daemon.token_as(alice).returncode == 0
     leader.die()
     assert daemon.token_as(alice).returncode == 5
@@ -94,7 +94,7 @@ def raw_call_as(caller: str, socket: str, op: str, **args: str):
 def test_only_root_opens_and_closes_sessions(daemon, users, leaders):
     alice = users["alice"].pw_name
     assert raw_call_as(alice, daemon.socket, "OPEN", user=alice) == (False, "permission-denied")
-    leader = leaders(daemon.socket, alice)
+    leader = leaders(daemon.root_socket, alice)
     assert raw_call_as(alice, daemon.socket, "CLOSE", session=leader.session) == (
         False, "permission-denied")
     assert daemon.token_as(alice).returncode == 0  # the session is still open
@@ -111,16 +111,16 @@ def test_unknown_low_uid_and_greedy_requests_are_refused(daemon, users):
     greedy = run_as("root", SLURMJWT, "token", "--user", users["alice"].pw_name,
                     "--lifetime", "43201", env=env)
     assert greedy.returncode == 4 and "lifetime-too-long" in greedy.stderr
-    answer = call(daemon.socket, "OPEN", {"user": users["sys"].pw_name})
+    answer = call(daemon.root_socket, "OPEN", {"user": users["sys"].pw_name})
     assert not answer.ok and answer.code == "below-min-uid"
 
 
 def test_sessions_survive_a_restart(make_daemon, users, leaders):
     alice = users["alice"].pw_name
     d = make_daemon()
-    leaders(d.socket, alice)
+    leaders(d.root_socket, alice)
     assert d.stop() == 0
-    assert not os.path.exists(d.socket)
+    assert not os.path.exists(d.socket) and not os.path.exists(d.root_socket)
     saved = d.dir / "sessions.json"
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert [s["user"] for s in json.loads(saved.read_text())] == [alice]
@@ -131,7 +131,7 @@ def test_sessions_survive_a_restart(make_daemon, users, leaders):
 def test_every_decision_is_audited_and_no_token_is_logged(make_daemon, users, leaders):
     alice, bob = users["alice"].pw_name, users["bob"].pw_name
     d = make_daemon()
-    leader = leaders(d.socket, alice, tty="/dev/pts/4", rhost="192.0.2.7", service="sshd")
+    leader = leaders(d.root_socket, alice, tty="/dev/pts/4", rhost="192.0.2.7", service="sshd")
     token = token_of(d.token_as(alice))
     d.token_as(bob)
     leader.close()
@@ -153,7 +153,7 @@ def test_every_decision_is_audited_and_no_token_is_logged(make_daemon, users, le
 
 def test_cli_show_status_and_errors(daemon, users, leaders):
     alice = users["alice"].pw_name
-    leaders(daemon.socket, alice)
+    leaders(daemon.root_socket, alice)
     env = {"SLURMJWT_SOCKET": daemon.socket}
     token = token_of(daemon.token_as(alice))
     shown = run_as(alice, SLURMJWT, "show", env={"SLURM_JWT": token})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -169,11 +170,35 @@ def test_correct_setup_through_the_cli(site):
 # -- each broken piece ----------------------------------------------------------------------
 
 def test_daemon_down(site, capsys):
+    """Nothing at the socket the configuration names: start the daemon."""
     missing = str(site.dir / "nothing.sock")
-    out = assert_problem(site.cli(socket=missing), "daemon", f"cannot reach slurmjwtd at {missing}",
-                         fix="systemctl start slurmjwtd.socket")
+    config = site.dir / "down.toml"
+    config.write_text(re.sub(r'(?m)^socket = .*$', f'socket = "{missing}"', site.config.read_text()))
+    out = assert_problem(site.cli(socket=missing, config=str(config)), "daemon",
+                         f"cannot reach slurmjwtd at {missing}", fix="systemctl start slurmjwtd.socket")
     assert "journalctl -u slurmjwtd" in block(out, "daemon")
     assert lines_of(out, "ok", "key")  # the other checks still ran
+
+
+def test_wrong_socket_path(site, capsys):
+    """Nothing at a --socket other than the configuration's: the path is wrong, not the daemon."""
+    missing = str(site.dir / "typo.sock")
+    out = assert_problem(site.cli(socket=missing), "daemon", f"cannot reach slurmjwtd at {missing}",
+                         fix=f"nothing is at {missing} (slurmjwtd listens on {site.socket} and ")
+    text = block(out, "daemon")
+    assert "the socket path is wrong" in text and f"or with --socket {site.socket}" in text
+    assert "systemctl start" not in text
+    not_a_socket = site.dir / "plain-file"
+    not_a_socket.write_text("")
+    out = assert_problem(site.python(capsys, socket=str(not_a_socket)), "daemon",
+                         fix=f"{not_a_socket} is not a socket (slurmjwtd listens on {site.socket} and ")
+
+
+def test_over_long_socket_path(site, capsys):
+    path = "/tmp/" + "s" * 199
+    out = assert_problem(site.cli(socket=path), "daemon", "is 204 bytes, longer than the 107 a Unix "
+                         "socket allows", fix=f"run doctor with --socket {site.socket}")
+    assert "None" not in block(out, "daemon")
 
 
 def test_something_else_on_the_socket(site, capsys):
@@ -315,6 +340,42 @@ def test_pam_line_through_include(site, capsys):
     status, out = site.python(capsys)
     assert status == 0, out
     assert lines_of(out, "ok", "pam") == [f"ok      pam: {site.dir}/common-session:1: session optional {MODULE}"]
+
+
+def test_module_in_other_stacks_is_a_warning(site, capsys):
+    """Debian's common-session is included by su, login, sudo -i, runuser...: the module there
+    opens a login session for each of them. Each stack that runs it is named, with the line."""
+    d = site.dir
+    (d / "common-session").write_text(f"session required pam_unix.so\nsession optional {MODULE}\n")
+    (d / "common-session-noninteractive").write_text("session required pam_unix.so\n")
+    site.pam_file.write_text("@include common-session\n")  # sshd's own: fine
+    status, out = site.python(capsys)
+    assert lines_of(out, "ok", "pam stacks") == [
+        f"ok      pam stacks: no PAM stack in {d} but sshd runs pam_slurmjwt.so"], out
+    (d / "su").write_text("auth sufficient pam_rootok.so\n@include common-session\n")
+    (d / "sudo-i").write_text("session include su\n")
+    (d / "cron").write_text("@include common-session-noninteractive\n")  # no module: not named
+    (d / "login").write_text(f"session optional {MODULE} debug\n")
+    (d / "runuser").write_text(f"# session optional {MODULE}\nauth optional {MODULE}\n")  # not sessions
+    (d / "su.dpkg-old").write_text(f"session optional {MODULE}\n")  # no service reads it
+    status, out = site.python(capsys)
+    assert status == 0, out  # a warning
+    text = block(out, "pam stacks")
+    assert text.splitlines()[0] == (
+        f"WARNING pam stacks: pam_slurmjwt.so runs in stacks other than sshd's: login ({d}/login:1), "
+        f"su ({d}/common-session:2), sudo-i ({d}/common-session:2)"), text
+    assert "a cron job or an su then counts as a login" in text
+    assert f"fix: remove the line from {d}/common-session, {d}/login and keep 'session optional " \
+           f"pam_slurmjwt.so' in {site.pam_file} alone" in text
+    assert lines_of(out, "ok", "pam")  # sshd's own stack is still right
+    # --pam-dir names another directory of stacks
+    elsewhere = d / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "cron").write_text(f"-session optional {MODULE}\n")
+    result = subprocess.run([*site.argv(), "--pam-dir", str(elsewhere)], capture_output=True,
+                            text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert block(result.stdout, "pam stacks").splitlines()[0].endswith(
+        f"other than sshd's: cron ({elsewhere}/cron:1)"), result.stdout
 
 
 def test_pam_module_not_installed(site, capsys):
@@ -846,3 +907,26 @@ def test_run_program(tmp_path, monkeypatch):
     monkeypatch.setattr(doctor, "RUN_TIMEOUT", 0.3)
     with pytest.raises(RunFailed, match=r"^/bin/sleep gave no answer in 0.3 s$"):
         run_program(["/bin/sleep", "10"], {})
+
+
+def test_policy_names_unknown_to_nss_are_a_warning(site, capsys, users):
+    """Names the policy lists that NSS does not know: one WARNING, topic policy, not a problem."""
+    config = site.dir / "policy.toml"
+    config.write_text(site.config.read_text() + toml_lines(
+        deny_users=["sjt-nosuch-user", users["bob"].pw_name], allow_groups=["sjt-nosuch-group", "root"],
+        group_max_lifetime={"sjt-nosuch-g2": 60}))
+    status, out = site.python(capsys, config=str(config))
+    assert status == 0, out
+    text = block(out, "policy")
+    assert text.startswith("WARNING policy: NSS knows no such user or group: deny_users: "
+                           "sjt-nosuch-user; allow_groups: sjt-nosuch-group; "
+                           "group_max_lifetime: sjt-nosuch-g2\n"), text
+    assert users["bob"].pw_name not in text and f"correct the name in {config}" in text
+    assert out.splitlines()[-1] == "0 problems, 1 warning"
+    status, out = site.python(capsys)  # the shared daemon's names no one: ok
+    assert len(lines_of(out, "ok", "policy")) == 1, out
+
+
+def toml_lines(**values: object) -> str:
+    from slurmjwtd.config import toml_value
+    return "".join(f"{key} = {toml_value(value)}\n" for key, value in values.items())

@@ -51,7 +51,7 @@ def links():
 def sshd(daemon, slurm, users, workdir, links):
     environment = workdir / "jobs-environment"
     environment.write_text(f"SLURM_CONF={slurm.conf}\n")
-    stack = pam_stack(daemon.socket)
+    stack = pam_stack(daemon.root_socket)
     stack.insert(-1, f"session  required pam_env.so conffile=/dev/null envfile={environment}")
     server = start_sshd(workdir, "jobs", PORT, stack, users)
     yield server

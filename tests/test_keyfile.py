@@ -8,11 +8,13 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import SLURMJWT, SLURMJWTD, make_key, run_as
+from test_hostile_files import daemon_account  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -35,14 +37,34 @@ def check(key: Path, tmp: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("owner, group, mode", [
     ("slurm", "slurmjwt", 0o640),  # the site guide's own setup
-    ("slurm", "slurm", 0o600),
-    ("root", "root", 0o400),
+    ("root", "slurmjwt", 0o440),
 ])
-def test_safe_keys_pass(keydir, owner, group, mode):
+def test_safe_keys_pass(keydir, daemon_account, owner, group, mode):
+    """Safe, and readable by the unit's User= (slurm:slurm 0600 is safe but not: see
+    test_hostile_files.py)."""
     key = keydir / "jwt_hs256.key"
     make_key(key, owner, group, mode)
     result = check(key, keydir)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("owner, group, mode", [("slurm", "slurm", 0o600), ("root", "root", 0o400)])
+def test_keys_only_their_owner_reads_start_a_daemon_run_as_root(keydir, users, owner, group, mode):
+    key = keydir / "jwt_hs256.key"
+    make_key(key, owner, group, mode)
+    config = keydir / "run.toml"
+    config.write_text(f'key_file = "{key}"\nsocket = "{keydir}/run.sock"\n'
+                      f'session_file = "{keydir}/sessions.json"\nroot_socket = "{keydir}/root.sock"\n')
+    daemon = subprocess.Popen([SLURMJWTD, "--config", str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if (keydir / "run.sock").exists() or daemon.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert (keydir / "run.sock").exists(), daemon.stderr.read() if daemon.poll() is not None else ""
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
 
 
 def case_other_bits(d, users):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pwd
+import shutil
 import socket
 import subprocess
 import threading
@@ -108,7 +110,7 @@ def pamtester(service: str, user: str, *ops: str, prefix: tuple[str, ...] = ()):
 # -- the working path ----------------------------------------------------------------------
 def test_open_session_puts_a_token_in_the_pam_environment(daemon, users, stacks):
     alice = users["alice"].pw_name
-    stacks(daemon.socket)
+    stacks(daemon.root_socket)
     p = pam.PamAuthenticator()
     assert p.authenticate(alice, "", service=SERVICES[1], call_end=False), p.reason
     p.pam_set_item(p.handle, pam.PAM_RHOST, ctypes.c_char_p(b"203.0.113.9"))
@@ -130,7 +132,7 @@ def test_open_session_puts_a_token_in_the_pam_environment(daemon, users, stacks)
 
 
 def test_env_argument_names_the_variable(daemon, users, stacks):
-    stacks(daemon.socket, "env=SLURM_JWT_TOKEN")
+    stacks(daemon.root_socket, "env=SLURM_JWT_TOKEN")
     p = pam.PamAuthenticator()
     assert p.authenticate(users["bob"].pw_name, "", service=SERVICES[0], call_end=False)
     try:
@@ -143,7 +145,7 @@ def test_env_argument_names_the_variable(daemon, users, stacks):
 
 
 def test_pamtester_opens_and_closes(daemon, users, stacks):
-    stacks(daemon.socket)
+    stacks(daemon.root_socket)
     result, _ = pamtester(SERVICES[1], users["alice"].pw_name, "open_session", "close_session")
     assert result.returncode == 0, result.stderr
     lines = [line for line in daemon.log.splitlines() if "rhost=198.51.100.4" in line]
@@ -154,7 +156,7 @@ def test_pamtester_opens_and_closes(daemon, users, stacks):
 
 
 def test_user_refused_by_policy_logs_in_without_a_token(daemon, users, stacks, syslog):
-    stacks(daemon.socket)
+    stacks(daemon.root_socket)
     for service in SERVICES:  # PAM_IGNORE: even a `required` stack lets them in
         p = pam.PamAuthenticator()
         assert p.authenticate(users["sys"].pw_name, "", service=service, call_end=False)
@@ -233,6 +235,89 @@ def test_misbehaving_daemon(workdir, users, stacks, syslog, name):
     assert "a" * 50 not in " ".join(lines)
 
 
+# -- a daemon that lies: the module checks what it can itself --------------------------------
+SHAPED = "eyJhbGciOiJIUzI1NiJ9.eyJzdW4iOiJ4In0.c2lnbmF0dXJl"  # a JWT's shape; nothing verifies it
+
+
+def lying_answers(alice, bob) -> dict[str, str]:
+    """name: an OK answer for alice's login that is wrong in one way the module can see."""
+    ids = f"uid={alice.pw_uid} gid={alice.pw_gid}"
+    return {
+        "empty-token": f"session=s1 token= user={alice.pw_name} {ids}",
+        "not-a-jwt": f"session=s1 token=abc user={alice.pw_name} {ids}",
+        "two-parts": f"session=s1 token=abc.def user={alice.pw_name} {ids}",
+        "four-parts": f"session=s1 token={SHAPED}.x user={alice.pw_name} {ids}",
+        "empty-part": f"session=s1 token=abc..def user={alice.pw_name} {ids}",
+        "not-base64url": f"session=s1 token=a.b~c.d user={alice.pw_name} {ids}",
+        "too-long": f"session=s1 token={'a' * 1500}.{'b' * 1500}.{'c' * 100} {ids}",
+        "empty-session": f"session= token={SHAPED} user={alice.pw_name} {ids}",
+        "bobs-uid": f"session=s1 token={SHAPED} user={alice.pw_name} uid={bob.pw_uid} gid={bob.pw_gid}",
+        "root-uid": f"session=s1 token={SHAPED} user={alice.pw_name} uid=0 gid=0",
+        "other-gid": f"session=s1 token={SHAPED} user={alice.pw_name} uid={alice.pw_uid} gid=0",
+        "uid-not-a-number": f"session=s1 token={SHAPED} user={alice.pw_name} uid=-1 gid={alice.pw_gid}",
+        "bobs-name": f"session=s1 token={SHAPED} user={bob.pw_name} {ids}",
+    }
+
+
+@pytest.mark.parametrize("name", list(lying_answers(pwd.getpwuid(0), pwd.getpwuid(0))))
+def test_lying_daemon_sets_nothing_and_writes_nothing(workdir, users, stacks, syslog, name):
+    """An OK answer whose token is not a JWT, whose session is empty, or whose account is not
+    PAM_USER's passwd entry: one log line, PAM_SESSION_ERR, no variable, no token file anywhere."""
+    alice, bob = users["alice"], users["bob"]
+    tokens = workdir / "tokens"
+    shutil.rmtree(tokens, ignore_errors=True)
+    path = str(workdir / f"liar-{name}.sock")
+    fake = FakeDaemon(path, f"SJWT/1 OK {lying_answers(alice, bob)[name]}\n".encode())
+    stacks(path)
+    try:
+        p = pam.PamAuthenticator()
+        assert p.authenticate(alice.pw_name, "", service=SERVICES[0], call_end=False), p.reason
+        try:
+            assert p.open_session() == pam.PAM_SUCCESS  # `optional`: the login goes on
+            assert p.getenv("SLURM_JWT") is None
+            assert p.close_session() == pam.PAM_SUCCESS  # nothing opened: nothing to close
+        finally:
+            p.end()
+        required, _ = pamtester(SERVICES[1], alice.pw_name)
+    finally:
+        fake.close()
+    assert required.returncode != 0  # PAM_SESSION_ERR
+    assert "Cannot make/remove an entry for the specified session" in required.stderr
+    lines = syslog.module_lines()
+    assert len(lines) == 2, lines
+    assert all("garbled answer from slurmjwtd" in line and alice.pw_name in line for line in lines), lines
+    assert SHAPED.split(".")[2] not in " ".join(lines)  # never the token
+    made = sorted(str(f.relative_to(tokens)) for f in tokens.rglob("*")) if tokens.exists() else []
+    assert made == [], made  # not tokens/0/, not bob's directory, not alice's either
+
+
+def test_truthful_fake_daemon_sets_the_variable(workdir, users, stacks):
+    """The control for the test above: the same fake, answering what the module can check
+    as true, gets its token set and the token file written in alice's own directory."""
+    alice = users["alice"]
+    tokens = workdir / "tokens"
+    shutil.rmtree(tokens, ignore_errors=True)
+    path = str(workdir / "truthful.sock")
+    fake = FakeDaemon(path, f"SJWT/1 OK session=s1 token={SHAPED} user={alice.pw_name} "
+                            f"uid={alice.pw_uid} gid={alice.pw_gid}\n".encode())
+    stacks(path)
+    try:
+        p = pam.PamAuthenticator()
+        assert p.authenticate(alice.pw_name, "", service=SERVICES[1], call_end=False), p.reason
+        try:
+            assert p.open_session() == pam.PAM_SUCCESS
+            assert p.getenv("SLURM_JWT") == SHAPED
+        finally:
+            p.end()
+    finally:
+        fake.close()
+    token_file = tokens / str(alice.pw_uid) / "token"
+    assert token_file.read_text() == SHAPED + "\n"
+    assert (token_file.stat().st_uid, token_file.stat().st_gid) == (alice.pw_uid, alice.pw_gid)
+    assert sorted(p.name for p in tokens.iterdir()) == [str(alice.pw_uid)]
+    shutil.rmtree(tokens)
+
+
 @pytest.mark.parametrize("kind", ["missing", "not-a-socket", "nobody-listening"])
 def test_unreachable_daemon_is_ignored(workdir, users, stacks, syslog, kind):
     path = workdir / f"down-{kind}.sock"
@@ -257,7 +342,7 @@ def test_unreachable_daemon_is_ignored(workdir, users, stacks, syslog, kind):
 
 
 def test_bad_arguments_are_logged_and_ignored(daemon, users, syslog):
-    write_service(SERVICES[1], daemon.socket, "required", "timeout=soon env=1BAD colour=blue")
+    write_service(SERVICES[1], daemon.root_socket, "required", "timeout=soon env=1BAD colour=blue")
     try:
         p = pam.PamAuthenticator()
         assert p.authenticate(users["alice"].pw_name, "", service=SERVICES[1], call_end=False)
@@ -275,7 +360,7 @@ def test_bad_arguments_are_logged_and_ignored(daemon, users, syslog):
 
 
 def test_no_token_in_syslog_even_with_debug(daemon, users, stacks, syslog):
-    stacks(daemon.socket, "debug")
+    stacks(daemon.root_socket, "debug")
     p = pam.PamAuthenticator()
     assert p.authenticate(users["alice"].pw_name, "", service=SERVICES[0], call_end=False)
     try:
@@ -293,13 +378,16 @@ VALGRIND = ("valgrind", "--quiet", "--leak-check=full", "--errors-for-leak-kinds
             "--show-leak-kinds=definite,indirect", "--error-exitcode=99")
 
 
-@pytest.mark.parametrize("case", ["token", "garbage", "down"])
+@pytest.mark.parametrize("case", ["token", "garbage", "liar", "down"])
 def test_no_leaks_under_valgrind(daemon, workdir, users, stacks, case):
     fake = None
-    path = daemon.socket
+    path = daemon.root_socket
     if case == "garbage":
         path = str(workdir / "fake-valgrind.sock")
         fake = FakeDaemon(path, b"SJWT/1 OK nonsense\n")
+    elif case == "liar":  # a JWT-shaped token for another uid: refused after the NSS lookup
+        path = str(workdir / "fake-valgrind-liar.sock")
+        fake = FakeDaemon(path, f"SJWT/1 OK session=s1 token={SHAPED} uid=0 gid=0\n".encode())
     elif case == "down":
         path = str(workdir / "nothing-here.sock")
     stacks(path)

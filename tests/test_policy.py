@@ -3,6 +3,7 @@ per-group lifetimes, the rate limit, name mapping, and `slurmjwt policy` explain
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 
@@ -12,7 +13,7 @@ import pytest
 from conftest import SLURMJWT, run_as, sh
 from slurmjwtd.client import call
 from slurmjwtd.config import Config
-from slurmjwtd.policy import Account, Caller, decide_mint, lifetimes, slurm_name
+from slurmjwtd.policy import Account, Caller, decide_mint, lifetimes, slurm_name, unknown_names
 
 HPC, SHORT, BANNED = "sjt-hpc", "sjt-short", "sjt-banned"
 CAROL = "sjt-carol"  # in no listed group
@@ -81,7 +82,7 @@ def test_deny_users_and_allow_users(make_daemon, users, groups):
 def test_rate_limit_refuses_then_recovers(make_daemon, users, leaders):
     d = make_daemon(rate_limit=3, rate_window=3)
     alice = users["alice"].pw_name
-    leaders(d.socket, alice)
+    leaders(d.root_socket, alice)
     results = [d.token_as(alice) for _ in range(4)]
     assert [r.returncode for r in results] == [0, 0, 0, 4]
     assert "rate-limited" in results[3].stderr
@@ -152,3 +153,103 @@ def test_deny_wins_in_the_pure_decision():
     config = Config(allow_users=("x",), deny_groups=("g",))
     d = decide_mint(Caller(0, 0, 1), Account("x", 2000, frozenset({"g"})), "x", None, False, config)
     assert not d.granted and d.rule == "deny-group:g"
+
+
+# -- names that share a uid (useradd -o) -------------------------------------------------------
+def sun(d, token: str) -> str:
+    return jwt.decode(token, d.key_file.read_bytes(), algorithms=["HS256"])["sun"]
+
+
+def test_a_user_gets_tokens_only_in_her_uids_own_name(make_daemon, users, leaders, alias):
+    """ALIAS has alice's uid: alice, logged in, still gets no token in its name."""
+    d = make_daemon()
+    alice = users["alice"].pw_name
+    leaders(d.root_socket, alice)
+    refused = d.token_as(alice, "--user", alias)
+    assert refused.returncode == 4 and "permission-denied" in refused.stderr, refused.stderr
+    assert f"its tokens are for {alice} only" in refused.stderr
+    for args in ((), ("--user", alice)):
+        granted = d.token_as(alice, *args)
+        assert granted.returncode == 0, granted.stderr
+        assert sun(d, granted.stdout.strip().split("=", 1)[1]) == alice
+    audited = [line for line in d.log.splitlines() if "reason=not-primary-name" in line]
+    assert len(audited) == 1 and f"user={alias} uid={users['alice'].pw_uid} " in audited[0], d.log
+
+
+def test_deny_users_cannot_be_bypassed_through_a_second_name(make_daemon, users, alias):
+    """Denied alice asking in ALIAS's name (same uid, no session needed here, so only the
+    name check can refuse); and root: the lists apply to the name minted, login and Slurm name."""
+    alice = users["alice"].pw_name
+    d = make_daemon(deny_users=[alice], require_session=False)
+    own = d.token_as(alice)
+    assert own.returncode == 4 and "policy-denied" in own.stderr, own.stderr
+    other = d.token_as(alice, "--user", alias)  # granted before names were checked
+    assert other.returncode == 4 and "permission-denied" in other.stderr, other.stderr
+    assert "reason=not-primary-name" in d.log and f"rule=deny-user:{alice}" in d.log
+    granted = mint(d, alias)  # root, for the alias: its own name, not denied, is minted
+    assert granted.ok and granted.fields["user"] == alias and sun(d, granted.fields["token"]) == alias
+    d.stop()
+    d = make_daemon(deny_users=[alias])
+    denied = mint(d, alias)
+    assert denied.code == "policy-denied" and "deny-user" in d.log
+    opened = call(d.root_socket, "OPEN", {"user": alias})  # a login as the alias opens nothing either
+    assert opened.code == "policy-denied"
+    d.stop()
+    d = make_daemon(deny_users=[alice], user_map={alias: alice})  # the Slurm name is alice's
+    mapped = mint(d, alias)
+    assert mapped.code == "policy-denied" and f"{alice} is denied" in mapped.message
+
+
+# -- policy names NSS does not know ------------------------------------------------------------
+def test_unknown_names_warn_at_start_and_reload(make_daemon, users, groups):
+    d = make_daemon(deny_users=["sjt-nosuch-user", users["bob"].pw_name],
+                    allow_groups=[HPC, "sjt-nosuch-group"], group_lifetime={"sjt-nosuch-g2": 60})
+    assert mint(d, users["alice"].pw_name).ok  # not fatal: the rules that name known ones hold
+    assert mint(d, users["bob"].pw_name).code == "policy-denied"
+    warned = ("config key 'deny_users': no user 'sjt-nosuch-user' in NSS",
+              "config key 'allow_groups': no group 'sjt-nosuch-group' in NSS",
+              "config key 'group_lifetime': no group 'sjt-nosuch-g2' in NSS")
+    assert [d.log.count(w) for w in warned] == [1, 1, 1], d.log
+    assert d.log.count(" in NSS (") == 3  # none for the names NSS knows
+    d.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while d.log.count("config key 'group_lifetime'") < 2:
+        assert time.monotonic() < deadline, d.log
+        time.sleep(0.05)
+    assert [d.log.count(w) for w in warned] == [2, 2, 2], d.log
+    assert d.alive() and mint(d, users["alice"].pw_name).ok
+
+
+# -- pure rules: names ---------------------------------------------------------------------------
+ROOT, ALICE = Caller(0, 0, 1), Caller(2000, 2000, 2)
+
+
+@pytest.mark.parametrize("caller, account, config, expect", [
+    (ALICE, Account("al", 2000, alias_of="alice"), Config(require_session=False),
+     ("not-primary-name", "permission-denied")),
+    (ALICE, Account("al", 2000, alias_of="alice"), Config(require_session=False, deny_users=("al",)),
+     ("not-primary-name", "permission-denied")),
+    (ALICE, Account("alice", 2000), Config(require_session=False), ("no-session-required", None)),
+    (ROOT, Account("al", 2000, alias_of="alice"), Config(), ("root-request", None)),
+    (ROOT, Account("al", 2000, alias_of="alice"), Config(deny_users=("al",)),
+     ("deny-user", "policy-denied")),
+    (ROOT, Account("al", 2000), Config(deny_users=("alice",), user_map={"al": "alice"}),
+     ("deny-user", "policy-denied")),
+    (ROOT, Account("alice@X", 2000), Config(deny_users=("alice",), strip_realm=True),
+     ("deny-user", "policy-denied")),
+    (ROOT, Account("alice@X", 2000), Config(deny_users=("alice",)), ("root-request", None)),
+    (ROOT, Account("al", 2000), Config(allow_users=("alice",), user_map={"al": "alice"}),
+     ("not-allowed", "policy-denied")),  # allow lists name logins: mapping to one does not admit
+])
+def test_names_in_the_pure_decision(caller, account, config, expect):
+    d = decide_mint(caller, account, account.name, None, False, config)
+    assert (d.reason, d.code.value if d.code else None) == expect
+
+
+def test_unknown_names_pure():
+    config = Config(allow_users=("a", "x"), deny_users=("y",), allow_groups=("g", "h"),
+                    deny_groups=("i",), group_lifetime={"j": 60}, group_max_lifetime={"g": 60, "k": 60})
+    found = unknown_names(config, lambda u: u == "a", lambda g: g == "g")
+    assert found == [("allow_users", "x"), ("deny_users", "y"), ("allow_groups", "h"),
+                     ("deny_groups", "i"), ("group_lifetime", "j"), ("group_max_lifetime", "k")]
+    assert unknown_names(Config(), lambda u: False, lambda g: False) == []

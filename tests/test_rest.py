@@ -19,7 +19,7 @@ PING = f"/slurm/{OPENAPI}/ping"
 
 @pytest.fixture
 def alice_token(daemon, users, leaders) -> str:
-    leaders(daemon.socket, users["alice"].pw_name)
+    leaders(daemon.root_socket, users["alice"].pw_name)
     result = daemon.token_as(users["alice"].pw_name)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split("=", 1)[1]

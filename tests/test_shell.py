@@ -70,7 +70,7 @@ def install():
 # -- servers ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sshd(daemon, users, workdir, install):
-    server = start_sshd(workdir, "shell", PORT, daemon.socket, users)
+    server = start_sshd(workdir, "shell", PORT, daemon.root_socket, users)
     yield server
     server.stop()
 
@@ -170,7 +170,7 @@ def test_refresh_updates_the_variable_the_site_named(shell, daemon, users, workd
     alice = account.user
     environment = workdir / "shell-environment"
     environment.write_text("SLURMJWT_VARIABLE=SLURM_JWT_TOKEN\n")
-    stack = pam_stack(daemon.socket, "env=SLURM_JWT_TOKEN")
+    stack = pam_stack(daemon.root_socket, "env=SLURM_JWT_TOKEN")
     stack.insert(-1, f"session  required pam_env.so conffile=/dev/null envfile={environment}")
     server = start_sshd(workdir, "shell-name", NAME_PORT, stack, users)
     try:
@@ -225,7 +225,7 @@ def test_prompt_is_not_slowed_while_the_daemon_is_down(shell, make_daemon, users
                                                       account, terminals):
     alice = account.user
     other = make_daemon()
-    server = start_sshd(workdir, "shell-down", DOWN_PORT, other.socket, users)
+    server = start_sshd(workdir, "shell-down", DOWN_PORT, other.root_socket, users)
     try:
         account.setup(shell, other.socket, autorenew=True)
         term = terminals(server, alice)

@@ -83,7 +83,7 @@ def mint(d: Daemon, user: str, lifetime: int | None = None) -> dict[str, str]:
 
 def user_token(d: Daemon, leaders, user: str) -> str:
     """USER logs in (a live session leader), then asks for a token as USER."""
-    leaders(d.socket, user)
+    leaders(d.root_socket, user)
     run = d.token_as(user)
     assert run.returncode == 0, f"slurmjwt token ({run.returncode}): {run.stderr}"
     return run.stdout.strip().removeprefix("SLURM_JWT=")
@@ -378,7 +378,7 @@ def test_scontrol_tokens_work_and_carry_the_lifetime_asked(cluster, make_daemon,
     d = make_daemon(env=ctl_env | {"SLURM_JWT": "not.a.token"}, signer="scontrol", scontrol_timeout=5)
     assert call(d.socket, "STATUS").fields["signer"] == "scontrol"
 
-    leader = leaders(d.socket, alice)  # OPEN goes through scontrol too
+    leader = leaders(d.root_socket, alice)  # OPEN goes through scontrol too
     assert int(leader.fields["exp"]) - int(time.time()) in range(3590, 3601)
     run = d.token_as(alice, "--lifetime", "777")
     assert run.returncode == 0, run.stderr
@@ -474,7 +474,7 @@ def test_scontrol_controller_down_then_back(cluster, make_daemon, users, ctl_env
         (answer, took), = results
         assert answer.code == "signer-unavailable" and took < 3, (answer, took)
         # no session left behind by a failed OPEN
-        opened = call(d.socket, "OPEN", {"user": alice}, timeout=10)
+        opened = call(d.root_socket, "OPEN", {"user": alice}, timeout=10)
         assert opened.code == "signer-unavailable"
         assert call(d.socket, "STATUS").fields["sessions"] == "0"
     finally:

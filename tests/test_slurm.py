@@ -33,7 +33,7 @@ def parse_token(run: subprocess.CompletedProcess) -> str:
 
 def session_token(daemon, leaders, user: str) -> str:
     """Log USER in (a live leader), then mint as USER through the socket."""
-    leaders(daemon.socket, user)
+    leaders(daemon.root_socket, user)
     return parse_token(daemon.token_as(user))
 
 

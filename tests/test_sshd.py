@@ -27,7 +27,7 @@ JWT = r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
 def sshd(daemon, users, workdir):
     """sshd on 127.0.0.1:2222, the module in its session stack pointing at the shared daemon;
     every test user (the system user too) has an authorized key."""
-    server = SshServer(workdir / "sshd", pam_stack(daemon.socket), port=PORT, service=SERVICE)
+    server = SshServer(workdir / "sshd", pam_stack(daemon.root_socket), port=PORT, service=SERVICE)
     for pw in users.values():
         server.add_key(pw.pw_name)
     server.start()
@@ -168,7 +168,7 @@ def test_system_user_logs_in_without_a_token(sshd, daemon, users):
 def test_login_works_without_a_token_while_the_daemon_is_down(make_daemon, users, workdir):
     alice = users["alice"].pw_name
     other = make_daemon()
-    server = SshServer(workdir / "sshd-down", pam_stack(other.socket), port=SECOND_PORT,
+    server = SshServer(workdir / "sshd-down", pam_stack(other.root_socket), port=SECOND_PORT,
                        service=f"{SERVICE}-down")
     server.add_key(alice)
     with server:

@@ -42,7 +42,8 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_units_verify(installed):
-    units = [str(installed / "units" / n) for n in ("slurmjwtd.service", "slurmjwtd.socket")]
+    units = [str(installed / "units" / n)
+             for n in ("slurmjwtd.service", "slurmjwtd.socket", "slurmjwtd-root.socket")]
     result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
@@ -57,7 +58,8 @@ def test_security_exposure_is_at_most_1_5():
 
 def test_make_install_puts_everything_in_place(installed):
     expected = ["usr/sbin/slurmjwtd", "usr/bin/slurmjwt", "usr/lib/slurmjwt/slurmjwtd/server.py",
-                "units/slurmjwtd.service", "units/slurmjwtd.socket", "sysusers.d/slurmjwt.conf",
+                "units/slurmjwtd.service", "units/slurmjwtd.socket", "units/slurmjwtd-root.socket",
+                "sysusers.d/slurmjwt.conf",
                 "tmpfiles.d/slurmjwt.conf", "etc/slurmjwt/slurmjwtd.toml",
                 "etc/slurmjwt/slurmjwtd.toml.example", "security/pam_slurmjwt.so",
                 "usr/share/doc/slurmjwt/README.md"]
@@ -133,7 +135,7 @@ def test_ready_status_watchdog_stopping(make_daemon, notify, users, leaders):
     ready = notify.wait_for("READY=1", timeout=1)
     assert "STATUS=0 granted, 0 refused, 0 open sessions" in ready
     notify.wait_for("WATCHDOG=1", timeout=2)
-    leaders(d.socket, users["alice"].pw_name)
+    leaders(d.root_socket, users["alice"].pw_name)
     assert d.token_as(users["alice"].pw_name).returncode == 0
     d.token_as(users["bob"].pw_name)
     assert "STATUS=2 granted, 1 refused, 1 open sessions" in notify.wait_for(
@@ -161,17 +163,19 @@ def test_ready_comes_only_once_the_socket_answers(workdir, users, notify):
 def test_socket_activation_serves_the_first_connection_and_every_one_after(workdir, users, leaders):
     d = fresh_daemon(workdir / "activated")
     log = open(d.dir / "daemon.log", "w")
-    activator = subprocess.Popen(["systemd-socket-activate", "-l", d.socket, *d.prepare()],
-                                 stdout=log, stderr=log)
+    # the two units' sockets, named as their FileDescriptorName= say
+    activator = subprocess.Popen(["systemd-socket-activate", "-l", d.socket, "-l", d.root_socket,
+                                  "--fdname=public:root", *d.prepare()], stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 10
-        while not os.path.exists(d.socket) and time.monotonic() < deadline:
+        while not os.path.exists(d.root_socket) and time.monotonic() < deadline:
             time.sleep(0.02)
         os.chmod(d.socket, 0o666)  # SocketMode=0666 in slurmjwtd.socket
+        os.chmod(d.root_socket, 0o600)  # SocketMode=0600 in slurmjwtd-root.socket
         assert "Execing" not in d.log  # nothing started before a client came
         first = call(d.socket, "MINT", {"user": users["alice"].pw_name}, timeout=10)
         assert first.ok  # the connection that started the daemon is served
-        leader = leaders(d.socket, users["bob"].pw_name)
+        leader = leaders(d.root_socket, users["bob"].pw_name)
         for _ in range(20):
             assert d.token_as(users["bob"].pw_name).returncode == 0
         leader.close()
@@ -205,7 +209,7 @@ def test_key_rotation_on_sighup(daemon, slurm, users, leaders):
     """New tokens use the new key, which the real slurmctld restarted on it accepts; a broken
     key at reload leaves the daemon serving with the one it has."""
     alice = users["alice"].pw_name
-    leaders(daemon.socket, alice)
+    leaders(daemon.root_socket, alice)
     old_key = daemon.key_file.read_bytes()
     new_key = replace_key(daemon.key_file)
     mark = len(daemon.log)
@@ -270,7 +274,8 @@ def test_runs_unprivileged_without_network_and_still_sees_logins(workdir, users,
     runtime = d.dir / "run"
     runtime.mkdir(mode=0o755)
     shutil.chown(runtime, DAEMON_USER, KEY_GROUP)  # RuntimeDirectory=
-    d.settings = {"socket": str(runtime / "s.sock"), "session_file": str(runtime / "sessions.json")}
+    d.settings = {"socket": str(runtime / "s.sock"), "root_socket": str(runtime / "r.sock"),
+                  "session_file": str(runtime / "sessions.json")}
     # ProtectSystem=strict with RuntimeDirectory=, ProcSubset=pid, PrivateNetwork=
     sandbox = (f"mount --bind {runtime} {runtime} && mount -o remount,bind,ro / && "
                f"mount -t proc -o subset=pid proc /proc && exec \"$@\"")
@@ -288,7 +293,7 @@ def test_runs_unprivileged_without_network_and_still_sees_logins(workdir, users,
         assert any(m[4] == "/proc" and "subset=pid" in " ".join(m) for m in mounts)
         alice = users["alice"].pw_name
         assert d.token_as(alice).returncode == 5
-        leader = leaders(d.socket, alice)  # a root process: its /proc entry proves the login
+        leader = leaders(d.root_socket, alice)  # a root process: its /proc entry proves the login
         token = d.token_as(alice)
         assert token.returncode == 0, token.stderr
         jwt.decode(token.stdout.strip().split("=", 1)[1], d.key_file.read_bytes(),
@@ -352,7 +357,7 @@ def test_under_systemd_decisions_go_to_the_journal_with_fields(workdir, users, l
     try:
         entries = journal_entries(journal_socket, "ready")
         alice = users["alice"].pw_name
-        leaders(d.socket, alice)
+        leaders(d.root_socket, alice)
         token = d.token_as(alice).stdout.strip().split("=", 1)[1]
         entries += journal_entries(journal_socket, "op=mint")
     finally:

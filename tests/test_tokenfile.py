@@ -31,7 +31,7 @@ class Login:
     """A PAM login through the test service, with the module writing token files to BASE."""
 
     def __init__(self, daemon, user: str, base) -> None:
-        write_service(SERVICES[0], daemon.socket, "optional", f"tokendir={base}")
+        write_service(SERVICES[0], daemon.root_socket, "optional", f"tokendir={base}")
         self.p = pam.PamAuthenticator()
         assert self.p.authenticate(user, "", service=SERVICES[0], call_end=False)
         assert self.p.open_session() == pam.PAM_SUCCESS
