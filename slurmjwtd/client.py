@@ -26,7 +26,7 @@ def call(socket_path: str, op: str, args: dict[str, object] | None = None,
         try:
             sock.connect(socket_path)
         except OSError as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror
+            reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
             raise DaemonUnreachable(f"cannot reach slurmjwtd at {socket_path}: {reason}") from None
         try:
             sock.sendall(encode_request(op, args))
@@ -43,7 +43,7 @@ def call(socket_path: str, op: str, args: dict[str, object] | None = None,
             except TimeoutError:
                 raise DaemonUnreachable(f"slurmjwtd at {socket_path} did not answer in {timeout:g} s") from None
             except OSError as exc:
-                raise BadAnswer(f"slurmjwtd at {socket_path} dropped the connection: {exc.strerror}") from None
+                raise BadAnswer(f"slurmjwtd at {socket_path} dropped the connection: {exc.strerror or exc}") from None
             if not chunk:
                 raise BadAnswer(f"slurmjwtd at {socket_path} closed the connection without answering")
             answer += chunk
