@@ -89,7 +89,7 @@ install-deps:
 install-exec: deps
 	@[ "$$(realpath -m $(WRAPDIR))" != "$$(realpath -m $(SLURM_BINDIR))" ] || \
 	  { echo "install-exec: WRAPDIR and SLURM_BINDIR are both $(SLURM_BINDIR): set WRAPDIR to a directory before it on PATH" >&2; exit 1; }
-	$(MAKE) -s -B -C pam slurmjwt-exec SLURM_BINDIR=$(SLURM_BINDIR) SYSCONFDIR=$(SYSCONFDIR)
+	$(MAKE) -s -C pam slurmjwt-exec SLURM_BINDIR=$(SLURM_BINDIR) SYSCONFDIR=$(SYSCONFDIR)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(WRAPDIR)
 	install -m 0755 pam/slurmjwt-exec $(DESTDIR)$(LIBDIR)/slurmjwt-exec
 	@for c in $$(pam/slurmjwt-exec --list); do \
