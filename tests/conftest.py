@@ -13,7 +13,9 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,3 +264,38 @@ def slurm(daemon, workdir):
     yield cluster
     cluster.scancel_all()
     cluster.stop()
+
+
+class FakeDaemon:
+    """A socket that misbehaves in one way: it never answers (ANSWER None), or answers every
+    request with ANSWER. Connections stay open, as a hung daemon's would, until close()."""
+
+    def __init__(self, path: str, answer: bytes | None) -> None:
+        self.path, self.answer = path, answer
+        Path(path).unlink(missing_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(16)
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            if self.answer is not None:
+                try:
+                    conn.settimeout(5)
+                    conn.recv(2048)
+                    conn.sendall(self.answer)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+        Path(self.path).unlink(missing_ok=True)

@@ -17,13 +17,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import SLURMJWT, run_as
+from conftest import FakeDaemon, SLURMJWT, run_as
 
 SHELL_FILE = Path(__file__).resolve().parent.parent / "shell" / "slurmjwt.sh"
 CLEAN = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -38,36 +37,6 @@ def unsigned_token(claims: dict) -> str:
     """A token of the right shape whose claims say CLAIMS (the CLI decodes, never verifies)."""
     header = b64(json.dumps({"alg": "HS256"}).encode())
     return f"{header}.{b64(json.dumps(claims).encode())}.{b64(b'signature')}"
-
-
-class FakeDaemon:
-    """Answers every connection with ANSWER, then closes it."""
-
-    def __init__(self, path: str, answer: bytes) -> None:
-        self.path, self.answer = path, answer
-        Path(path).unlink(missing_ok=True)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(path)
-        self.listener.listen(16)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    conn.recv(2048)
-                    conn.sendall(self.answer)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
-        Path(self.path).unlink(missing_ok=True)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

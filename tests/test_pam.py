@@ -15,7 +15,6 @@ import pwd
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import jwt
 import pam
 import pytest
 
-from conftest import MODULE, SLURMJWT, WORK, run_as
+from conftest import FakeDaemon, MODULE, SLURMJWT, WORK, run_as
 
 TIMEOUT_MS = 400
 SERVICES = ("sjt-pam-optional", "sjt-pam-required")
@@ -171,35 +170,6 @@ def test_user_refused_by_policy_logs_in_without_a_token(daemon, users, stacks, s
 
 
 # -- failures: bounded, logged once, no variable, the documented code -----------------------
-class FakeDaemon:
-    """A socket that misbehaves in one way: it never answers, or answers BYTES."""
-
-    def __init__(self, path: str, answer: bytes | None) -> None:
-        self.path, self.answer = path, answer
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(path)
-        self.listener.listen(16)
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.held.append(conn)  # keep it open: a hung daemon never closes
-            if self.answer is not None:
-                conn.recv(2048)
-                conn.sendall(self.answer)
-
-    def close(self) -> None:
-        self.listener.close()
-        for conn in self.held:
-            conn.close()
-        os.unlink(self.path)
-
-
 FAILURES = {
     # name: (what the daemon does, PAM code the module returns, what the log line says)
     "never-answers": (None, "PAM_SESSION_ERR", "did not answer in time"),
