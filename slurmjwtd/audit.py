@@ -67,10 +67,11 @@ class RefusalSummary:
         else:
             window[2] += 1
 
-    def flush(self, now: float) -> None:
-        """Write the counts of the intervals that have ended; forget runs that have stopped."""
+    def flush(self, now: float, everything: bool = False) -> None:
+        """Write the counts of the intervals that have ended (EVERYTHING: of all of them, as the
+        daemon stops: no count is lost); forget runs that have stopped."""
         for key, window in list(self._windows.items()):
-            if window[1] <= now:
+            if everything or window[1] <= now:
                 self._close(key, window, now)
 
     def _close(self, key: tuple[object, object], window: list[float],

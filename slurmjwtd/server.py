@@ -216,6 +216,7 @@ class Server:
             log.error("could not save sessions to %s: %s", self.state.registry.path, exc)
         signal.set_wakeup_fd(-1)
         self.ops.shutdown()
+        self.state.audit.flush(time.monotonic(), everything=True)
         log.info("slurmjwtd stopped: granted=%d refused=%d", self.state.counters.granted,
                  self.state.counters.refused)
 

@@ -135,7 +135,7 @@ def main() -> int:
             time.sleep(0.05)
         show(run_as(USER, SLURMJWT, "token", env=env))
 
-        step("the audit log: one line per decision, never a token")
+        step("the audit log: one line per decision (a user's repeated refusals: the first, then a count), never a token")
         daemon.stop()
         for line in daemon.log.splitlines():
             if "decision=" in line:

@@ -389,3 +389,13 @@ def test_a_client_reads_the_busy_answer_even_when_its_write_fails(make_daemon, u
     assert raw == "EPIPE busy" and code == "busy", result.stderr
     assert cli.startswith("6 ") and "busy" in cli, cli
     still_serves(d)
+
+
+def test_counts_of_refusals_not_yet_written_are_written_when_the_daemon_stops(make_daemon, users):
+    d = make_daemon(audit_summary_interval=3600)
+    alice = users["alice"].pw_name
+    for _ in range(3):  # no login: refused, no-session
+        assert d.token_as(alice).returncode != 0
+    assert d.stop() == 0
+    refusals = [a for a in audit_of(d.log) if a.get("caller_uid") == str(users["alice"].pw_uid)]
+    assert [(a["decision"], a.get("count")) for a in refusals] == [("refused", None), ("summary", "2")]
