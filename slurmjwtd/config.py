@@ -30,13 +30,14 @@ def _doc(text: str, **checks: Any) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Config:
     socket: str = field(default=DEFAULT_SOCKET, metadata=_doc(
-        "Path of the Unix socket clients connect to (mode 0666; the daemon decides).", path=True))
+        "Path of the Unix socket clients connect to (mode 0666; the daemon decides).", path=True,
+        restart=True))
     root_socket: str = field(default=DEFAULT_ROOT_SOCKET, metadata=_doc(
         "Path of the socket only root can connect to (mode 0600, its own backlog): the PAM "
-        "module's OPEN and CLOSE, accepted only here, and root's CLI.", path=True))
+        "module's OPEN and CLOSE, accepted only here, and root's CLI.", path=True, restart=True))
     session_file: str = field(default="/run/slurmjwt/sessions.json", metadata=_doc(
         "Where the registry of live login sessions is kept across restarts (a runtime directory).",
-        path=True))
+        path=True, restart=True))
     signer: str = field(default="hs256", metadata=_doc(
         "How tokens are signed: hs256 (key_file), rs256 (rs256_key_file, checked by slurmctld's "
         "jwks=) or scontrol (`scontrol token`; no key on this node).",
@@ -119,6 +120,10 @@ class Config:
         """Every group the policy names: the only ones a decision needs to look up."""
         return frozenset((*self.allow_groups, *self.deny_groups, *self.group_lifetime,
                           *self.group_max_lifetime))
+
+
+RESTART_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("restart"))
+"""Keys a reload cannot change (metadata restart=True): the daemon keeps their old values."""
 
 
 def toml_value(value: object) -> str:

@@ -14,7 +14,6 @@ users flooding the public socket cannot make a login wait for a place in a queue
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import os
 import resource
@@ -32,7 +31,6 @@ from .config import Config
 from .operations import Operations, Pending, warn_unknown_names
 from .policy import Caller
 from .protocol import MAX_REQUEST, Code
-from .ratelimit import RateLimiter
 from .service import Notifier
 from .signer import Signer
 from .state import DaemonState
@@ -244,17 +242,10 @@ class Server:
         except Exception as exc:  # ConfigError, KeyFileError, or anything a loader raises
             log.error("reload refused, still serving with the old configuration and key: %s", exc)
         else:
-            fixed = [k for k in ("socket", "root_socket", "session_file")
-                     if getattr(config, k) != getattr(old, k)]
+            fixed = self.state.apply(config, signer)
             if fixed:
                 log.warning("%s changed: that takes a restart; keeping %s until then",
                             " and ".join(fixed), ", ".join(getattr(old, k) for k in fixed))
-                config = dataclasses.replace(config, socket=old.socket, root_socket=old.root_socket,
-                                             session_file=old.session_file)
-            if (config.rate_limit, config.rate_window) != (old.rate_limit, old.rate_window):
-                self.state.limiter = RateLimiter(config.rate_limit, config.rate_window)
-            self.state.config, self.state.signer = config, signer
-            self.state.audit.interval = config.audit_summary_interval
             log.info("reloaded: signer=%s lifetime=%d max_lifetime=%d", signer.name,
                      config.lifetime, config.max_lifetime)
             warn_unknown_names(config)

@@ -3,12 +3,13 @@ request handlers."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .audit import AuditLog, RefusalSummary
-from .config import Config
+from .config import RESTART_KEYS, Config
 from .ratelimit import RateLimiter
 from .sessions import SessionRegistry
 from .signer import Signer
@@ -36,3 +37,17 @@ class DaemonState:
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.config.rate_limit, self.config.rate_window)
         self.audit = RefusalSummary(self.audit_log, self.config.audit_summary_interval)
+
+    def apply(self, config: Config, signer: Signer) -> list[str]:
+        """Serve with CONFIG and SIGNER from now on, rebuilding what depends on the
+        configuration; return the keys (RESTART_KEYS) that changed but take a restart:
+        their old values are kept."""
+        old = self.config
+        fixed = [k for k in RESTART_KEYS if getattr(config, k) != getattr(old, k)]
+        if fixed:
+            config = dataclasses.replace(config, **{k: getattr(old, k) for k in fixed})
+        if (config.rate_limit, config.rate_window) != (old.rate_limit, old.rate_window):
+            self.limiter = RateLimiter(config.rate_limit, config.rate_window)
+        self.audit.interval = config.audit_summary_interval
+        self.config, self.signer = config, signer
+        return fixed
