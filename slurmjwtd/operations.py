@@ -1,6 +1,9 @@
-"""Requests: one line in, one answer out. `Operations.answer` is the one place where
-every refusal becomes its protocol code and its audit line; the loop in server.py
-never decides anything.
+"""Requests: one line in, one answer out. A request is checked against its entry in
+OPERATIONS (its arguments, which are required, root only or not), then its handler gathers
+the facts, asks policy.py and returns a Grant (a token to make) or the answer's fields.
+Anything refused is a `Refusal`, raised where it is found; `Operations.refuse` is the one
+place that counts, audits and encodes it, for answers made inline and in the signer's
+worker threads alike. The loop in server.py frames requests and decides nothing.
 """
 
 from __future__ import annotations
@@ -16,22 +19,17 @@ from typing import Callable
 
 from . import __version__
 from .config import Config
-from .policy import (Account, Caller, Decision, decide_mint, decide_session_change, refuse,
-                     slurm_name, unknown_names)
-from .protocol import (Code, ProtocolError, Request, encode_error, encode_ok, parse_number,
-                       parse_request)
+from .policy import (Account, Caller, Decision, decide_mint, decide_session_change, slurm_name,
+                     unknown_names)
+from .protocol import (Code, ProtocolError, Refusal, Request, encode_error, encode_ok,
+                       parse_number, parse_request)
+from .sessions import Session
 from .signer import SignerError, Token
 from .state import DaemonState
 
 log = logging.getLogger("slurmjwtd")
 _SIGNING_WORKERS = 4  # concurrent `scontrol token` runs at most
-_OPERATIONS: dict[str, frozenset[str]] = {
-    "MINT": frozenset({"user", "lifetime"}),
-    "OPEN": frozenset({"user", "lifetime", "tty", "rhost", "service"}),
-    "CLOSE": frozenset({"session"}),
-    "STATUS": frozenset(),
-    "EXPLAIN": frozenset({"user", "lifetime"}),
-}
+_INTERNAL = encode_error(Code.INTERNAL, "internal error; see the slurmjwtd log")
 
 
 def lookup_account(key: str | int, policy_groups: frozenset[str],
@@ -96,16 +94,37 @@ def parse_lifetime(text: str | None) -> int | None:
 Fields = dict[str, object]
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What a handler allowed: a token to make for TARGET as DECISION says, and for OPEN the
+    SESSION it opened, which is closed again if no token comes of it."""
+
+    target: Account
+    decision: Decision
+    session: Session | None = None
+
+
 @dataclass(eq=False)
 class Pending:
-    """A request whose token a blocking signer is making in a worker thread."""
+    """A grant whose token a blocking signer is making in a worker thread."""
 
     future: Future
     op: str
     caller: Caller
-    user: str
-    answer: Callable[[Token], Fields]
-    undo: Callable[[], object]
+    grant: Grant
+
+
+Handler = Callable[["Operations", Caller, Request], "Grant | Fields"]
+
+
+@dataclass(frozen=True)
+class Operation:
+    args: frozenset[str]  # the arguments it takes
+    required: tuple[str, ...]  # those it cannot do without (given and not empty)
+    root_only: bool  # only root may ask (decide_session_change)
+    root_socket: bool  # root asks it only through the root socket (the logins' OPEN, CLOSE)
+    audited: tuple[str, ...]  # arguments a not-root refusal records
+    handler: Handler
 
 
 class Operations:
@@ -115,154 +134,169 @@ class Operations:
         self.state = state
         self._workers: ThreadPoolExecutor | None = None
 
-    def refusal(self, caller: Caller, code: Code, message: str) -> bytes:
-        """Audit and encode a refusal that happened before any operation was read."""
-        self._refuse("-", caller, code, code.value, message)
-        return encode_error(code, message)
+    def refuse(self, caller: Caller, refusal: Refusal, op: str = "-") -> bytes:
+        """The one place a refusal is counted, audited and encoded; OP "-": refused before any
+        operation was read (the server's framing, deadlines and caps)."""
+        self.state.counters.refused += 1
+        fields = refusal.audit if refusal.rule is None else {**refusal.audit, "rule": refusal.rule}
+        self.state.audit(decision="refused", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
+                         **fields, reason=refusal.reason, code=refusal.code.value,
+                         detail=refusal.message)
+        return encode_error(refusal.code, refusal.message)
 
-    def answer(self, caller: Caller, buf: bytes, end: int,
-               root_socket: bool = False) -> bytes | Pending:
-        """Turn one request into one answer line; every refusal becomes its code here.
-        ROOT_SOCKET: it came through the root socket, the only one taking OPEN and CLOSE."""
+    def answer(self, caller: Caller, line: bytes, root_socket: bool = False) -> bytes | Pending:
+        """Turn one request LINE (without its newline) into one answer line, or a Pending
+        signer call. ROOT_SOCKET: it came through the root socket."""
         op = "-"
         try:
-            if end + 1 != len(buf):
-                raise ProtocolError(Code.BAD_REQUEST, "one request per connection")
-            request = parse_request(buf[:end])
+            request = parse_request(line)
             op = request.op.lower()
-            allowed = _OPERATIONS.get(request.op)
-            if allowed is None:
+            operation = OPERATIONS.get(request.op)
+            if operation is None:
                 raise ProtocolError(Code.BAD_REQUEST, f"unknown operation {request.op}")
-            extra = set(request.args) - allowed
-            if extra:
-                raise ProtocolError(Code.BAD_REQUEST, f"{request.op} takes no argument {min(extra)}")
-            if request.op in ("OPEN", "CLOSE") and caller.is_root and not root_socket:
-                raise self._refuse(op, caller, Code.PERMISSION_DENIED, "public-socket",
-                                   f"{request.op} is taken only on the root socket "
-                                   f"{self.state.config.root_socket}; point pam_slurmjwt's "
-                                   f"socket= at it", user=request.args.get("user"),
-                                   session=request.args.get("session"))
-            result = getattr(self, "_op_" + op)(caller, request)
-            return result if isinstance(result, Pending) else encode_ok(result)
-        except ProtocolError as exc:
-            if not exc.audited:  # malformed requests, refused before any decision was made
-                self._refuse(op, caller, exc.code, exc.code.value, exc.message)
-            return encode_error(exc.code, exc.message)
+            self._admit(operation, caller, request, root_socket)
+            result = operation.handler(self, caller, request)
+            if type(result) is not Grant:
+                return encode_ok(result)
+            return self._sign(op, caller, result)
+        except Refusal as refusal:
+            return self.refuse(caller, refusal, op)
         except Exception:
             log.exception("internal error answering uid %d pid %d", caller.uid, caller.pid)
             self.state.counters.refused += 1
-            return encode_error(Code.INTERNAL, "internal error; see the slurmjwtd log")
+            return _INTERNAL
 
-    def _refuse(self, op: str, caller: Caller, code: Code, reason: str, message: str,
-                **fields: object) -> ProtocolError:
-        """Count and audit a refusal; return the error to raise."""
-        self.state.counters.refused += 1
-        self.state.audit(decision="refused", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
-                         **fields, reason=reason, code=code.value, detail=message)
-        return ProtocolError(code, message, audited=True)
+    def _admit(self, operation: Operation, caller: Caller, request: Request,
+               root_socket: bool) -> None:
+        """The checks every operation's table entry asks for, in order; raise the first refusal."""
+        args = request.args
+        extra = args.keys() - operation.args
+        if extra:
+            raise ProtocolError(Code.BAD_REQUEST, f"{request.op} takes no argument {min(extra)}")
+        if operation.root_socket and caller.is_root and not root_socket:
+            raise Refusal(Code.PERMISSION_DENIED, "public-socket",
+                          f"{request.op} is taken only on the root socket "
+                          f"{self.state.config.root_socket}; point pam_slurmjwt's socket= at it",
+                          user=args.get("user"), session=args.get("session"))
+        if operation.root_only:
+            allowed = decide_session_change(caller, request.op)
+            if not allowed.granted:
+                assert allowed.code is not None
+                raise Refusal(allowed.code, allowed.reason, allowed.message,
+                              **{k: args.get(k) for k in operation.audited})
+        for key in operation.required:
+            if not args.get(key):
+                raise ProtocolError(Code.BAD_REQUEST, f"{request.op} needs {key}=")
 
-    def _granted(self, op: str, caller: Caller, target: Account, decision: Decision, token: Token,
-                 **audited: object) -> Fields:
-        """Audit a token just made for TARGET; return the answer's fields about it."""
-        self._grant(op, caller, user=target.name, uid=target.uid,
-                    slurm_user=token.user if token.user != target.name else None,
-                    reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
-                    exp=token.exp, jti=token.jti, **audited)
-        return {"token": token.jwt, "user": target.name, "slurm_user": token.user,
-                "exp": token.exp, "jti": token.jti, "lifetime": decision.lifetime}
-
-    def _grant(self, op: str, caller: Caller, **fields: object) -> None:
-        self.state.audit(decision="granted", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
-                         **fields)
-
-    def _deny(self, op: str, caller: Caller, decision: Decision, **fields: object) -> ProtocolError:
-        assert decision.code is not None
-        return self._refuse(op, caller, decision.code, decision.reason, decision.message, **fields)
-
-    def _mint_for(self, op: str, caller: Caller, request: Request) -> tuple[Account, Decision]:
-        """Resolve the account asked for and decide; raise the refusal if refused."""
-        lifetime = parse_lifetime(request.args.get("lifetime"))
-        name = request.args.get("user")
-        groups = self.state.config.policy_groups
-        # a user naming herself is checked against her uid's name: another entry of that uid
-        # (useradd -o) would be another Slurm user, with other associations and limits
-        target = lookup_account(caller.uid if name is None else name, groups,
-                                check_alias=not caller.is_root)
-        shown = name if name is not None else f"uid {caller.uid}"
-        has_session = (not caller.is_root and target is not None and target.uid == caller.uid
-                       and self.state.registry.has_live_session(target.uid))
-        decision = decide_mint(caller, target, shown, lifetime, has_session, self.state.config)
-        # the limit is on users' own requests: root's follow logins, which sshd already bounds
-        if (decision.granted and not caller.is_root
-                and not self.state.limiter.allow(target.uid, time.monotonic())):
-            config = self.state.config
-            decision = refuse(Code.RATE_LIMITED, "rate-limit",
-                              f"{target.name} had {config.rate_limit} tokens in {config.rate_window} s; "
-                              f"try again shortly", f"rate_limit:{config.rate_limit}/{config.rate_window}s")
-        if not decision.granted:
-            raise self._deny(op, caller, decision, user=target.name if target else shown,
-                             uid=target.uid if target else None, rule=decision.rule)
-        assert target is not None
-        return target, decision
-
-    def _sign(self, op: str, caller: Caller, target: Account, decision: Decision,
-              answer: Callable[[Token], Fields], undo: Callable[[], object] = lambda: None
-              ) -> Fields | Pending:
+    def _sign(self, op: str, caller: Caller, grant: Grant) -> bytes | Pending:
         """Mint now, or, for a signer that blocks (scontrol), in a worker thread: the
         connection then waits off the loop until `complete` makes its answer."""
         signer = self.state.signer
-        user = slurm_name(target.name, self.state.config)
+        user = slurm_name(grant.target.name, self.state.config)
+        lifetime = grant.decision.lifetime
         if not signer.blocking:
             self.state.counters.granted += 1
-            return answer(signer.mint(user, decision.lifetime, int(time.time())))
+            return encode_ok(self._granted(op, caller, grant, signer.mint(user, lifetime,
+                                                                          int(time.time()))))
         if self._workers is None:
             self._workers = ThreadPoolExecutor(max_workers=_SIGNING_WORKERS,
                                                thread_name_prefix="signer")
         # the signer's timeout counts from now: time queued behind slow calls is part of it
-        future = self._workers.submit(signer.mint, user, decision.lifetime, int(time.time()),
+        future = self._workers.submit(signer.mint, user, lifetime, int(time.time()),
                                       time.monotonic() + signer.timeout)
-        return Pending(future, op, caller, target.name, answer, undo)
+        return Pending(future, op, caller, grant)
 
     def complete(self, pending: Pending) -> bytes:
-        """The answer to a request whose blocking signer has finished, failed or not."""
+        """The answer to a request whose blocking signer has finished, failed or not; no token,
+        no session: a failed signer leaves nothing open."""
+        grant = pending.grant
         try:
-            reply = encode_ok(pending.answer(pending.future.result()))
+            reply = encode_ok(self._granted(pending.op, pending.caller, grant,
+                                            pending.future.result()))
             self.state.counters.granted += 1
+            return reply
         except SignerError as exc:
-            pending.undo()
-            refusal = self._refuse(pending.op, pending.caller, Code.SIGNER_UNAVAILABLE,
-                                   "signer", str(exc), user=pending.user)
-            reply = encode_error(refusal.code, refusal.message)
+            self._undo(grant)
+            return self.refuse(pending.caller, Refusal(Code.SIGNER_UNAVAILABLE, "signer", str(exc),
+                                                       user=grant.target.name), pending.op)
         except Exception:
-            log.exception("internal error signing for %s", pending.user)
-            pending.undo()
-            reply = encode_error(Code.INTERNAL, "internal error; see the slurmjwtd log")
-        return reply
+            log.exception("internal error signing for %s", grant.target.name)
+            self._undo(grant)
+            return _INTERNAL
+
+    def _undo(self, grant: Grant) -> None:
+        if grant.session is not None:
+            self.state.registry.close(grant.session.id)
+
+    def _granted(self, op: str, caller: Caller, grant: Grant, token: Token) -> Fields:
+        """Audit a token just made; return the answer's fields."""
+        target, decision, session = grant.target, grant.decision, grant.session
+        where: Fields = {} if session is None else {
+            "session": session.id, "tty": session.tty, "rhost": session.rhost,
+            "service": session.service}
+        self.state.audit(decision="granted", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
+                         user=target.name, uid=target.uid,
+                         slurm_user=token.user if token.user != target.name else None,
+                         reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
+                         exp=token.exp, jti=token.jti, **where)
+        fields: Fields = {"token": token.jwt, "user": target.name, "slurm_user": token.user,
+                          "exp": token.exp, "jti": token.jti, "lifetime": decision.lifetime}
+        if session is None:
+            return fields
+        return {"session": session.id, **fields, "uid": target.uid, "gid": target.gid}
 
     def shutdown(self) -> None:
         if self._workers is not None:
             self._workers.shutdown(wait=True)
 
-    def _op_mint(self, caller: Caller, request: Request) -> Fields | Pending:
-        target, decision = self._mint_for("mint", caller, request)
-
-        def answer(token: Token) -> Fields:
-            return self._granted("mint", caller, target, decision, token)
-        return self._sign("mint", caller, target, decision, answer)
-
-    def _op_explain(self, caller: Caller, request: Request) -> dict[str, object]:
-        """What MINT would decide for a user, asked by root; mints nothing, takes no grant."""
-        allowed = decide_session_change(caller, "EXPLAIN")
-        if not allowed.granted:
-            raise self._deny("explain", caller, allowed)
+    # -- handlers: each a chain of checks, the first refusal raised -------------------------
+    def _mint_for(self, caller: Caller, request: Request) -> Grant:
+        """Resolve the account asked for and decide; raise the refusal if refused."""
+        lifetime = parse_lifetime(request.args.get("lifetime"))
         name = request.args.get("user")
-        if not name:
-            raise ProtocolError(Code.BAD_REQUEST, "EXPLAIN needs user=")
+        config = self.state.config
+        # a user naming herself is checked against her uid's name: another entry of that uid
+        # (useradd -o) would be another Slurm user, with other associations and limits
+        target = lookup_account(caller.uid if name is None else name, config.policy_groups,
+                                check_alias=not caller.is_root)
+        shown = name if name is not None else f"uid {caller.uid}"
+        has_session = (not caller.is_root and target is not None and target.uid == caller.uid
+                       and self.state.registry.has_live_session(target.uid))
+        decision = decide_mint(caller, target, shown, lifetime, has_session, config)
+        if not decision.granted:
+            assert decision.code is not None
+            raise Refusal(decision.code, decision.reason, decision.message, decision.rule,
+                          user=target.name if target else shown, uid=target.uid if target else None)
+        assert target is not None
+        # the limit is on users' own requests: root's follow logins, which sshd already bounds
+        if not caller.is_root and not self.state.limiter.allow(target.uid, time.monotonic()):
+            raise Refusal(Code.RATE_LIMITED, "rate-limit",
+                          f"{target.name} had {config.rate_limit} tokens in {config.rate_window} s; "
+                          f"try again shortly", f"rate_limit:{config.rate_limit}/{config.rate_window}s",
+                          user=target.name, uid=target.uid)
+        return Grant(target, decision)
+
+    def _op_mint(self, caller: Caller, request: Request) -> Grant:
+        return self._mint_for(caller, request)
+
+    def _op_open(self, caller: Caller, request: Request) -> Grant:
+        grant = self._mint_for(caller, request)
+        args, target = request.args, grant.target
+        session = self.state.registry.open(target.name, target.uid, caller.pid,
+                                           args.get("tty", ""), args.get("rhost", ""),
+                                           args.get("service", ""))
+        if session is None:
+            raise ProtocolError(Code.BAD_REQUEST, "the calling process exited before its session opened")
+        return Grant(target, grant.decision, session)
+
+    def _op_explain(self, caller: Caller, request: Request) -> Fields:
+        """What MINT would decide for a user, asked by root; mints nothing, takes no grant."""
+        name = request.args["user"]
         config = self.state.config
         target = lookup_account(name, config.policy_groups)
         lifetime = parse_lifetime(request.args.get("lifetime"))
         decision = decide_mint(caller, target, name, lifetime, False, config)
-        answer: dict[str, object] = {
+        answer: Fields = {
             "decision": "granted" if decision.granted else "refused", "reason": decision.reason,
             "rule": decision.rule, "code": decision.code.value if decision.code else "-",
             "message": decision.message or "-"}
@@ -276,47 +310,36 @@ class Operations:
             answer |= {"lifetime": decision.lifetime, "max_lifetime": decision.max_lifetime}
         return answer
 
-    def _op_open(self, caller: Caller, request: Request) -> Fields | Pending:
-        args = request.args
-        allowed = decide_session_change(caller, "OPEN")
-        if not allowed.granted:
-            raise self._deny("open", caller, allowed, user=args.get("user"))
-        if "user" not in args:
-            raise ProtocolError(Code.BAD_REQUEST, "OPEN needs user=")
-        target, decision = self._mint_for("open", caller, request)
-        where = {"tty": args.get("tty", ""), "rhost": args.get("rhost", ""),
-                 "service": args.get("service", "")}
-        session = self.state.registry.open(target.name, target.uid, caller.pid, **where)
-        if session is None:
-            raise ProtocolError(Code.BAD_REQUEST, "the calling process exited before its session opened")
-
-        def answer(token: Token) -> Fields:
-            fields = self._granted("open", caller, target, decision, token, session=session.id,
-                                   **where)
-            return {"session": session.id, **fields, "uid": target.uid, "gid": target.gid}
-        # no token, no session: a failed signer leaves nothing open
-        return self._sign("open", caller, target, decision, answer,
-                          undo=lambda: self.state.registry.close(session.id))
-
-    def _op_close(self, caller: Caller, request: Request) -> dict[str, object]:
-        allowed = decide_session_change(caller, "CLOSE")
-        if not allowed.granted:
-            raise self._deny("close", caller, allowed)
-        session_id = request.args.get("session")
-        if not session_id:
-            raise ProtocolError(Code.BAD_REQUEST, "CLOSE needs session=")
+    def _op_close(self, caller: Caller, request: Request) -> Fields:
+        session_id = request.args["session"]
         session = self.state.registry.close(session_id)
         if session is None:
-            raise self._refuse("close", caller, Code.NO_SUCH_SESSION, "no-such-session",
-                               f"no open session {session_id}", session=session_id)
-        self._grant("close", caller, user=session.user, uid=session.uid, session=session.id,
-                    reason="root-request")
+            raise Refusal(Code.NO_SUCH_SESSION, "no-such-session", f"no open session {session_id}",
+                          session=session_id)
+        self.state.audit(decision="granted", op="close", caller_uid=caller.uid,
+                         caller_pid=caller.pid, user=session.user, uid=session.uid,
+                         session=session.id, reason="root-request")
         remaining = self.state.registry.remaining(session.uid)
         return {"session": session.id, "user": session.user, "remaining": remaining}
 
-    def _op_status(self, caller: Caller, request: Request) -> dict[str, object]:
+    def _op_status(self, caller: Caller, request: Request) -> Fields:
         state = self.state
         return {"version": __version__, "protocol": 1, "signer": state.signer.name,
                 "sessions": len(state.registry), "granted": state.counters.granted,
                 "refused": state.counters.refused,
                 "uptime": int(time.monotonic() - state.started)}
+
+
+def _args(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+OPERATIONS: dict[str, Operation] = {
+    "MINT": Operation(_args("user", "lifetime"), (), False, False, (), Operations._op_mint),
+    "OPEN": Operation(_args("user", "lifetime", "tty", "rhost", "service"), ("user",), True, True,
+                      ("user",), Operations._op_open),
+    "CLOSE": Operation(_args("session"), ("session",), True, True, (), Operations._op_close),
+    "STATUS": Operation(_args(), (), False, False, (), Operations._op_status),
+    "EXPLAIN": Operation(_args("user", "lifetime"), ("user",), True, False, (),
+                         Operations._op_explain),
+}

@@ -50,14 +50,26 @@ class Code(str, enum.Enum):
     INTERNAL = "internal"
 
 
-class ProtocolError(Exception):
-    """A request the daemon refuses; carries the code sent on the wire."""
+class Refusal(Exception):
+    """A request the daemon refuses, raised wherever that is found: CODE and MESSAGE go on the
+    wire; REASON (the check that refused), RULE and AUDIT (user=, uid=, session=, ...) go into
+    its one audit line, written where it is caught (operations.Operations.refuse)."""
 
-    def __init__(self, code: Code, message: str, audited: bool = False) -> None:
+    def __init__(self, code: Code, reason: str, message: str, rule: str | None = None,
+                 **audit: object) -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
         self.message = message
-        self.audited = audited  # the daemon has already logged this refusal
+        self.rule = rule
+        self.audit = audit
+
+
+class ProtocolError(Refusal):
+    """A malformed request, refused before any decision: its reason is its code."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(code, code.value, message)
 
 
 @dataclass(frozen=True)

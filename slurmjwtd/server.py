@@ -30,7 +30,7 @@ from . import __version__
 from .config import Config
 from .operations import Operations, Pending, warn_unknown_names
 from .policy import Caller
-from .protocol import MAX_REQUEST, Code
+from .protocol import MAX_REQUEST, Code, ProtocolError
 from .service import Notifier
 from .signer import Signer
 from .state import DaemonState
@@ -362,7 +362,11 @@ class Server:
         conn.buf += data
         end = conn.buf.find(b"\n", 0, MAX_REQUEST)  # at most MAX_REQUEST bytes, newline included
         if end >= 0:
-            reply = self.ops.answer(conn.caller, conn.buf, end, conn.root_socket)
+            if end + 1 != len(conn.buf):  # framing: one request per connection
+                reply: bytes | Pending = self.ops.refuse(conn.caller, ProtocolError(
+                    Code.BAD_REQUEST, "one request per connection"))
+            else:
+                reply = self.ops.answer(conn.caller, conn.buf[:end], conn.root_socket)
             if isinstance(reply, Pending):  # no client deadline, no reading, while signing
                 if self._pending.pop(conn.sock.fileno(), None) is not None:
                     self._selector.unregister(conn.sock)
@@ -371,8 +375,8 @@ class Server:
             else:
                 self._finish(conn, reply)
         elif len(conn.buf) >= MAX_REQUEST:
-            self._finish(conn, self.ops.refusal(conn.caller, Code.TOO_LARGE,
-                                             f"request longer than {MAX_REQUEST} bytes"))
+            self._finish(conn, self.ops.refuse(conn.caller, ProtocolError(
+                Code.TOO_LARGE, f"request longer than {MAX_REQUEST} bytes")))
         elif fresh:
             self._pending[conn.sock.fileno()] = conn
             self._selector.register(conn.sock, selectors.EVENT_READ, conn)
@@ -385,8 +389,8 @@ class Server:
             if conn.refused:
                 self._drop_refused(conn)
                 continue
-            self._finish(conn, self.ops.refusal(conn.caller, Code.TIMEOUT,
-                                             "no complete request within the deadline"))
+            self._finish(conn, self.ops.refuse(conn.caller, ProtocolError(
+                Code.TIMEOUT, "no complete request within the deadline")))
 
     def _finish(self, conn: Connection, reply: bytes | None) -> None:
         if self._pending.pop(conn.sock.fileno(), None) is not None:
@@ -407,8 +411,8 @@ class Server:
         (EPIPE) before it reads the answer. At most max_clients_per_uid such connections
         per uid wait; beyond them, close at once (clients read after a failed write)."""
         try:
-            sock.send(self.ops.refusal(caller, Code.BUSY, "too many connections from this uid"),
-                      _NOWAIT)
+            sock.send(self.ops.refuse(caller, ProtocolError(
+                Code.BUSY, "too many connections from this uid")), _NOWAIT)
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             sock.close()

@@ -197,12 +197,17 @@ class Target:
             if len(buf) < MAX_REQUEST:
                 return (who, "waits")  # the client would hang up or time out
             audited = len(self.audit.lines)
-            reply = self.ops.refusal(caller, Code.TOO_LARGE, f"request longer than {MAX_REQUEST}")
+            reply = self.ops.refuse(caller, ProtocolError(Code.TOO_LARGE,
+                                                          f"request longer than {MAX_REQUEST}"))
             op = "-"
         else:
             audited = len(self.audit.lines)
             del self.errors.records[:]
-            reply = self.ops.answer(caller, buf, end, **self.via[who])
+            if end + 1 != len(buf):  # the server's framing: one request per connection
+                reply = self.ops.refuse(caller, ProtocolError(Code.BAD_REQUEST,
+                                                              "one request per connection"))
+            else:
+                reply = self.ops.answer(caller, buf[:end], **self.via[who])
             if self.errors.records:
                 raise AssertionError("logged at ERROR: " + self.errors.records[0].getMessage())
             words = buf[:end].split(b" ")
