@@ -14,6 +14,7 @@ users flooding the public socket cannot make a login wait for a place in a queue
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import resource
@@ -96,6 +97,70 @@ def bind_socket(path: str, mode: int = 0o666) -> socket.socket:
     return sock
 
 
+class Connections:
+    """The clients the loop holds: per-uid counts (the cap on open connections, and the `busy`
+    ones kept until they have written), those waiting for their request in deadline order, and
+    those waiting for a blocking signer."""
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self._selector = selector
+        # deadlines are now + a constant, so insertion order is deadline order
+        self.waiting: collections.OrderedDict[int, Connection] = collections.OrderedDict()
+        self.signing: dict[Connection, Pending] = {}
+        self._per_uid: collections.Counter[int] = collections.Counter()
+        self._refused_per_uid: collections.Counter[int] = collections.Counter()  # `busy`, waiting
+
+    def in_flight(self) -> bool:
+        return bool(self.waiting or self.signing)
+
+    def full(self, uid: int, limit: int, refused: bool = False) -> bool:
+        """UID has LIMIT connections open (REFUSED: `busy` ones waiting for their request)."""
+        return (self._refused_per_uid if refused else self._per_uid)[uid] >= limit
+
+    def add(self, conn: Connection) -> None:
+        (self._refused_per_uid if conn.refused else self._per_uid)[conn.caller.uid] += 1
+
+    def wait(self, conn: Connection, handler: Callable[[], None]) -> None:
+        """Until its deadline, call HANDLER when CONN can be read."""
+        self.waiting[conn.sock.fileno()] = conn
+        self._selector.register(conn.sock, selectors.EVENT_READ, handler)
+
+    def sign(self, conn: Connection, pending: Pending) -> None:
+        """No deadline, no reading, while its token is made."""
+        self._stop_waiting(conn)
+        self.signing[conn] = pending
+
+    def signed(self) -> list[tuple[Connection, Pending]]:
+        """The connections whose signer has finished, no longer signing."""
+        done = [(c, p) for c, p in self.signing.items() if p.future.done()]
+        for conn, _ in done:
+            del self.signing[conn]
+        return done
+
+    def first_deadline(self) -> float | None:
+        return next(iter(self.waiting.values())).deadline if self.waiting else None
+
+    def expired(self, now: float) -> Connection | None:
+        """The waiting connection whose deadline has passed first, if any."""
+        if self.waiting:
+            conn = next(iter(self.waiting.values()))
+            if conn.deadline <= now:
+                return conn
+        return None
+
+    def release(self, conn: Connection) -> None:
+        """Forget CONN (its socket is the caller's to answer on and close)."""
+        self._stop_waiting(conn)
+        counts = self._refused_per_uid if conn.refused else self._per_uid
+        counts[conn.caller.uid] -= 1
+        if counts[conn.caller.uid] <= 0:
+            del counts[conn.caller.uid]
+
+    def _stop_waiting(self, conn: Connection) -> None:
+        if self.waiting.pop(conn.sock.fileno(), None) is not None:
+            self._selector.unregister(conn.sock)
+
+
 def drain(sock: socket.socket) -> None:
     """Empty a non-blocking wakeup socket: only that it woke the loop matters."""
     try:
@@ -120,22 +185,21 @@ class Server:
         self._listeners: dict[str, socket.socket] = {}  # "public", "root"
         self._paused: set[str] = set()  # listeners not accepting for _ACCEPT_PAUSE (EMFILE)
         self._bound_paths: list[str] = []
-        # deadlines are now + a constant, so insertion order is deadline order
-        self._pending: collections.OrderedDict[int, Connection] = collections.OrderedDict()
-        self._per_uid: collections.Counter[int] = collections.Counter()
-        self._refused_per_uid: collections.Counter[int] = collections.Counter()  # `busy`, waiting
+        self._accepts = {name: functools.partial(self._accept, name) for name in ("public", "root")}
+        self._conns = Connections(self._selector)
         self._signals: list[int] = []
         self._stopping = False
-        self._timers: dict[str, float] = {"prune": time.monotonic() + _PRUNE_INTERVAL}
+        # timer handler: when it is due next; each handler sets its next time or removes itself
+        self._timers: dict[Callable[[float], None], float] = {
+            self._on_prune: time.monotonic() + _PRUNE_INTERVAL}
         if self._notifier.enabled:
-            self._timers["status"] = time.monotonic() + _STATUS_INTERVAL
+            self._timers[self._on_status] = time.monotonic() + _STATUS_INTERVAL
         if self._notifier.watchdog_interval:
-            self._timers["watchdog"] = time.monotonic()
-        self._timers["audit"] = time.monotonic() + _AUDIT_FLUSH
+            self._timers[self._on_watchdog] = time.monotonic()
+        self._timers[self._on_audit] = time.monotonic() + _AUDIT_FLUSH
         self._status_shown = ""
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._signed_r, self._signed_w = socket.socketpair()  # worker threads: "a token is ready"
-        self._signing: dict[Connection, Pending] = {}
         self.ops = Operations(state)
 
     # -- life -------------------------------------------------------------------------------
@@ -163,13 +227,13 @@ class Server:
         for name, listener in zip(("public", "root"), listeners):
             listener.setblocking(False)
             self._listeners[name] = listener
-            self._selector.register(listener, selectors.EVENT_READ, name)
+            self._selector.register(listener, selectors.EVENT_READ, self._accepts[name])
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
-        self._selector.register(self._wakeup_r, selectors.EVENT_READ, "signal")
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ, self._handle_signals)
         self._signed_r.setblocking(False)
         self._signed_w.setblocking(False)
-        self._selector.register(self._signed_r, selectors.EVENT_READ, "signed")
+        self._selector.register(self._signed_r, selectors.EVENT_READ, self._complete_signing)
         signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
@@ -182,22 +246,16 @@ class Server:
         self._signals.append(signum)
 
     def serve(self) -> None:
-        while not (self._stopping and not self._pending and not self._signing):
+        root = self._accepts["root"]
+        while not (self._stopping and not self._conns.in_flight()):
             due = min(self._timers.values())
             ready = self._selector.select(self._next_timeout(due))
             if len(ready) > 1:  # the root socket first: logins never wait behind users
-                ready.sort(key=lambda event: event[0].data != "root")
+                ready.sort(key=lambda event: event[0].data is not root)
             for key, _ in ready:
-                if key.data == "public" or key.data == "root":
-                    self._accept(key.data)
-                elif key.data == "signal":
-                    self._handle_signals()
-                elif key.data == "signed":
-                    self._complete_signing()
-                else:
-                    self._read(key.data)
+                key.data()  # each registered object's handler: accept, read, signals, signed
             now = time.monotonic()
-            if self._pending:
+            if self._conns.waiting:
                 self._expire(now)
             if now >= due:
                 self._run_timers(now)
@@ -224,7 +282,7 @@ class Server:
         if signal.SIGHUP in signals and not self._stopping:
             self.reload()
         if any(s in (signal.SIGTERM, signal.SIGINT) for s in signals) and not self._stopping:
-            log.info("stopping: finishing %d request(s) in flight", len(self._pending))
+            log.info("stopping: finishing %d request(s) in flight", len(self._conns.waiting))
             self._notifier.send("STOPPING=1")
             self._stopping = True
             self._close_listeners()
@@ -258,7 +316,7 @@ class Server:
             listener.close()
         self._listeners.clear()
         self._paused.clear()
-        self._timers.pop("resume_accept", None)
+        self._timers.pop(self._on_resume_accept, None)
         for path in self._bound_paths:
             try:
                 os.unlink(path)
@@ -269,32 +327,33 @@ class Server:
     # -- timers -----------------------------------------------------------------------------
     def _next_timeout(self, due: float) -> float:
         """Until the next timer (DUE) or client deadline, whichever comes first."""
-        if self._pending:
-            due = min(due, next(iter(self._pending.values())).deadline)
+        deadline = self._conns.first_deadline()
+        if deadline is not None:
+            due = min(due, deadline)
         return max(0.0, due - time.monotonic())
 
     def _run_timers(self, now: float) -> None:
-        for name, due in list(self._timers.items()):
+        for handler, due in list(self._timers.items()):
             if due <= now:
-                getattr(self, "_on_" + name)(now)
+                handler(now)
 
     def _on_prune(self, now: float) -> None:
-        self._timers["prune"] = now + _PRUNE_INTERVAL
+        self._timers[self._on_prune] = now + _PRUNE_INTERVAL
         self.state.registry.prune()
         self.state.limiter.forget_idle(now)
 
     def _on_resume_accept(self, now: float) -> None:
-        del self._timers["resume_accept"]
+        del self._timers[self._on_resume_accept]
         for name in self._paused:
-            self._selector.register(self._listeners[name], selectors.EVENT_READ, name)
+            self._selector.register(self._listeners[name], selectors.EVENT_READ, self._accepts[name])
         self._paused.clear()
 
     def _on_audit(self, now: float) -> None:
-        self._timers["audit"] = now + _AUDIT_FLUSH
+        self._timers[self._on_audit] = now + _AUDIT_FLUSH
         self.state.audit.flush(now)
 
     def _on_status(self, now: float) -> None:
-        self._timers["status"] = now + _STATUS_INTERVAL
+        self._timers[self._on_status] = now + _STATUS_INTERVAL
         text = self._status_text()
         if text != self._status_shown:
             self._status_shown = text
@@ -302,7 +361,7 @@ class Server:
 
     def _on_watchdog(self, now: float) -> None:
         assert self._notifier.watchdog_interval
-        self._timers["watchdog"] = now + self._notifier.watchdog_interval
+        self._timers[self._on_watchdog] = now + self._notifier.watchdog_interval
         self._notifier.send("WATCHDOG=1")
 
     def _status_text(self) -> str:
@@ -332,27 +391,24 @@ class Server:
                           _ACCEPT_PAUSE)
                 self._selector.unregister(listener)
                 self._paused.add(name)
-                self._timers["resume_accept"] = time.monotonic() + _ACCEPT_PAUSE
+                self._timers[self._on_resume_accept] = time.monotonic() + _ACCEPT_PAUSE
                 return
             caller = peer_caller(sock)
             deadline = time.monotonic() + self.state.config.client_timeout
-            if not caller.is_root and self._per_uid[caller.uid] >= self.state.config.max_clients_per_uid:
+            if not caller.is_root and self._conns.full(caller.uid,
+                                                       self.state.config.max_clients_per_uid):
                 self._refuse_busy(sock, caller, deadline)
                 continue
             conn = Connection(sock, caller, deadline, root_socket=root_socket)
-            self._per_uid[caller.uid] += 1
+            self._conns.add(conn)
             self._read(conn, fresh=True)
 
     def _read(self, conn: Connection, fresh: bool = False) -> None:
-        if conn.refused:  # its request (or hang-up) is in: it has read, or can read, its `busy`
-            self._drop_refused(conn)
-            return
         try:
             data = conn.sock.recv(MAX_REQUEST + 1 - len(conn.buf), _NOWAIT)
         except BlockingIOError:
             if fresh:  # the request has not arrived yet: wait for it
-                self._pending[conn.sock.fileno()] = conn
-                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+                self._conns.wait(conn, functools.partial(self._read, conn))
             return
         except OSError:
             data = b""
@@ -367,10 +423,8 @@ class Server:
                     Code.BAD_REQUEST, "one request per connection"))
             else:
                 reply = self.ops.answer(conn.caller, conn.buf[:end], conn.root_socket)
-            if isinstance(reply, Pending):  # no client deadline, no reading, while signing
-                if self._pending.pop(conn.sock.fileno(), None) is not None:
-                    self._selector.unregister(conn.sock)
-                self._signing[conn] = reply
+            if isinstance(reply, Pending):
+                self._conns.sign(conn, reply)
                 reply.future.add_done_callback(self._wake_signed)
             else:
                 self._finish(conn, reply)
@@ -378,26 +432,18 @@ class Server:
             self._finish(conn, self.ops.refuse(conn.caller, ProtocolError(
                 Code.TOO_LARGE, f"request longer than {MAX_REQUEST} bytes")))
         elif fresh:
-            self._pending[conn.sock.fileno()] = conn
-            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+            self._conns.wait(conn, functools.partial(self._read, conn))
 
     def _expire(self, now: float) -> None:
-        while self._pending:
-            conn = next(iter(self._pending.values()))
-            if conn.deadline > now:
-                return
+        while (conn := self._conns.expired(now)) is not None:
             if conn.refused:
                 self._drop_refused(conn)
-                continue
-            self._finish(conn, self.ops.refuse(conn.caller, ProtocolError(
-                Code.TIMEOUT, "no complete request within the deadline")))
+            else:
+                self._finish(conn, self.ops.refuse(conn.caller, ProtocolError(
+                    Code.TIMEOUT, "no complete request within the deadline")))
 
     def _finish(self, conn: Connection, reply: bytes | None) -> None:
-        if self._pending.pop(conn.sock.fileno(), None) is not None:
-            self._selector.unregister(conn.sock)
-        self._per_uid[conn.caller.uid] -= 1
-        if self._per_uid[conn.caller.uid] <= 0:
-            del self._per_uid[conn.caller.uid]
+        self._conns.release(conn)
         if reply is not None:
             try:
                 conn.sock.send(reply, _NOWAIT)  # <= MAX_RESPONSE into an empty socket buffer
@@ -417,24 +463,20 @@ class Server:
         except OSError:
             sock.close()
             return
-        if self._refused_per_uid[caller.uid] >= self.state.config.max_clients_per_uid:
+        if self._conns.full(caller.uid, self.state.config.max_clients_per_uid, refused=True):
             sock.close()
             return
-        self._refused_per_uid[caller.uid] += 1
         conn = Connection(sock, caller, deadline, refused=True)
-        self._pending[sock.fileno()] = conn
-        self._selector.register(sock, selectors.EVENT_READ, conn)
+        self._conns.add(conn)
+        # its request (or hang-up) is in: it has read, or can read, its `busy`
+        self._conns.wait(conn, functools.partial(self._drop_refused, conn))
 
     def _drop_refused(self, conn: Connection) -> None:
         try:
             conn.sock.recv(MAX_REQUEST + 1, _NOWAIT)  # what it wrote; unread, it would get a reset
         except OSError:
             pass
-        del self._pending[conn.sock.fileno()]
-        self._selector.unregister(conn.sock)
-        self._refused_per_uid[conn.caller.uid] -= 1
-        if self._refused_per_uid[conn.caller.uid] <= 0:
-            del self._refused_per_uid[conn.caller.uid]
+        self._conns.release(conn)
         conn.sock.close()
 
     def _wake_signed(self, future: Future) -> None:  # runs in the worker thread
@@ -445,7 +487,6 @@ class Server:
 
     def _complete_signing(self) -> None:
         drain(self._signed_r)
-        for conn, pending in [(c, p) for c, p in self._signing.items() if p.future.done()]:
-            del self._signing[conn]
+        for conn, pending in self._conns.signed():
             self._finish(conn, self.ops.complete(pending))
 
