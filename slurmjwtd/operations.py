@@ -119,12 +119,14 @@ Handler = Callable[["Operations", Caller, Request], "Grant | Fields"]
 
 @dataclass(frozen=True)
 class Operation:
-    args: frozenset[str]  # the arguments it takes
-    required: tuple[str, ...]  # those it cannot do without (given and not empty)
-    root_only: bool  # only root may ask (decide_session_change)
-    root_socket: bool  # root asks it only through the root socket (the logins' OPEN, CLOSE)
-    audited: tuple[str, ...]  # arguments a not-root refusal records
+    """One request's entry in OPERATIONS, checked in this order by `Operations._admit`."""
+
     handler: Handler
+    args: frozenset[str]  # the arguments it takes
+    root_socket: bool = False  # root asks it only through the root socket (logins' OPEN, CLOSE)
+    root_only: bool = False  # only root may ask (policy.decide_session_change)
+    audited: tuple[str, ...] = ()  # the arguments a not-root refusal records
+    required: tuple[str, ...] = ()  # those it cannot do without (given and not empty)
 
 
 class Operations:
@@ -335,11 +337,12 @@ def _args(*names: str) -> frozenset[str]:
 
 
 OPERATIONS: dict[str, Operation] = {
-    "MINT": Operation(_args("user", "lifetime"), (), False, False, (), Operations._op_mint),
-    "OPEN": Operation(_args("user", "lifetime", "tty", "rhost", "service"), ("user",), True, True,
-                      ("user",), Operations._op_open),
-    "CLOSE": Operation(_args("session"), ("session",), True, True, (), Operations._op_close),
-    "STATUS": Operation(_args(), (), False, False, (), Operations._op_status),
-    "EXPLAIN": Operation(_args("user", "lifetime"), ("user",), True, False, (),
-                         Operations._op_explain),
+    "MINT": Operation(Operations._op_mint, _args("user", "lifetime")),
+    "OPEN": Operation(Operations._op_open, _args("user", "lifetime", "tty", "rhost", "service"),
+                      root_socket=True, root_only=True, audited=("user",), required=("user",)),
+    "CLOSE": Operation(Operations._op_close, _args("session"), root_socket=True, root_only=True,
+                       required=("session",)),
+    "STATUS": Operation(Operations._op_status, _args()),
+    "EXPLAIN": Operation(Operations._op_explain, _args("user", "lifetime"), root_only=True,
+                         required=("user",)),
 }
