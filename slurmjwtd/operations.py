@@ -197,7 +197,6 @@ class Operations:
         user = slurm_name(grant.target.name, self.state.config)
         lifetime = grant.decision.lifetime
         if not signer.blocking:
-            self.state.counters.granted += 1
             return encode_ok(self._granted(op, caller, grant, signer.mint(user, lifetime,
                                                                           int(time.time()))))
         if self._workers is None:
@@ -213,10 +212,8 @@ class Operations:
         no session: a failed signer leaves nothing open."""
         grant = pending.grant
         try:
-            reply = encode_ok(self._granted(pending.op, pending.caller, grant,
-                                            pending.future.result()))
-            self.state.counters.granted += 1
-            return reply
+            return encode_ok(self._granted(pending.op, pending.caller, grant,
+                                           pending.future.result()))
         except SignerError as exc:
             self._undo(grant)
             return self.refuse(pending.caller, Refusal(Code.SIGNER_UNAVAILABLE, "signer", str(exc),
@@ -231,7 +228,8 @@ class Operations:
             self.state.registry.close(grant.session.id)
 
     def _granted(self, op: str, caller: Caller, grant: Grant, token: Token) -> Fields:
-        """Audit a token just made; return the answer's fields."""
+        """Count and audit a token just made; return the answer's fields."""
+        self.state.counters.granted += 1
         target, decision, session = grant.target, grant.decision, grant.session
         where: Fields = {} if session is None else {
             "session": session.id, "tty": session.tty, "rhost": session.rhost,
