@@ -90,13 +90,18 @@ static int call_failed(pam_handle_t *pamh, const struct options *opt, const char
 	return rc == SJWT_ERR_UNREACHABLE ? PAM_IGNORE : PAM_SESSION_ERR;
 }
 
-/* Refusals that mean "no token for this login", not "something is broken". */
+/* The codes of class refusal (docs/protocol.md, slurmjwtd/protocol.py's Code): "no token for
+ * this login", PAM_IGNORE. Any other code is a fault, PAM_SESSION_ERR. tests/test_units.py
+ * checks this list against protocol.py's. */
+static const char *const refusals[] = {
+	"permission-denied", "no-session", "unknown-user", "below-min-uid",
+	"lifetime-too-long", "policy-denied", "rate-limited", "no-such-session",
+};
+
 static int not_for_this_login(const char *code)
 {
-	static const char *const codes[] = { "below-min-uid", "unknown-user", "permission-denied",
-					     "policy-denied", "rate-limited", "no-such-session" };
-	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
-		if (strcmp(code, codes[i]) == 0)
+	for (size_t i = 0; i < sizeof refusals / sizeof refusals[0]; i++)
+		if (strcmp(code, refusals[i]) == 0)
 			return 1;
 	return 0;
 }

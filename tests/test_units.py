@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import jwt
 import pytest
 
 from slurmjwtd.audit import format_audit
 from slurmjwtd.config import Config, ConfigError, config_from_dict, load_config
 from slurmjwtd.policy import Account, Caller, decide_mint, decide_session_change
-from slurmjwtd.protocol import (Code, ProtocolError, encode_error, encode_ok, encode_request,
-                                parse_request, parse_response, quote, unquote)
+from slurmjwtd.protocol import (FAULT, REFUSAL, REFUSALS, Code, ProtocolError, encode_error,
+                                encode_ok, encode_request, parse_request, parse_response, quote,
+                                unquote)
 from slurmjwtd.signer import HS256Signer
 
 ROOT = Caller(0, 0, 100)
@@ -149,3 +153,38 @@ def test_hs256_token_is_what_slurm_accepts():
     assert token.jwt not in repr(token) and "k" * 32 not in repr(HS256Signer(key))
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(token.jwt, b"x" * 32, algorithms=["HS256"], options={"verify_exp": False})
+
+
+# -- error codes: one table, protocol.Code; the CLI and the PAM module follow its classes ------
+def c_refusals() -> set[str]:
+    """The codes pam_slurmjwt.c's `refusals` table lists (PAM_IGNORE; any other is PAM_SESSION_ERR)."""
+    source = (Path(__file__).parent.parent / "pam" / "pam_slurmjwt.c").read_text()
+    table = re.search(r"static const char \*const refusals\[\] = \{(.*?)\};", source, re.S)
+    assert table, "pam_slurmjwt.c has no `refusals` table"
+    body = re.sub(r"/\*.*?\*/", "", table.group(1), flags=re.S)
+    codes = re.findall(r'"([^"]*)"', body)
+    assert len(codes) == len(set(codes)) and re.fullmatch(r'(\s*"[^"]*"\s*,?)*\s*', body), body
+    return set(codes)
+
+
+def test_pam_module_ignores_exactly_the_refusals():
+    assert c_refusals() == REFUSALS
+
+
+def test_every_code_has_a_class_and_the_docs_say_which():
+    assert {code.kind for code in Code} == {REFUSAL, FAULT}
+    assert REFUSALS == {c.value for c in Code if c.kind == REFUSAL}
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    documented = dict(re.findall(r"^\| `([a-z-]+)` \| (refusal|fault) \|", doc, re.M))
+    assert documented == {c.value: c.kind for c in Code}
+
+
+@pytest.mark.parametrize("code", [c.value for c in Code] + ["a-later-code"])
+def test_cli_exit_status_follows_the_class(code):
+    from slurmjwtd.cli import EXIT_DAEMON, EXIT_NO_SESSION, EXIT_REFUSED, exit_status
+    expected = (EXIT_NO_SESSION if code == "no-session" else
+                EXIT_REFUSED if code in REFUSALS else EXIT_DAEMON)
+    assert exit_status(code) == expected
+    assert (exit_status(code) in (EXIT_REFUSED, EXIT_NO_SESSION)) == (
+        code in ("permission-denied", "no-session", "unknown-user", "below-min-uid",
+                 "lifetime-too-long", "policy-denied", "rate-limited", "no-such-session"))
