@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jwt
@@ -188,3 +190,64 @@ def test_cli_exit_status_follows_the_class(code):
     assert (exit_status(code) in (EXIT_REFUSED, EXIT_NO_SESSION)) == (
         code in ("permission-denied", "no-session", "unknown-user", "below-min-uid",
                  "lifetime-too-long", "policy-denied", "rate-limited", "no-such-session"))
+
+
+# -- python-systemd, never the checkout's systemd/ folder of units --------------------------
+CHECKOUT = Path(__file__).resolve().parent.parent
+WITHOUT_SYSTEMD = [
+    ("service", "import slurmjwtd.service"),
+    ("journal audit", "from slurmjwtd.audit import JournalAuditLog; JournalAuditLog()"),
+]
+
+
+def run_without_python_systemd(code: str, path: Path) -> subprocess.CompletedProcess:
+    """CODE in a Python that has only the standard library (-S: no site-packages, so neither
+    python-systemd nor anything else installed), with PATH on sys.path."""
+    return subprocess.run([sys.executable, "-S", "-c", code], cwd=path, capture_output=True,
+                          text=True, timeout=60, env={"PYTHONPATH": str(path), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("what, code", WITHOUT_SYSTEMD, ids=[w for w, _ in WITHOUT_SYSTEMD])
+def test_checkout_units_folder_is_not_taken_for_python_systemd(what, code):
+    assert (CHECKOUT / "systemd" / "slurmjwtd.service").is_file()  # the shadow this is about
+    result = run_without_python_systemd(code, CHECKOUT)
+    assert result.returncode == 1, result
+    assert result.stderr == (f"slurmjwtd: python-systemd is not installed: `import systemd` found "
+                             f"{CHECKOUT / 'systemd'} (this checkout's unit files) "
+                             f"(apt-get install python3-systemd, or pip install systemd-python)\n")
+
+
+def test_missing_python_systemd_is_one_line(tmp_path):
+    (tmp_path / "slurmjwtd").symlink_to(CHECKOUT / "slurmjwtd")  # the package, not the units
+    result = run_without_python_systemd("import slurmjwtd.service", tmp_path)
+    assert result.returncode == 1, result
+    assert result.stderr == ("slurmjwtd: python-systemd is not installed "
+                             "(apt-get install python3-systemd, or pip install systemd-python)\n")
+
+
+def test_daemon_journal_logging_refuses_a_namespace_systemd(monkeypatch):
+    """main.setup_logging(journal=True), with `systemd` a namespace package of the units."""
+    import types
+    from slurmjwtd import main, pysystemd
+    fake = types.ModuleType("systemd")
+    fake.__path__ = [str(CHECKOUT / "systemd")]  # what the import system makes of the folder
+    fake.__file__ = None
+    monkeypatch.setitem(sys.modules, "systemd", fake)
+    monkeypatch.delitem(sys.modules, "systemd.journal", raising=False)
+    monkeypatch.setattr(pysystemd, "UNITS", str(CHECKOUT / "systemd"))
+    with pytest.raises(SystemExit, match=r"python-systemd is not installed: `import systemd` found "
+                                         + re.escape(str(CHECKOUT / "systemd"))):
+        main.setup_logging(True)
+    assert pysystemd.shadow(fake) == str(CHECKOUT / "systemd")
+    real = types.ModuleType("systemd")  # installed beside slurmjwtd/, as pip does in a venv
+    real.__file__ = str(CHECKOUT / "systemd" / "__init__.py")
+    real.__path__ = [str(CHECKOUT / "systemd")]
+    assert pysystemd.shadow(real) is None
+
+
+def test_installed_daemon_imports_python_systemd():
+    """The venv's slurmjwtd, whose python-systemd (pip's) sits beside it in site-packages."""
+    result = subprocess.run([sys.executable, "-c", "import slurmjwtd.service as s, slurmjwtd.main;"
+                             "print(s.daemon.__file__)"], cwd="/", capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout.strip().endswith("daemon.py"), result
