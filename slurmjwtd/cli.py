@@ -34,6 +34,7 @@ import time
 import click
 
 from . import __version__
+from .atomicfile import write_atomic
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import (DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config, ConfigError,
                      load_config)
@@ -488,19 +489,6 @@ def jwks(path: str | None, kid: str | None) -> None:
 
 
 def write_key(path: str, key: bytes, uid: int, gid: int, mode: int, force: bool) -> None:
-    """Create PATH atomically: a complete file with its final owner and mode, or nothing."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, key)
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-        if force:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if PATH exists: never overwrite without --force
-    finally:
-        os.close(fd)
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+    """Create PATH atomically: a complete file with its final owner and mode, or nothing;
+    never overwrite one without --force (FileExistsError)."""
+    write_atomic(path, key, mode=mode, owner=(uid, gid), fsync=True, replace=force)

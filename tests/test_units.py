@@ -251,3 +251,42 @@ def test_installed_daemon_imports_python_systemd():
                              "print(s.daemon.__file__)"], cwd="/", capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and result.stdout.strip().endswith("daemon.py"), result
+
+
+# -- atomicfile: the one writer of whole files (sessions, token file, keygen) ---------------
+def test_write_atomic_replaces_or_refuses_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import os
+    from slurmjwtd import atomicfile
+    path = tmp_path / "key"
+    atomicfile.write_atomic(str(path), b"one", mode=0o640)
+    assert path.read_bytes() == b"one" and path.stat().st_mode & 0o777 == 0o640
+    with pytest.raises(FileExistsError):  # replace=False never overwrites
+        atomicfile.write_atomic(str(path), b"two", replace=False)
+    assert path.read_bytes() == b"one"
+    stale = tmp_path / f".key.tmp-{os.getpid()}"  # a writer of this pid that died
+    stale.symlink_to(tmp_path / "elsewhere")
+    atomicfile.write_atomic(str(path), b"three", fsync=True)
+    assert path.read_bytes() == b"three" and path.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "elsewhere").exists()
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(atomicfile.os, "fsync", broken)
+    with pytest.raises(OSError):
+        atomicfile.write_atomic(str(path), b"four", fsync=True)
+    assert path.read_bytes() == b"three"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
+
+
+def test_write_atomic_relative_to_a_directory(tmp_path):
+    import os
+    from slurmjwtd.atomicfile import write_atomic
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        write_atomic("token", b"a.b.c\n", dir_fd=fd)
+        write_atomic("token", b"d.e.f\n", dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert [p.name for p in tmp_path.iterdir()] == ["token"]
+    assert (tmp_path / "token").read_bytes() == b"d.e.f\n"
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
