@@ -35,6 +35,7 @@ import click
 
 from . import __version__
 from .atomicfile import write_atomic
+from .nss import nss
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import (DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config, ConfigError,
                      load_config)
@@ -396,19 +397,11 @@ def status(ctx: click.Context) -> None:
 
 
 def _default_owner() -> str:
-    try:
-        pwd.getpwnam("slurm")
-        return "slurm"
-    except KeyError:
-        return "root"
+    return "slurm" if nss(pwd.getpwnam, "slurm") else "root"
 
 
 def _default_group() -> str | None:
-    try:
-        grp.getgrnam("slurmjwt")
-        return "slurmjwt"
-    except KeyError:
-        return None
+    return "slurmjwt" if nss(grp.getgrnam, "slurmjwt") else None
 
 
 @main.command()

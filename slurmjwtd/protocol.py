@@ -20,9 +20,11 @@ MAGIC = "SJWT/1"
 MAX_REQUEST = 1024  # bytes, newline included
 MAX_RESPONSE = 4096  # bytes, newline included
 
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@+,")
-_SAFE_TEXT = re.compile(r"[A-Za-z0-9._~:/@+,-]+\Z")  # fast path: a value needing no escapes
-_WIRE_VALUE = re.compile(r"[A-Za-z0-9._~:/@+,%-]*\Z")
+# docs/protocol.md's `safe`: the bytes a value carries as they are (pam/sjwt_client.c's SAFE_CHARS)
+SAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@+,"
+_SAFE = frozenset(SAFE.encode())
+_SAFE_TEXT = re.compile(f"[{re.escape(SAFE)}]+\\Z")  # fast path: a value needing no escapes
+_WIRE_VALUE = re.compile(f"[{re.escape(SAFE)}%]*\\Z")
 _KEY = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _OP = re.compile(r"[A-Z]{1,16}\Z")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")

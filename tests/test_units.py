@@ -290,3 +290,36 @@ def test_write_atomic_relative_to_a_directory(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["token"]
     assert (tmp_path / "token").read_bytes() == b"d.e.f\n"
     assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+
+
+# -- the safe set, written once per language ---------------------------------------------
+def test_safe_set_is_one_set_in_protocol_py_the_c_client_and_the_docs():
+    from slurmjwtd.protocol import SAFE, quote
+    c_source = (CHECKOUT / "pam" / "sjwt_client.c").read_text()
+    c_safe = re.search(r'#define SAFE_CHARS "([^"]*)"', c_source).group(1)
+    assert sorted(c_safe) == sorted(SAFE) and len(set(SAFE)) == len(SAFE)
+    abnf = re.search(r"^safe += (.*)$", (CHECKOUT / "docs" / "protocol.md").read_text(), re.M).group(1)
+    doc_safe = set(re.findall(r'"(.)"', abnf))
+    assert abnf.startswith("ALPHA / DIGIT / ")
+    doc_safe |= {chr(c) for c in range(0x41, 0x5B)} | {chr(c) for c in range(0x61, 0x7B)}
+    doc_safe |= set("0123456789")
+    assert doc_safe == set(SAFE)
+    for c in map(chr, range(128)):  # each character as it is, or escaped, as the set says
+        assert (quote(c) == c) == (c in SAFE), repr(c)
+        assert (parse_request(f"SJWT/1 MINT user={c}".encode()).args["user"] == c
+                if c in SAFE else True)
+
+
+# -- nss: the one "NSS lookup or None" ----------------------------------------------------
+def test_nss_answers_none_for_what_nss_does_not_know():
+    import grp
+    import pwd
+    from slurmjwtd.nss import nss
+    assert nss(pwd.getpwnam, "root").pw_uid == 0 and nss(pwd.getpwuid, 0).pw_name == "root"
+    assert nss(grp.getgrgid, 0).gr_name == "root"
+    assert nss(pwd.getpwnam, "sjt-no-such-user") is None
+    assert nss(grp.getgrnam, "sjt-no-such-group") is None
+    assert nss(pwd.getpwuid, 2**31 - 2) is None
+    from slurmjwtd.keyfile import allowed_owners, pwd_uid, trusted_owners
+    assert pwd_uid("root") == 0 and pwd_uid("sjt-no-such-user") is None
+    assert allowed_owners("sjt-no-such-user") == trusted_owners() and 0 in trusted_owners()
