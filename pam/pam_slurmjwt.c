@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pwd.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,13 +91,18 @@ static int call_failed(pam_handle_t *pamh, const struct options *opt, const char
 	return rc == SJWT_ERR_UNREACHABLE ? PAM_IGNORE : PAM_SESSION_ERR;
 }
 
-/* Refusals that mean "no token for this login", not "something is broken". */
+/* The codes of class refusal (docs/protocol.md, slurmjwtd/protocol.py's Code): "no token for
+ * this login", PAM_IGNORE. Any other code is a fault, PAM_SESSION_ERR. tests/test_units.py
+ * checks this list against protocol.py's. */
+static const char *const refusals[] = {
+	"permission-denied", "no-session", "unknown-user", "below-min-uid",
+	"lifetime-too-long", "policy-denied", "rate-limited", "no-such-session",
+};
+
 static int not_for_this_login(const char *code)
 {
-	static const char *const codes[] = { "below-min-uid", "unknown-user", "permission-denied",
-					     "policy-denied", "rate-limited", "no-such-session" };
-	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
-		if (strcmp(code, codes[i]) == 0)
+	for (size_t i = 0; i < sizeof refusals / sizeof refusals[0]; i++)
+		if (strcmp(code, refusals[i]) == 0)
 			return 1;
 	return 0;
 }
@@ -112,6 +118,36 @@ static int refused(pam_handle_t *pamh, const char *what, const char *user, const
 	pam_syslog(pamh, ignore ? LOG_NOTICE : LOG_ERR, "%s for %s refused (%s):%s", what, user,
 		   code, message ? message : "");
 	return ignore ? PAM_IGNORE : PAM_SESSION_ERR;
+}
+
+/* One exchange: OP with its (key, value) pairs, ended by a NULL key, sent to the daemon and
+ * its answer read into ANSWER (SJWT_MAX_ANSWER bytes). PAM_SUCCESS for an OK answer; else one
+ * line logged, "UNREACHED for USER: ..." when the call failed, "REFUSAL for USER refused ..."
+ * when the daemon answered ERR, and the failure's PAM code. */
+static int ask_daemon(pam_handle_t *pamh, const struct options *opt, const char *user,
+		      const char *unreached, const char *refusal, char *answer, const char *op, ...)
+	__attribute__((sentinel));
+
+static int ask_daemon(pam_handle_t *pamh, const struct options *opt, const char *user,
+		      const char *unreached, const char *refusal, char *answer, const char *op, ...)
+{
+	char request[SJWT_MAX_REQUEST + 1];
+	va_list ap;
+	int rc;
+
+	va_start(ap, op);
+	rc = sjwt_vbuild_request(request, sizeof request, op, ap);
+	va_end(ap);
+	if (rc < 0) {
+		pam_syslog(pamh, LOG_ERR, "request for %s too long", user);
+		return PAM_SESSION_ERR;
+	}
+	rc = sjwt_call(opt->socket, opt->timeout_ms, request, answer, SJWT_MAX_ANSWER);
+	if (rc != SJWT_OK)
+		return call_failed(pamh, opt, unreached, user, rc);
+	if (!sjwt_answer_ok(answer))
+		return refused(pamh, refusal, user, answer);
+	return PAM_SUCCESS;
 }
 
 static void free_data(pam_handle_t *pamh, void *data, int status)
@@ -309,7 +345,7 @@ out:
 EXPORT int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
 	struct options opt;
-	char request[SJWT_MAX_REQUEST + 1], answer[SJWT_MAX_ANSWER];
+	char answer[SJWT_MAX_ANSWER];
 	const char *user = item(pamh, PAM_USER);
 	int rc;
 
@@ -319,18 +355,10 @@ EXPORT int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const ch
 		pam_syslog(pamh, LOG_ERR, "no PAM_USER: nothing to open a session for");
 		return PAM_SESSION_ERR;
 	}
-	if (sjwt_build_request(request, sizeof request, "OPEN", "user", user,
-			       "tty", item(pamh, PAM_TTY), "rhost", item(pamh, PAM_RHOST),
-			       "service", item(pamh, PAM_SERVICE), (char *)NULL) < 0) {
-		pam_syslog(pamh, LOG_ERR, "request for %s too long", user);
-		return PAM_SESSION_ERR;
-	}
-	rc = sjwt_call(opt.socket, opt.timeout_ms, request, answer, sizeof answer);
-	if (rc != SJWT_OK)
-		rc = call_failed(pamh, &opt, "no token", user, rc);
-	else if (!sjwt_answer_ok(answer))
-		rc = refused(pamh, "token", user, answer);
-	else
+	rc = ask_daemon(pamh, &opt, user, "no token", "token", answer, "OPEN", "user", user,
+			"tty", item(pamh, PAM_TTY), "rhost", item(pamh, PAM_RHOST),
+			"service", item(pamh, PAM_SERVICE), (char *)NULL);
+	if (rc == PAM_SUCCESS)
 		rc = export_token(pamh, &opt, user, answer);
 	explicit_bzero(answer, sizeof answer);
 	return rc;
@@ -339,7 +367,7 @@ EXPORT int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const ch
 EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
 	struct options opt;
-	char request[SJWT_MAX_REQUEST + 1], answer[SJWT_MAX_ANSWER];
+	char answer[SJWT_MAX_ANSWER];
 	const void *session = NULL;
 	const char *user = item(pamh, PAM_USER);
 	int rc;
@@ -350,15 +378,9 @@ EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const c
 		return PAM_IGNORE; /* open_session set no token: nothing to close */
 	if (user == NULL)
 		user = "?";
-	if (sjwt_build_request(request, sizeof request, "CLOSE", "session", (const char *)session,
-			       (char *)NULL) < 0)
-		return PAM_SESSION_ERR;
-	rc = sjwt_call(opt.socket, opt.timeout_ms, request, answer, sizeof answer);
-	if (rc != SJWT_OK)
-		rc = call_failed(pamh, &opt, "session not closed", user, rc);
-	else if (!sjwt_answer_ok(answer))
-		rc = refused(pamh, "close", user, answer);
-	else {
+	rc = ask_daemon(pamh, &opt, user, "session not closed", "close", answer, "CLOSE",
+			"session", (const char *)session, (char *)NULL);
+	if (rc == PAM_SUCCESS) {
 		char remaining[16] = "";
 		sjwt_answer_field(answer, "remaining", remaining, sizeof remaining);
 		if (strcmp(remaining, "0") == 0)
@@ -366,7 +388,6 @@ EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const c
 		if (opt.debug)
 			pam_syslog(pamh, LOG_DEBUG, "session %s closed, %s left", (const char *)session,
 				   remaining);
-		rc = PAM_SUCCESS;
 	}
 	pam_set_data(pamh, DATA_KEY, NULL, NULL);
 	return rc;

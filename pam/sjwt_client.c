@@ -231,10 +231,20 @@ static int put(char *buf, size_t cap, size_t *len, const char *s, int encode)
 
 int sjwt_build_request(char *buf, size_t size, const char *op, ...)
 {
+	va_list ap;
+	int rc;
+
+	va_start(ap, op);
+	rc = sjwt_vbuild_request(buf, size, op, ap);
+	va_end(ap);
+	return rc;
+}
+
+int sjwt_vbuild_request(char *buf, size_t size, const char *op, va_list ap)
+{
 	const char *key, *value;
 	size_t cap, len = 0;
 	int bad;
-	va_list ap;
 
 	if (buf == NULL || size == 0)
 		return SJWT_ERR_INVAL;
@@ -243,7 +253,6 @@ int sjwt_build_request(char *buf, size_t size, const char *op, ...)
 		return SJWT_ERR_INVAL;
 	cap = size - 1 < SJWT_MAX_REQUEST ? size - 1 : SJWT_MAX_REQUEST; /* line, newline included */
 	bad = put(buf, cap, &len, MAGIC " ", 0) || put(buf, cap, &len, op, 0);
-	va_start(ap, op);
 	while (!bad && (key = va_arg(ap, const char *)) != NULL) {
 		value = va_arg(ap, const char *);
 		if (!valid_key(key))
@@ -252,7 +261,6 @@ int sjwt_build_request(char *buf, size_t size, const char *op, ...)
 			bad = put(buf, cap, &len, " ", 0) || put(buf, cap, &len, key, 0) ||
 			      put(buf, cap, &len, "=", 0) || put(buf, cap, &len, value, 1);
 	}
-	va_end(ap);
 	if (bad || put(buf, cap, &len, "\n", 0) != 0) {
 		buf[0] = '\0';
 		return SJWT_ERR_INVAL;

@@ -8,6 +8,7 @@
 #ifndef SJWT_CLIENT_H
 #define SJWT_CLIENT_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 #define SJWT_MAX_REQUEST 1024 /* bytes on the wire, newline included */
@@ -42,6 +43,9 @@ int sjwt_call(const char *socket_path, int timeout_ms, const char *request,
  * than SJWT_MAX_REQUEST, or BUF too small). */
 int sjwt_build_request(char *buf, size_t size, const char *op, ...)
 	__attribute__((sentinel));
+
+/* sjwt_build_request with the pairs in AP, for callers that pass their own on. */
+int sjwt_vbuild_request(char *buf, size_t size, const char *op, va_list ap);
 
 /* 1 if ANSWER is "SJWT/1 OK ...", else 0. */
 int sjwt_answer_ok(const char *answer);

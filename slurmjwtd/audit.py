@@ -110,8 +110,8 @@ class JournalAuditLog:
     `journalctl SLURMJWT_USER=alice`; refusals and summaries at priority notice, grants at info."""
 
     def __init__(self) -> None:
-        from systemd import journal  # only under systemd
-        self._send = journal.send
+        from .pysystemd import systemd_module  # only under systemd
+        self._send = systemd_module("journal").send
 
     def __call__(self, **fields: object) -> None:
         extra = {f"SLURMJWT_{k.upper()}": str(v) for k, v in fields.items()

@@ -4,13 +4,12 @@ Tokens go to stdout only; every error is one line on stderr and a distinct
 exit status (docs/cli.md):
 
   0 success                      5 refused: no live login session
-  1 unexpected error; doctor     6 daemon error: busy, timeout, internal, signer unavailable,
-    found a problem                garbled answer
+  1 unexpected error; doctor     6 daemon error: a code of class FAULT (busy, timeout, internal,
+    found a problem                signer unavailable, bad request, ...), garbled answer
   2 usage error; a socket path    7 no token to show, or not a JWT, or it has expired
     too long for a Unix socket   8 keygen or jwks could not write or read the key
   3 daemon unreachable           9 curl ran but failed (its status in the message)
-  4 refused by policy (permission, unknown user, min_uid, policy-denied, rate-limited,
-    lifetime, bad request)
+  4 refused by policy: a code of class REFUSAL (protocol.Code) but no-session
 
 Text that comes from the daemon (or from whatever listens on $SLURMJWT_SOCKET) is printed as
 printable ASCII only (printable()): a fake daemon cannot send escape sequences to a terminal.
@@ -35,18 +34,18 @@ import time
 import click
 
 from . import __version__
+from .atomicfile import write_atomic
+from .nss import nss
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import (DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config, ConfigError,
                      load_config)
-from .protocol import Response
+from .protocol import REFUSALS, Response
 from .tokenfile import read_token_file, token_path, write_token_file
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NO_SESSION = 1, 2, 3, 4, 5
 EXIT_DAEMON, EXIT_NO_TOKEN, EXIT_KEYGEN, EXIT_CURL = 6, 7, 8, 9
 MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path (108) less the terminating NUL
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2: help, not an error
-_DAEMON_SIDE = {"busy", "timeout", "internal", "too-large", "unsupported-version",
-                "signer-unavailable"}
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 
@@ -125,10 +124,16 @@ def ask(ctx: click.Context, op: str, args: dict[str, object] | None = None,
     except BadAnswer as exc:
         raise Failure(EXIT_DAEMON, str(exc))
     if not answer.ok:
-        status = (EXIT_NO_SESSION if answer.code == "no-session" else
-                  EXIT_DAEMON if answer.code in _DAEMON_SIDE else EXIT_REFUSED)
-        raise Failure(status, f"refused ({answer.code}): {answer.message}")
+        raise Failure(exit_status(answer.code), f"refused ({answer.code}): {answer.message}")
     return answer
+
+
+def exit_status(code: str) -> int:
+    """The exit status for an ERR answer's CODE, by its class in protocol.Code: a refusal 4 (5
+    for no-session: log in again), a fault, or a code not in the table, 6."""
+    if code not in REFUSALS:
+        return EXIT_DAEMON
+    return EXIT_NO_SESSION if code == "no-session" else EXIT_REFUSED
 
 
 def get_token(ctx: click.Context, user: str | None, lifetime: int | None,
@@ -176,7 +181,8 @@ def main(ctx: click.Context, socket_path: str | None) -> None:
     ctx.obj = socket_path or (DEFAULT_ROOT_SOCKET if os.geteuid() == 0 else DEFAULT_SOCKET)
 
 
-lifetime_option = click.option("--lifetime", type=click.IntRange(min=1), metavar="SECONDS",
+lifetime_option = click.option("--lifetime", type=click.IntRange(min=1, max=999_999_999),
+                               metavar="SECONDS",
                                help="Token lifetime [default: the daemon's].")
 
 
@@ -355,7 +361,7 @@ def doctor(ctx: click.Context, config_path: str, slurm_conf: str, pam_file: str,
 
 @main.command()
 @click.argument("user")
-@click.option("--lifetime", type=click.IntRange(min=1), metavar="SECONDS",
+@click.option("--lifetime", type=click.IntRange(min=1, max=999_999_999), metavar="SECONDS",
               help="Ask about this lifetime rather than the default.")
 @click.pass_context
 def policy(ctx: click.Context, user: str, lifetime: int | None) -> None:
@@ -391,19 +397,11 @@ def status(ctx: click.Context) -> None:
 
 
 def _default_owner() -> str:
-    try:
-        pwd.getpwnam("slurm")
-        return "slurm"
-    except KeyError:
-        return "root"
+    return "slurm" if nss(pwd.getpwnam, "slurm") else "root"
 
 
 def _default_group() -> str | None:
-    try:
-        grp.getgrnam("slurmjwt")
-        return "slurmjwt"
-    except KeyError:
-        return None
+    return "slurmjwt" if nss(grp.getgrnam, "slurmjwt") else None
 
 
 @main.command()
@@ -484,19 +482,6 @@ def jwks(path: str | None, kid: str | None) -> None:
 
 
 def write_key(path: str, key: bytes, uid: int, gid: int, mode: int, force: bool) -> None:
-    """Create PATH atomically: a complete file with its final owner and mode, or nothing."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, key)
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-        if force:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if PATH exists: never overwrite without --force
-    finally:
-        os.close(fd)
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+    """Create PATH atomically: a complete file with its final owner and mode, or nothing;
+    never overwrite one without --force (FileExistsError)."""
+    write_atomic(path, key, mode=mode, owner=(uid, gid), fsync=True, replace=force)

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import Config, ConfigError, load_config, toml_value
-from .keyfile import MAX_KEY_BYTES, KeyFileError, allowed_owners, check_program, read_key
+from .keyfile import MAX_KEY_BYTES, KeyFileError, check_program, read_key, trusted_owners
+from .nss import nss
 from .policy import unknown_names
 
 OK, WARNING, PROBLEM, SKIP = "ok", "WARNING", "PROBLEM", "skip"
@@ -281,21 +282,13 @@ def check_config(path: str) -> tuple[Config | None, Finding]:
     return config, Finding(OK, "configuration", f"{path} {state} (key_file {config.key_file})")
 
 
-def _nss_knows(lookup: Callable[[str], object]) -> Callable[[str], bool]:
-    def known(name: str) -> bool:
-        try:
-            lookup(name)
-        except KeyError:
-            return False
-        return True
-    return known
-
-
 def check_policy_names(config: Config | None, path: str,
-                       user_known: Callable[[str], bool] = _nss_knows(pwd.getpwnam),
-                       group_known: Callable[[str], bool] = _nss_knows(grp.getgrnam)) -> Finding:
+                       user_known: Callable[[str], bool] | None = None,
+                       group_known: Callable[[str], bool] | None = None) -> Finding:
     """Every user and group the policy names exists in NSS; an unknown one is a typo or an
     account not made yet, and its rule matches no one (slurmjwtd logs the same at start)."""
+    user_known = user_known or (lambda name: nss(pwd.getpwnam, name) is not None)
+    group_known = group_known or (lambda name: nss(grp.getgrnam, name) is not None)
     if config is None:
         return Finding(SKIP, "policy", "not checked: the configuration is invalid")
     unknown = unknown_names(config, user_known, group_known)
@@ -320,11 +313,7 @@ def check_key(config: Config | None) -> Finding:
         return Finding(SKIP, "key", "not checked: the configuration is invalid")
     if os.geteuid() != 0:
         return Finding(SKIP, "key", "not checked: run slurmjwt doctor as root to check the key")
-    owners = allowed_owners(config.slurm_user)
-    try:
-        owners[pwd.getpwnam(DAEMON_USER).pw_uid] = DAEMON_USER
-    except KeyError:
-        pass
+    owners = trusted_owners(config.slurm_user, DAEMON_USER)
     path = signer_file(config)
     try:
         if config.signer == "scontrol":

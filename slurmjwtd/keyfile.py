@@ -19,6 +19,8 @@ import os
 import pwd
 import stat
 
+from .nss import nss
+
 MIN_KEY_BYTES = 32
 MAX_KEY_BYTES = 64 * 1024
 DAEMON_ACCOUNT = "slurmjwt"  # the unit's User=: reads the key through its group
@@ -31,27 +33,16 @@ class KeyFileError(Exception):
 
 
 def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+    return getattr(nss(pwd.getpwuid, uid), "pw_name", str(uid))
 
 
 def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
+    return getattr(nss(grp.getgrgid, gid), "gr_name", str(gid))
 
 
 def allowed_owners(slurm_user: str) -> dict[int, str]:
     """Uids that may own the key: root, SlurmUser and the daemon's own user."""
-    owners = {0: "root", os.geteuid(): _user_name(os.geteuid())}
-    try:
-        owners[pwd.getpwnam(slurm_user).pw_uid] = slurm_user
-    except KeyError:
-        pass
-    return owners
+    return trusted_owners(slurm_user)
 
 
 def trusted_owners(*names: str) -> dict[int, str]:
@@ -101,10 +92,7 @@ def check_key_group(path: str, st: os.stat_result, owners: dict[int, str], min_u
     primary group it is (as far as NSS enumerates them)."""
     if not st.st_mode & stat.S_IRGRP:
         return
-    try:
-        listed = grp.getgrgid(st.st_gid).gr_mem
-    except KeyError:
-        listed = []
+    listed = getattr(nss(grp.getgrgid, st.st_gid), "gr_mem", [])
     members = {name: pwd_uid(name) for name in listed}
     members |= {p.pw_name: p.pw_uid for p in pwd.getpwall() if p.pw_gid == st.st_gid}
     for name, uid in sorted(members.items()):
@@ -173,11 +161,8 @@ def check_parent_dirs(path: str, owners: dict[int, str] | None = None, what: str
 def check_readable_by(path: str, st: os.stat_result, account: str) -> None:
     """Whether ACCOUNT (the unit's User=), if it exists, may read the key by owner, group and
     mode, and pass through every directory above it: root checks for the daemon."""
-    try:
-        pw = pwd.getpwnam(account)
-    except KeyError:
-        return
-    if pw.pw_uid == 0:
+    pw = nss(pwd.getpwnam, account)
+    if pw is None or pw.pw_uid == 0:
         return
     groups = set(os.getgrouplist(account, pw.pw_gid))
 
@@ -269,10 +254,7 @@ def check_runtime_path(what: str, path: str, owners: dict[int, str]) -> None:
 
 
 def pwd_uid(name: str) -> int | None:
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return None
+    return getattr(nss(pwd.getpwnam, name), "pw_uid", None)
 
 
 def check_program(path: str) -> None:

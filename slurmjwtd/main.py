@@ -126,8 +126,9 @@ def main(config_path: str | None, check_config: bool, print_defaults: bool) -> N
 def setup_logging(journal: bool) -> None:
     """The journal when systemd connected stderr to it, else stderr with timestamps."""
     if journal:
-        from systemd.journal import JournalHandler
-        handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="slurmjwtd")
+        from .pysystemd import systemd_module
+        journal = systemd_module("journal")
+        handler: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER="slurmjwtd")
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s slurmjwtd %(levelname)s %(message)s",

@@ -20,9 +20,11 @@ MAGIC = "SJWT/1"
 MAX_REQUEST = 1024  # bytes, newline included
 MAX_RESPONSE = 4096  # bytes, newline included
 
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@+,")
-_SAFE_TEXT = re.compile(r"[A-Za-z0-9._~:/@+,-]+\Z")  # fast path: a value needing no escapes
-_WIRE_VALUE = re.compile(r"[A-Za-z0-9._~:/@+,%-]*\Z")
+# docs/protocol.md's `safe`: the bytes a value carries as they are (pam/sjwt_client.c's SAFE_CHARS)
+SAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@+,"
+_SAFE = frozenset(SAFE.encode())
+_SAFE_TEXT = re.compile(f"[{re.escape(SAFE)}]+\\Z")  # fast path: a value needing no escapes
+_WIRE_VALUE = re.compile(f"[{re.escape(SAFE)}%]*\\Z")
 _KEY = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _OP = re.compile(r"[A-Z]{1,16}\Z")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -30,24 +32,43 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NUMBER = re.compile(r"[0-9]{1,9}\Z")  # ASCII only: str.isdigit() also takes "²" and "٣"
 
 
-class Code(str, enum.Enum):
-    """Stable error codes: clients branch on these, never on the message."""
+REFUSAL = "refusal"  # policy gave this caller no token: a login goes on without one (PAM_IGNORE)
+FAULT = "fault"  # the daemon, or the exchange with it, failed: an admin should look (PAM_SESSION_ERR)
 
-    BAD_REQUEST = "bad-request"
-    UNSUPPORTED_VERSION = "unsupported-version"
-    TOO_LARGE = "too-large"
-    TIMEOUT = "timeout"
-    BUSY = "busy"
-    PERMISSION_DENIED = "permission-denied"
-    NO_SESSION = "no-session"
-    UNKNOWN_USER = "unknown-user"
-    BELOW_MIN_UID = "below-min-uid"
-    LIFETIME_TOO_LONG = "lifetime-too-long"
-    POLICY_DENIED = "policy-denied"
-    RATE_LIMITED = "rate-limited"
-    SIGNER_UNAVAILABLE = "signer-unavailable"
-    NO_SUCH_SESSION = "no-such-session"
-    INTERNAL = "internal"
+
+class Code(str, enum.Enum):
+    """Stable error codes: clients branch on these, never on the message. Each has its class,
+    REFUSAL or FAULT (docs/protocol.md, "Error codes"): the one table the CLI's exit statuses
+    and the PAM module's `refusals` list follow (tests/test_units.py checks the C list)."""
+
+    kind: str
+
+    def __new__(cls, value: str, kind: str) -> "Code":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.kind = kind
+        return member
+
+    BAD_REQUEST = "bad-request", FAULT
+    UNSUPPORTED_VERSION = "unsupported-version", FAULT
+    TOO_LARGE = "too-large", FAULT
+    TIMEOUT = "timeout", FAULT
+    BUSY = "busy", FAULT
+    PERMISSION_DENIED = "permission-denied", REFUSAL
+    NO_SESSION = "no-session", REFUSAL
+    UNKNOWN_USER = "unknown-user", REFUSAL
+    BELOW_MIN_UID = "below-min-uid", REFUSAL
+    LIFETIME_TOO_LONG = "lifetime-too-long", REFUSAL
+    POLICY_DENIED = "policy-denied", REFUSAL
+    RATE_LIMITED = "rate-limited", REFUSAL
+    SIGNER_UNAVAILABLE = "signer-unavailable", FAULT
+    NO_SUCH_SESSION = "no-such-session", REFUSAL
+    INTERNAL = "internal", FAULT
+
+
+REFUSALS = frozenset(code.value for code in Code if code.kind == REFUSAL)
+"""The codes that mean "no token for this caller"; any other code, or one not in the table
+(a later daemon's), is a fault."""
 
 
 class Refusal(Exception):

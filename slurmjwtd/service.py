@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import socket
 
-from systemd import daemon
+from .pysystemd import systemd_module
+
+daemon = systemd_module("daemon")  # python-systemd's, never this checkout's folder of units
 
 
 def journal_stream() -> bool:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass
+
+from .atomicfile import write_atomic
 
 
 def process_start_time(pid: int) -> int | None:
@@ -92,15 +93,9 @@ class SessionRegistry:
         return len(self._sessions)
 
     def save(self) -> None:
-        """Replace the file atomically. One writer (this single-threaded daemon) so a fixed
-        temporary name will do; no fsync: it lives on a runtime (tmpfs) directory, and a
-        power loss that could lose it ends every login anyway."""
-        tmp = os.path.join(os.path.dirname(self.path), ".sessions.tmp")
-        text = ("[" + ",\n".join(self._json.values()) + "]\n").encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text)
-        os.replace(tmp, self.path)
+        """Replace the file atomically, mode 0600. No fsync: it lives on a runtime (tmpfs)
+        directory, and a power loss that could lose it ends every login anyway."""
+        write_atomic(self.path, ("[" + ",\n".join(self._json.values()) + "]\n").encode())
         self.dirty = False
 
     def open(self, user: str, uid: int, leader_pid: int, tty: str, rhost: str,

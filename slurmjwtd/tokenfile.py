@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from .atomicfile import write_atomic
+
 TOKEN_DIR = "/run/slurmjwt-tokens"
 
 
@@ -34,14 +36,7 @@ def write_token_file(token: str, uid: int) -> str | None:
         st = os.fstat(dir_fd)
         if st.st_uid != uid:
             raise PermissionError(f"{directory} is not owned by uid {uid}")
-        tmp = f".token.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dir_fd)
-        try:
-            os.write(fd, token.encode() + b"\n")
-        finally:
-            os.close(fd)
-        os.rename(tmp, "token", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        write_atomic("token", token.encode() + b"\n", dir_fd=dir_fd)  # 0600, by rename
     finally:
         os.close(dir_fd)
     return os.path.join(directory, "token")

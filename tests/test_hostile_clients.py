@@ -59,12 +59,13 @@ C1_AND_BIDI = "%C2%9B2J%E2%80%AEdlrow"  # CSI as one C1 byte, a right-to-left ov
     (("status",), b"SJWT/1 ERR internal " + ESCAPES + b"\n", 6, "stderr", "\\x1b]0;owned\\x07"),
     (("refresh",), b"SJWT/1 ERR policy-denied " + ESCAPES + b"\n", 4, "stderr", "\\x1b[2J"),
     (("token",), b"SJWT/1 ERR no-session " + ESCAPES + b"\n", 5, "stderr", "\\x1b[31mred"),
+    (("token",), b"SJWT/1 ERR bad-request " + ESCAPES + b"\n", 6, "stderr", "\\x1b[31mred"),
     (("status",), f"SJWT/1 OK version={C1_AND_BIDI} signer=hs256\n".encode(), 0, "stdout",
      "\\x9b2J\\u202edlrow"),
     (("policy", "sjt-alice"), f"SJWT/1 OK decision=refused reason={C1_AND_BIDI} rule=r "
      f"code=policy-denied message={C1_AND_BIDI} uid={C1_AND_BIDI}\n".encode(), 4, "stdout",
      "\\x9b2J\\u202edlrow"),
-], ids=["status-err", "refresh-err", "token-err", "status-fields", "policy-fields"])
+], ids=["status-err", "refresh-err", "token-err", "token-fault", "status-fields", "policy-fields"])
 def test_cli_prints_daemon_text_as_printable_ascii(workdir, args, answer, status, stream, shown):
     path = str(workdir / "liar-cli.sock")
     fake = FakeDaemon(path, answer)
@@ -106,7 +107,8 @@ def test_over_long_socket_path_is_one_clear_line(how):
 @pytest.mark.parametrize("args", [
     ("--bogus", "status"), ("nosuch",), ("token", "--lifetime", "x"), ("token", "--lifetime", "0"),
     ("token", "--user"), ("curl",), ("show", "a", "b"), ("policy",), ("refresh", "--timeout", "99"),
-    ("refresh", "--bogus"),
+    ("refresh", "--bogus"), ("token", "--lifetime", "1000000000"),
+    ("policy", "x", "--lifetime", "1000000000"),
 ], ids=lambda a: " ".join(a))
 def test_usage_errors_are_one_line(args):
     result = cli(*args)

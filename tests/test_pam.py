@@ -178,6 +178,8 @@ FAILURES = {
     "no-newline": (b"SJWT/1 OK token=a.b.c", "PAM_SESSION_ERR", "did not answer in time"),
     "nul-byte": (b"SJWT/1 OK token=a\0b session=x\n", "PAM_SESSION_ERR", "garbled answer"),
     "internal-error": (b"SJWT/1 ERR internal boom\n", "PAM_SESSION_ERR", "refused (internal)"),
+    "bad-request": (b"SJWT/1 ERR bad-request boom\n", "PAM_SESSION_ERR", "refused (bad-request)"),
+    "unknown-code": (b"SJWT/1 ERR a-later-code boom\n", "PAM_SESSION_ERR", "refused (a-later-code)"),
     "ok-without-token": (b"SJWT/1 OK session=abc\n", "PAM_SESSION_ERR", "lacks a token"),
 }
 
@@ -203,6 +205,22 @@ def test_misbehaving_daemon(workdir, users, stacks, syslog, name):
     lines = syslog.module_lines()
     assert len(lines) == 2 and all(says in line for line in lines), lines
     assert "a" * 50 not in " ".join(lines)
+
+
+@pytest.mark.parametrize("code", ["no-session", "lifetime-too-long", "policy-denied"])
+def test_refusal_codes_leave_the_login_alone(workdir, users, stacks, syslog, code):
+    """A code of class refusal (protocol.Code) is PAM_IGNORE: even a `required` stack logs in,
+    with one notice line naming the code."""
+    path = str(workdir / f"fake-{code}.sock")
+    fake = FakeDaemon(path, f"SJWT/1 ERR {code} no token for you\n".encode())
+    stacks(path)
+    try:
+        required, _ = pamtester(SERVICES[1], users["alice"].pw_name)
+    finally:
+        fake.close()
+    assert required.returncode == 0, required.stderr
+    lines = syslog.module_lines()
+    assert len(lines) == 1 and f"refused ({code})" in lines[0], lines
 
 
 # -- a daemon that lies: the module checks what it can itself --------------------------------

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import jwt
 import pytest
 
 from slurmjwtd.audit import format_audit
 from slurmjwtd.config import Config, ConfigError, config_from_dict, load_config
 from slurmjwtd.policy import Account, Caller, decide_mint, decide_session_change
-from slurmjwtd.protocol import (Code, ProtocolError, encode_error, encode_ok, encode_request,
-                                parse_request, parse_response, quote, unquote)
+from slurmjwtd.protocol import (FAULT, REFUSAL, REFUSALS, Code, ProtocolError, encode_error,
+                                encode_ok, encode_request, parse_request, parse_response, quote,
+                                unquote)
 from slurmjwtd.signer import HS256Signer
 
 ROOT = Caller(0, 0, 100)
@@ -149,3 +155,171 @@ def test_hs256_token_is_what_slurm_accepts():
     assert token.jwt not in repr(token) and "k" * 32 not in repr(HS256Signer(key))
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(token.jwt, b"x" * 32, algorithms=["HS256"], options={"verify_exp": False})
+
+
+# -- error codes: one table, protocol.Code; the CLI and the PAM module follow its classes ------
+def c_refusals() -> set[str]:
+    """The codes pam_slurmjwt.c's `refusals` table lists (PAM_IGNORE; any other is PAM_SESSION_ERR)."""
+    source = (Path(__file__).parent.parent / "pam" / "pam_slurmjwt.c").read_text()
+    table = re.search(r"static const char \*const refusals\[\] = \{(.*?)\};", source, re.S)
+    assert table, "pam_slurmjwt.c has no `refusals` table"
+    body = re.sub(r"/\*.*?\*/", "", table.group(1), flags=re.S)
+    codes = re.findall(r'"([^"]*)"', body)
+    assert len(codes) == len(set(codes)) and re.fullmatch(r'(\s*"[^"]*"\s*,?)*\s*', body), body
+    return set(codes)
+
+
+def test_pam_module_ignores_exactly_the_refusals():
+    assert c_refusals() == REFUSALS
+
+
+def test_every_code_has_a_class_and_the_docs_say_which():
+    assert {code.kind for code in Code} == {REFUSAL, FAULT}
+    assert REFUSALS == {c.value for c in Code if c.kind == REFUSAL}
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    documented = dict(re.findall(r"^\| `([a-z-]+)` \| (refusal|fault) \|", doc, re.M))
+    assert documented == {c.value: c.kind for c in Code}
+
+
+@pytest.mark.parametrize("code", [c.value for c in Code] + ["a-later-code"])
+def test_cli_exit_status_follows_the_class(code):
+    from slurmjwtd.cli import EXIT_DAEMON, EXIT_NO_SESSION, EXIT_REFUSED, exit_status
+    expected = (EXIT_NO_SESSION if code == "no-session" else
+                EXIT_REFUSED if code in REFUSALS else EXIT_DAEMON)
+    assert exit_status(code) == expected
+    assert (exit_status(code) in (EXIT_REFUSED, EXIT_NO_SESSION)) == (
+        code in ("permission-denied", "no-session", "unknown-user", "below-min-uid",
+                 "lifetime-too-long", "policy-denied", "rate-limited", "no-such-session"))
+
+
+# -- python-systemd, never the checkout's systemd/ folder of units --------------------------
+CHECKOUT = Path(__file__).resolve().parent.parent
+WITHOUT_SYSTEMD = [
+    ("service", "import slurmjwtd.service"),
+    ("journal audit", "from slurmjwtd.audit import JournalAuditLog; JournalAuditLog()"),
+]
+
+
+def run_without_python_systemd(code: str, path: Path) -> subprocess.CompletedProcess:
+    """CODE in a Python that has only the standard library (-S: no site-packages, so neither
+    python-systemd nor anything else installed), with PATH on sys.path."""
+    return subprocess.run([sys.executable, "-S", "-c", code], cwd=path, capture_output=True,
+                          text=True, timeout=60, env={"PYTHONPATH": str(path), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("what, code", WITHOUT_SYSTEMD, ids=[w for w, _ in WITHOUT_SYSTEMD])
+def test_checkout_units_folder_is_not_taken_for_python_systemd(what, code):
+    assert (CHECKOUT / "systemd" / "slurmjwtd.service").is_file()  # the shadow this is about
+    result = run_without_python_systemd(code, CHECKOUT)
+    assert result.returncode == 1, result
+    assert result.stderr == (f"slurmjwtd: python-systemd is not installed: `import systemd` found "
+                             f"{CHECKOUT / 'systemd'} (this checkout's unit files) "
+                             f"(apt-get install python3-systemd, or pip install systemd-python)\n")
+
+
+def test_missing_python_systemd_is_one_line(tmp_path):
+    (tmp_path / "slurmjwtd").symlink_to(CHECKOUT / "slurmjwtd")  # the package, not the units
+    result = run_without_python_systemd("import slurmjwtd.service", tmp_path)
+    assert result.returncode == 1, result
+    assert result.stderr == ("slurmjwtd: python-systemd is not installed "
+                             "(apt-get install python3-systemd, or pip install systemd-python)\n")
+
+
+def test_daemon_journal_logging_refuses_a_namespace_systemd(monkeypatch):
+    """main.setup_logging(journal=True), with `systemd` a namespace package of the units."""
+    import types
+    from slurmjwtd import main, pysystemd
+    fake = types.ModuleType("systemd")
+    fake.__path__ = [str(CHECKOUT / "systemd")]  # what the import system makes of the folder
+    fake.__file__ = None
+    monkeypatch.setitem(sys.modules, "systemd", fake)
+    monkeypatch.delitem(sys.modules, "systemd.journal", raising=False)
+    monkeypatch.setattr(pysystemd, "UNITS", str(CHECKOUT / "systemd"))
+    with pytest.raises(SystemExit, match=r"python-systemd is not installed: `import systemd` found "
+                                         + re.escape(str(CHECKOUT / "systemd"))):
+        main.setup_logging(True)
+    assert pysystemd.shadow(fake) == str(CHECKOUT / "systemd")
+    real = types.ModuleType("systemd")  # installed beside slurmjwtd/, as pip does in a venv
+    real.__file__ = str(CHECKOUT / "systemd" / "__init__.py")
+    real.__path__ = [str(CHECKOUT / "systemd")]
+    assert pysystemd.shadow(real) is None
+
+
+def test_installed_daemon_imports_python_systemd():
+    """The venv's slurmjwtd, whose python-systemd (pip's) sits beside it in site-packages."""
+    result = subprocess.run([sys.executable, "-c", "import slurmjwtd.service as s, slurmjwtd.main;"
+                             "print(s.daemon.__file__)"], cwd="/", capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout.strip().endswith("daemon.py"), result
+
+
+# -- atomicfile: the one writer of whole files (sessions, token file, keygen) ---------------
+def test_write_atomic_replaces_or_refuses_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import os
+    from slurmjwtd import atomicfile
+    path = tmp_path / "key"
+    atomicfile.write_atomic(str(path), b"one", mode=0o640)
+    assert path.read_bytes() == b"one" and path.stat().st_mode & 0o777 == 0o640
+    with pytest.raises(FileExistsError):  # replace=False never overwrites
+        atomicfile.write_atomic(str(path), b"two", replace=False)
+    assert path.read_bytes() == b"one"
+    stale = tmp_path / f".key.tmp-{os.getpid()}"  # a writer of this pid that died
+    stale.symlink_to(tmp_path / "elsewhere")
+    atomicfile.write_atomic(str(path), b"three", fsync=True)
+    assert path.read_bytes() == b"three" and path.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "elsewhere").exists()
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(atomicfile.os, "fsync", broken)
+    with pytest.raises(OSError):
+        atomicfile.write_atomic(str(path), b"four", fsync=True)
+    assert path.read_bytes() == b"three"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
+
+
+def test_write_atomic_relative_to_a_directory(tmp_path):
+    import os
+    from slurmjwtd.atomicfile import write_atomic
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        write_atomic("token", b"a.b.c\n", dir_fd=fd)
+        write_atomic("token", b"d.e.f\n", dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert [p.name for p in tmp_path.iterdir()] == ["token"]
+    assert (tmp_path / "token").read_bytes() == b"d.e.f\n"
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+
+
+# -- the safe set, written once per language ---------------------------------------------
+def test_safe_set_is_one_set_in_protocol_py_the_c_client_and_the_docs():
+    from slurmjwtd.protocol import SAFE, quote
+    c_source = (CHECKOUT / "pam" / "sjwt_client.c").read_text()
+    c_safe = re.search(r'#define SAFE_CHARS "([^"]*)"', c_source).group(1)
+    assert sorted(c_safe) == sorted(SAFE) and len(set(SAFE)) == len(SAFE)
+    abnf = re.search(r"^safe += (.*)$", (CHECKOUT / "docs" / "protocol.md").read_text(), re.M).group(1)
+    doc_safe = set(re.findall(r'"(.)"', abnf))
+    assert abnf.startswith("ALPHA / DIGIT / ")
+    doc_safe |= {chr(c) for c in range(0x41, 0x5B)} | {chr(c) for c in range(0x61, 0x7B)}
+    doc_safe |= set("0123456789")
+    assert doc_safe == set(SAFE)
+    for c in map(chr, range(128)):  # each character as it is, or escaped, as the set says
+        assert (quote(c) == c) == (c in SAFE), repr(c)
+        assert (parse_request(f"SJWT/1 MINT user={c}".encode()).args["user"] == c
+                if c in SAFE else True)
+
+
+# -- nss: the one "NSS lookup or None" ----------------------------------------------------
+def test_nss_answers_none_for_what_nss_does_not_know():
+    import grp
+    import pwd
+    from slurmjwtd.nss import nss
+    assert nss(pwd.getpwnam, "root").pw_uid == 0 and nss(pwd.getpwuid, 0).pw_name == "root"
+    assert nss(grp.getgrgid, 0).gr_name == "root"
+    assert nss(pwd.getpwnam, "sjt-no-such-user") is None
+    assert nss(grp.getgrnam, "sjt-no-such-group") is None
+    assert nss(pwd.getpwuid, 2**31 - 2) is None
+    from slurmjwtd.keyfile import allowed_owners, pwd_uid, trusted_owners
+    assert pwd_uid("root") == 0 and pwd_uid("sjt-no-such-user") is None
+    assert allowed_owners("sjt-no-such-user") == trusted_owners() and 0 in trusted_owners()
