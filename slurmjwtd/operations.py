@@ -19,6 +19,7 @@ from typing import Callable
 
 from . import __version__
 from .config import Config
+from .nss import nss
 from .policy import (Account, Caller, Decision, decide_mint, decide_session_change, slurm_name,
                      unknown_names)
 from .protocol import (Code, ProtocolError, Refusal, Request, encode_error, encode_ok,
@@ -37,43 +38,27 @@ def lookup_account(key: str | int, policy_groups: frozenset[str],
     """The account named (str) or numbered (int) KEY, with those of POLICY_GROUPS it is in,
     primary or supplementary; None if NSS does not know it. CHECK_ALIAS: for a name, also ask
     which name its uid has (getpwuid), to tell a second passwd entry of that uid (`useradd -o`)."""
-    try:
-        pw = pwd.getpwnam(key) if isinstance(key, str) else pwd.getpwuid(key)
-    except KeyError:
+    pw = nss(pwd.getpwnam, key) if isinstance(key, str) else nss(pwd.getpwuid, key)
+    if pw is None:
         return None
     alias_of = ""
     if check_alias and isinstance(key, str):
-        try:
-            primary = pwd.getpwuid(pw.pw_uid).pw_name
-        except KeyError:  # NSS changed between the two lookups: no name to compare with
-            primary = "?"
+        # NSS changed between the two lookups: no name to compare with ("?")
+        primary = getattr(nss(pwd.getpwuid, pw.pw_uid), "pw_name", "?")
         alias_of = "" if primary == pw.pw_name else primary
     groups: frozenset[str] = frozenset()
     if policy_groups:  # initgroups through NSS only when the policy names groups
         gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
-        groups = frozenset(g for g in policy_groups if _gid(g) in gids)
+        groups = frozenset(g for g in policy_groups
+                           if (entry := nss(grp.getgrnam, g)) is not None and entry.gr_gid in gids)
     return Account(pw.pw_name, pw.pw_uid, groups, pw.pw_gid, alias_of)
-
-
-def _gid(group: str) -> int | None:
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        return None
-
-
-def user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def warn_unknown_names(config: Config) -> int:
     """Log one warning per user or group the policy names that NSS does not know; not fatal:
     NSS may be down, or the account made later. Return how many; at startup and each reload."""
-    unknown = unknown_names(config, user_exists, lambda name: _gid(name) is not None)
+    unknown = unknown_names(config, lambda name: nss(pwd.getpwnam, name) is not None,
+                            lambda name: nss(grp.getgrnam, name) is not None)
     for key, name in unknown:
         kind = "user" if key.endswith("_users") else "group"
         log.warning("config key '%s': no %s %r in NSS (a typo, not made yet, or NSS down); "
