@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import Config, ConfigError, load_config, toml_value
 from . import signer as signers
-from .keyfile import MAX_KEY_BYTES, KeyFileError
+from .keyfile import MAX_KEY_BYTES, FileCheckError
 from .nss import nss
 from .policy import unknown_names
 
@@ -310,7 +310,7 @@ def check_key(config: Config | None) -> Finding:
         return Finding(SKIP, "key", "not checked: run slurmjwt doctor as root to check the key")
     try:  # and as the unit's User= would read it
         signers.load(config, DAEMON_USER)
-    except KeyFileError as exc:
+    except FileCheckError as exc:
         what, _, fix = str(exc).partition("; ")
         return Finding(PROBLEM, "key", what,
                        "slurmjwtd refuses to start with it (it checks its key as munged does); "

@@ -16,7 +16,7 @@ from . import __version__, service, signer as signers
 from .audit import AuditLog, JournalAuditLog
 from .config import DEFAULT_CONFIG, Config, ConfigError, example_config, load_config
 from .hardening import no_dumps
-from .keyfile import DAEMON_ACCOUNT, KeyFileError, check_runtime_path, trusted_owners
+from .keyfile import DAEMON_ACCOUNT, FileCheckError, check_runtime_path, trusted_owners
 from .server import Server, StartupError
 from .state import DaemonState
 from .sessions import SessionRegistry
@@ -35,7 +35,7 @@ RUNTIME_FILES = ("socket", "root_socket", "session_file")
 
 def check_runtime(config: Config) -> None:
     """The directories the sockets and the session file are made in: root's or the daemon's,
-    writable by no one else (not even sticky, as /tmp is); KeyFileError if not."""
+    writable by no one else (not even sticky, as /tmp is); FileCheckError if not."""
     owners = trusted_owners(DAEMON_ACCOUNT)
     for key in RUNTIME_FILES:
         if hasattr(config, key):
@@ -64,11 +64,11 @@ def main(config_path: str | None, check_config: bool, print_defaults: bool) -> N
         fail(EXIT_CONFIG, str(exc))
     try:  # --check-config as root: could the unit's User= read the key?
         signer = signers.load(config, DAEMON_ACCOUNT if check_config and os.geteuid() == 0 else None)
-    except KeyFileError as exc:
+    except FileCheckError as exc:
         fail(EXIT_KEY, str(exc))
     try:
         check_runtime(config)
-    except KeyFileError as exc:
+    except FileCheckError as exc:
         fail(EXIT_RUNTIME, str(exc))
     except OSError as exc:
         fail(EXIT_RUNTIME, f"{exc.filename}: {exc.strerror}")

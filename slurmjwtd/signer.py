@@ -23,7 +23,7 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .keyfile import KeyFileError, allowed_owners, check_program, pwd_uid, read_key, trusted_owners
+from .keyfile import FileCheckError, allowed_owners, check_program, pwd_uid, read_key, trusted_owners
 
 if TYPE_CHECKING:
     from .config import Config
@@ -184,7 +184,7 @@ def source(config: Config) -> str:
 
 def load(config: Config, reader: str | None = None) -> Signer:
     """The configured signer, its file (source()) checked as munged checks its key;
-    KeyFileError if unsafe or unusable. Startup, reload, --check-config and doctor all call
+    FileCheckError if unsafe or unusable. Startup, reload, --check-config and doctor all call
     this. READER: an account that must be able to read the key, and so may own it (root
     checking for the unit's User=)."""
     owners = trusted_owners(config.slurm_user, reader) if reader else allowed_owners(config.slurm_user)
@@ -193,12 +193,12 @@ def load(config: Config, reader: str | None = None) -> Signer:
             return RS256Signer(read_key(config.rs256_key_file, owners, config.min_uid, reader,
                                         keygen="slurmjwt keygen --rs256"), rs256_kid(config))
         except ValueError as exc:
-            raise KeyFileError(f"key file {config.rs256_key_file}: {exc}; make one with: "
+            raise FileCheckError(f"key file {config.rs256_key_file}: {exc}; make one with: "
                                f"slurmjwt keygen --rs256 {config.rs256_key_file}") from None
     if config.signer == "scontrol":
         check_program(config.scontrol)
         if os.geteuid() not in (0, pwd_uid(config.slurm_user)):
-            raise KeyFileError(f"signer scontrol: slurmjwtd must run as root or {config.slurm_user} "
+            raise FileCheckError(f"signer scontrol: slurmjwtd must run as root or {config.slurm_user} "
                                f"(SlurmUser) to mint for other users; see docs/signers.md")
         return ScontrolSigner(config.scontrol, config.scontrol_timeout)
     return HS256Signer(read_key(config.key_file, owners, config.min_uid, reader))
