@@ -40,6 +40,7 @@ from .client import BadAnswer, DaemonUnreachable, call
 from .config import (DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config, ConfigError,
                      load_config)
 from .protocol import REFUSALS, Response
+from .signer import rs256_kid
 from .tokenfile import read_token_file, token_path, write_token_file
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NO_SESSION = 1, 2, 3, 4, 5
@@ -476,7 +477,7 @@ def jwks(path: str | None, kid: str | None) -> None:
     except (ValueError, TypeError):
         raise Failure(EXIT_KEYGEN, f"{path} is not an unencrypted PEM private key")
     entry = {"kty": "RSA", "alg": "RS256", "use": "sig",
-             "kid": kid or config.rs256_kid or socket.gethostname(),
+             "kid": kid or rs256_kid(config),
              "n": b64url_uint(public.n), "e": b64url_uint(public.e)}
     click.echo(json.dumps({"keys": [entry]}, indent=2))
 

@@ -215,7 +215,7 @@ def read_config_bytes(path: str, owners: dict[int, str] | None = None) -> bytes 
     """PATH's bytes, None if it does not exist; checked on the open descriptor as the key is
     (keyfile.check_config_file): a regular file that only OWNERS (default: root and this
     process's user, munged's rule) can change, under directories only they can write."""
-    from .keyfile import KeyFileError, check_config_file, trusted_owners
+    from .keyfile import FileCheckError, check_config_file, trusted_owners
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -230,7 +230,7 @@ def read_config_bytes(path: str, owners: dict[int, str] | None = None) -> bytes 
             raise ConfigError(f"config {path}: {st.st_size} bytes, larger than any configuration; "
                               f"is it the right file?")
         return os.read(fd, MAX_CONFIG_BYTES + 1)
-    except KeyFileError as exc:
+    except FileCheckError as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"config {path}: {exc.strerror}") from None

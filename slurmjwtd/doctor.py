@@ -2,7 +2,7 @@
 
 Checks, in order: the daemon answers; its configuration is valid; every user and group its
 policy names is known to NSS (a warning if not); its key file passes the
-daemon's own checks (keyfile.read_key); slurm.conf has AuthAltTypes=auth/jwt and a jwt_key
+daemon's own checks (signer.load); slurm.conf has AuthAltTypes=auth/jwt and a jwt_key
 holding the same bytes as the daemon's key; sshd's PAM stack runs pam_slurmjwt.so in its session
 phase, no other stack in its directory runs it (su, cron, ... through common-session), and sshd
 has UsePAM yes; the clock is synchronised; and how Slurm's commands treat the
@@ -33,7 +33,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import stat
 import subprocess
 from collections.abc import Callable, Mapping
@@ -41,7 +40,8 @@ from dataclasses import dataclass, field
 
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import Config, ConfigError, load_config, toml_value
-from .keyfile import MAX_KEY_BYTES, KeyFileError, check_program, read_key, trusted_owners
+from . import signer as signers
+from .keyfile import MAX_KEY_BYTES, FileCheckError
 from .nss import nss
 from .policy import unknown_names
 
@@ -302,34 +302,22 @@ def check_policy_names(config: Config | None, path: str,
                    f"getent group NAME), then: systemctl reload slurmjwtd")
 
 
-def signer_file(config: Config) -> str:
-    return {"rs256": config.rs256_key_file, "scontrol": config.scontrol}.get(config.signer,
-                                                                              config.key_file)
-
-
 def check_key(config: Config | None) -> Finding:
-    """The signer's own file, checked as slurmjwtd checks it at start."""
+    """The signer's own file, checked as slurmjwtd checks it at start (signer.load)."""
     if config is None:
         return Finding(SKIP, "key", "not checked: the configuration is invalid")
     if os.geteuid() != 0:
         return Finding(SKIP, "key", "not checked: run slurmjwt doctor as root to check the key")
-    owners = trusted_owners(config.slurm_user, DAEMON_USER)
-    path = signer_file(config)
-    try:
-        if config.signer == "scontrol":
-            check_program(path)
-        else:  # and as the unit's User= would read it
-            read_key(path, owners, config.min_uid, DAEMON_USER,
-                     keygen="slurmjwt keygen --rs256" if config.signer == "rs256" else "slurmjwt keygen")
-    except KeyFileError as exc:
+    try:  # and as the unit's User= would read it
+        signers.load(config, DAEMON_USER)
+    except FileCheckError as exc:
         what, _, fix = str(exc).partition("; ")
         return Finding(PROBLEM, "key", what,
                        "slurmjwtd refuses to start with it (it checks its key as munged does); "
                        "whoever can read or replace the key can mint a token for any user, root included",
                        fix.removeprefix("fix: ") or "slurmjwtd --check-config")
-    kind = "program" if config.signer == "scontrol" else "key file"
-    return Finding(OK, "key", f"{kind} {path} (signer {config.signer}): owner, mode and directories "
-                   f"are safe")
+    return Finding(OK, "key", f"{signers.source(config)} (signer {config.signer}): owner, mode and "
+                   f"directories are safe")
 
 
 def _read_key_bytes(path: str) -> bytes:
@@ -403,7 +391,7 @@ def check_other_signer(path: str, params: dict[str, str], config: Config,
     if config.signer == "scontrol":
         return [Finding(OK, "slurm.conf", f"{path}: AuthAltTypes has auth/jwt; signer scontrol "
                         f"holds no key to compare")]
-    kid = config.rs256_kid or socket.gethostname()
+    kid = signers.rs256_kid(config)
     jwks = params.get("jwks")
     if not jwks:
         return [Finding(PROBLEM, "slurm.conf", f"{path}: AuthAltParameters has no jwks=",

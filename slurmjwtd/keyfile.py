@@ -28,8 +28,13 @@ DIR_RULE = "every directory above it must be writable by its owner only, unless 
 RUNTIME_RULE = "the directory it is made in must be writable by root or the daemon only, sticky or not"
 
 
-class KeyFileError(Exception):
-    """An insecure or unusable key file; the message says how to fix it."""
+class FileCheckError(Exception):
+    """A file or directory the daemon would trust fails its check (the key, the configuration,
+    a program it runs, where its runtime files go), or the daemon's account may not use it;
+    the message names the file and says how to fix it."""
+
+
+KeyFileError = FileCheckError  # its first name, when the key was all it checked
 
 
 def _user_name(uid: int) -> str:
@@ -64,25 +69,25 @@ def check_key_stat(path: str, st: os.stat_result, owners: dict[int, str],
                    keygen: str = "slurmjwt keygen") -> None:
     """Refuse a key whose type, size, owner or mode is unsafe."""
     if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"key file {path}: not a regular file; point key_file at the key itself")
+        raise FileCheckError(f"key file {path}: not a regular file; point key_file at the key itself")
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid not in owners:
         names = ", ".join(sorted(set(owners.values())))
-        raise KeyFileError(
+        raise FileCheckError(
             f"key file {path}: owned by {_user_name(st.st_uid)}, must be owned by one of {names}; "
             f"fix: chown {owners.get(0, 'root')} {path}")
     if mode & stat.S_IRWXO:
-        raise KeyFileError(
+        raise FileCheckError(
             f"key file {path}: mode {mode:04o} gives other users access; fix: chmod o-rwx {path}")
     if mode & stat.S_IWGRP:
-        raise KeyFileError(
+        raise FileCheckError(
             f"key file {path}: mode {mode:04o} lets its group write it; fix: chmod g-w {path}")
     if st.st_size < MIN_KEY_BYTES:
-        raise KeyFileError(
+        raise FileCheckError(
             f"key file {path}: {st.st_size} bytes, at least {MIN_KEY_BYTES} needed; "
             f"fix: {keygen} --force {path} (then restart slurmctld)")
     if st.st_size > MAX_KEY_BYTES:
-        raise KeyFileError(f"key file {path}: {st.st_size} bytes, larger than any key; "
+        raise FileCheckError(f"key file {path}: {st.st_size} bytes, larger than any key; "
                            f"is key_file the right file?")
 
 
@@ -102,7 +107,7 @@ def check_key_group(path: str, st: os.stat_result, owners: dict[int, str], min_u
         fix = (f"gpasswd -d {name} {group}" if name in listed and group == DAEMON_ACCOUNT else
                f"chgrp {DAEMON_ACCOUNT} {path}" if group != DAEMON_ACCOUNT else
                f"usermod -g GROUP {name}")
-        raise KeyFileError(
+        raise FileCheckError(
             f"key file {path}: its group {group} may read it and has {name} (uid {uid} >= min_uid "
             f"{min_uid}) in it: a key's group may hold only {_names(owners)} and system accounts; "
             f"fix: {fix}")
@@ -131,7 +136,7 @@ def check_directory(what: str, directory: str, st: os.stat_result, owners: dict[
     """munged's rule for one directory above WHAT (a message prefix naming the file)."""
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid not in owners:
-        raise KeyFileError(
+        raise FileCheckError(
             f"{what}: directory {directory} is owned by {_user_name(st.st_uid)}, who could replace "
             f"{thing}: every directory above it must be owned by {_names(owners)}; "
             f"fix: chown root {directory}")
@@ -140,10 +145,10 @@ def check_directory(what: str, directory: str, st: os.stat_result, owners: dict[
         return
     who, bit = ("others", "o") if mode & stat.S_IWOTH else ("its group", "g")
     if sticky_ok:
-        raise KeyFileError(
+        raise FileCheckError(
             f"{what}: directory {directory} is writable by {who} (mode {mode:04o}), who could "
             f"replace {thing}: {DIR_RULE}; fix: chmod {bit}-w {directory}")
-    raise KeyFileError(
+    raise FileCheckError(
         f"{what}: directory {directory} is writable by {who} (mode {mode:04o}), who could create "
         f"or replace {thing} there: {RUNTIME_RULE}; fix: use a directory of the daemon's own, "
         f"such as /run/slurmjwt")
@@ -172,13 +177,13 @@ def check_readable_by(path: str, st: os.stat_result, account: str) -> None:
 
     owner = f"{_user_name(st.st_uid)}:{_group_name(st.st_gid)} {stat.S_IMODE(st.st_mode):04o}"
     if not allows(st, stat.S_IROTH):
-        raise KeyFileError(
+        raise FileCheckError(
             f"key file {path}: {account}, the account slurmjwtd.service runs as, may not read it "
             f"({owner}); fix: chgrp {DAEMON_ACCOUNT} {path} && chmod 0640 {path}")
     for directory in directories_above(path):
         dst = os.stat(directory)
         if not allows(dst, stat.S_IXOTH):
-            raise KeyFileError(
+            raise FileCheckError(
                 f"key file {path}: {account}, the account slurmjwtd.service runs as, may not pass "
                 f"through directory {directory} ({_user_name(dst.st_uid)}:"
                 f"{_group_name(dst.st_gid)} {stat.S_IMODE(dst.st_mode):04o}); "
@@ -193,18 +198,18 @@ def read_key(path: str, owners: dict[int, str], min_uid: int = 1000, reader: str
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise KeyFileError(f"key file {path}: not found; create it with: {keygen} {path}") from None
+        raise FileCheckError(f"key file {path}: not found; create it with: {keygen} {path}") from None
     except PermissionError:
         me = _user_name(os.geteuid())
-        raise KeyFileError(
+        raise FileCheckError(
             f"key file {path}: {me} may not read it; fix: chgrp slurmjwt {path} && chmod 0640 {path} "
             f"(with {me} in group slurmjwt)") from None
     except OSError as exc:
         if os.path.islink(path):
-            raise KeyFileError(
+            raise FileCheckError(
                 f"key file {path}: is a symbolic link; set key_file to the real file "
                 f"($(readlink -f {path}))") from None
-        raise KeyFileError(f"key file {path}: {exc.strerror}") from None
+        raise FileCheckError(f"key file {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         check_key_stat(path, st, owners, keygen)
@@ -216,7 +221,7 @@ def read_key(path: str, owners: dict[int, str], min_uid: int = 1000, reader: str
     finally:
         os.close(fd)
     if len(key) != st.st_size:
-        raise KeyFileError(f"key file {path}: changed while being read; try again")
+        raise FileCheckError(f"key file {path}: changed while being read; try again")
     return key
 
 
@@ -225,18 +230,18 @@ def check_config_file(path: str, st: os.stat_result, owners: dict[int, str]) -> 
     under directories only they can write (munged's rule)."""
     what = f"config {path}"
     if stat.S_ISDIR(st.st_mode):
-        raise KeyFileError(f"{what}: is a directory; name the configuration file itself, such as "
+        raise FileCheckError(f"{what}: is a directory; name the configuration file itself, such as "
                            f"{os.path.join(path, 'slurmjwtd.toml')}")
     if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"{what}: not a regular file; name the configuration file itself")
+        raise FileCheckError(f"{what}: not a regular file; name the configuration file itself")
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid not in owners:
-        raise KeyFileError(
+        raise FileCheckError(
             f"{what}: owned by {_user_name(st.st_uid)}, who could change who gets tokens: it must "
             f"be owned by {_names(owners)}; fix: chown root {path}")
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         who = "others" if mode & stat.S_IWOTH else "its group"
-        raise KeyFileError(
+        raise FileCheckError(
             f"{what}: mode {mode:04o} lets {who} change who gets tokens: only its owner may write "
             f"it; fix: chmod go-w {path}")
     check_parent_dirs(path, owners, what, "the configuration")
@@ -262,10 +267,10 @@ def check_program(path: str) -> None:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise KeyFileError(f"program {path}: {exc.strerror}; apt-get install slurm-client") from None
+        raise FileCheckError(f"program {path}: {exc.strerror}; apt-get install slurm-client") from None
     if not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IXUSR:
-        raise KeyFileError(f"program {path}: not an executable file")
+        raise FileCheckError(f"program {path}: not an executable file")
     if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise KeyFileError(f"program {path}: must be root's and writable by no one else; "
+        raise FileCheckError(f"program {path}: must be root's and writable by no one else; "
                            f"fix: chown root {path} && chmod go-w {path}")
     check_parent_dirs(path, {0: "root"}, f"program {path}", "the program")

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 
 import click
 
-from . import __version__, service
+from . import __version__, service, signer as signers
 from .audit import AuditLog, JournalAuditLog
 from .config import DEFAULT_CONFIG, Config, ConfigError, example_config, load_config
 from .hardening import no_dumps
-from .keyfile import (DAEMON_ACCOUNT, KeyFileError, allowed_owners, check_program, check_runtime_path,
-                      pwd_uid, read_key, trusted_owners)
+from .keyfile import DAEMON_ACCOUNT, FileCheckError, check_runtime_path, trusted_owners
 from .server import Server, StartupError
 from .state import DaemonState
 from .sessions import SessionRegistry
-from .signer import HS256Signer, RS256Signer, ScontrolSigner, Signer
+from .signer import Signer
 
 EXIT_CONFIG, EXIT_KEY, EXIT_RUNTIME = 1, 3, 4
 
@@ -32,33 +30,12 @@ def fail(status: int, message: str) -> None:
     sys.exit(status)
 
 
-def load_signer(config: Config, reader: str | None = None) -> Signer:
-    """The configured signer, its files checked as the key file is; KeyFileError if unsafe.
-    READER: an account that must be able to read the key (root checking for the unit's User=)."""
-    owners = allowed_owners(config.slurm_user)
-    if config.signer == "rs256":
-        try:
-            return RS256Signer(read_key(config.rs256_key_file, owners, config.min_uid, reader,
-                                        keygen="slurmjwt keygen --rs256"),
-                               config.rs256_kid or socket.gethostname())
-        except ValueError as exc:
-            raise KeyFileError(f"key file {config.rs256_key_file}: {exc}; make one with: "
-                               f"slurmjwt keygen --rs256 {config.rs256_key_file}") from None
-    if config.signer == "scontrol":
-        check_program(config.scontrol)
-        if os.geteuid() not in (0, pwd_uid(config.slurm_user)):
-            raise KeyFileError(f"signer scontrol: slurmjwtd must run as root or {config.slurm_user} "
-                               f"(SlurmUser) to mint for other users; see docs/signers.md")
-        return ScontrolSigner(config.scontrol, config.scontrol_timeout)
-    return HS256Signer(read_key(config.key_file, owners, config.min_uid, reader))
-
-
 RUNTIME_FILES = ("socket", "root_socket", "session_file")
 
 
 def check_runtime(config: Config) -> None:
     """The directories the sockets and the session file are made in: root's or the daemon's,
-    writable by no one else (not even sticky, as /tmp is); KeyFileError if not."""
+    writable by no one else (not even sticky, as /tmp is); FileCheckError if not."""
     owners = trusted_owners(DAEMON_ACCOUNT)
     for key in RUNTIME_FILES:
         if hasattr(config, key):
@@ -86,20 +63,18 @@ def main(config_path: str | None, check_config: bool, print_defaults: bool) -> N
     except ConfigError as exc:
         fail(EXIT_CONFIG, str(exc))
     try:  # --check-config as root: could the unit's User= read the key?
-        signer = load_signer(config, DAEMON_ACCOUNT if check_config and os.geteuid() == 0 else None)
-    except KeyFileError as exc:
+        signer = signers.load(config, DAEMON_ACCOUNT if check_config and os.geteuid() == 0 else None)
+    except FileCheckError as exc:
         fail(EXIT_KEY, str(exc))
     try:
         check_runtime(config)
-    except KeyFileError as exc:
+    except FileCheckError as exc:
         fail(EXIT_RUNTIME, str(exc))
     except OSError as exc:
         fail(EXIT_RUNTIME, f"{exc.filename}: {exc.strerror}")
     if check_config:
-        checked = {"rs256": f"key file {config.rs256_key_file}", "scontrol": f"program {config.scontrol}",
-                   }.get(signer.name, f"key file {config.key_file}")
-        click.echo(f"slurmjwtd: configuration {config_path or DEFAULT_CONFIG} and {checked} "
-                   f"(signer {signer.name}) are valid")
+        click.echo(f"slurmjwtd: configuration {config_path or DEFAULT_CONFIG} and "
+                   f"{signers.source(config)} (signer {signer.name}) are valid")
         return
     journal = service.journal_stream()
     setup_logging(journal)
@@ -110,7 +85,7 @@ def main(config_path: str | None, check_config: bool, print_defaults: bool) -> N
     def reload() -> tuple[Config, Signer]:
         no_dumps()  # still so (nothing here resets it); a failure refuses the reload
         fresh = load_config(path, required=config_path is not None)
-        return fresh, load_signer(fresh)
+        return fresh, signers.load(fresh)
 
     server = Server(state, reload, service.Notifier())
     try:

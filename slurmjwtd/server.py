@@ -297,7 +297,7 @@ class Server:
         old = self.state.config
         try:
             config, signer = self._load()
-        except Exception as exc:  # ConfigError, KeyFileError, or anything a loader raises
+        except Exception as exc:  # ConfigError, FileCheckError, or anything a loader raises
             log.error("reload refused, still serving with the old configuration and key: %s", exc)
         else:
             fixed = self.state.apply(config, signer)

@@ -1,5 +1,6 @@
-"""Token signers. Each has `mint(user, lifetime, now) -> Token` and says whether minting
-blocks (the server runs blocking signers off its loop).
+"""Token signers, and `load(config)`, the one place that builds the configured one from the
+file `source(config)` names. Each is a `Signer`: `mint(user, lifetime, now, deadline=None)
+-> Token`, and says whether minting blocks (the server runs blocking signers off its loop).
 
 - hs256: the shared key. Slurm (libjwt 1.10) accepts exactly the header
   {"alg":"HS256","typ":"JWT"} and reads `exp` and `sun`; `iat` is written as `scontrol
@@ -18,7 +19,14 @@ import hmac
 import json
 import os
 import secrets
+import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from .keyfile import FileCheckError, allowed_owners, check_program, pwd_uid, read_key, trusted_owners
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,16 @@ class SignerError(Exception):
     """The signer could not make a token (the controller is down, slow or refusing)."""
 
 
+class Signer(Protocol):
+    """What the daemon mints with. BLOCKING: mint in a worker thread, DEADLINE
+    (time.monotonic()) bounding the wait; a signer that does not wait ignores it."""
+
+    name: str
+    blocking: bool
+
+    def mint(self, user: str, lifetime: int, now: int, deadline: float | None = None) -> Token: ...
+
+
 class HS256Signer:
     name = "hs256"
     blocking = False
@@ -58,7 +76,7 @@ class HS256Signer:
         mac.update(signing_input)
         return (signing_input + b"." + b64url(mac.digest())).decode()
 
-    def mint(self, user: str, lifetime: int, now: int) -> Token:
+    def mint(self, user: str, lifetime: int, now: int, deadline: float | None = None) -> Token:
         jti = secrets.token_hex(8)
         exp = now + lifetime
         return Token(self.sign(claims_json(user, now, exp, jti)), user, now, exp, jti)
@@ -94,7 +112,7 @@ class RS256Signer:
     def __repr__(self) -> str:
         return f"RS256Signer(kid={self.kid!r}, <key hidden>)"
 
-    def mint(self, user: str, lifetime: int, now: int) -> Token:
+    def mint(self, user: str, lifetime: int, now: int, deadline: float | None = None) -> Token:
         jti = secrets.token_hex(8)
         exp = now + lifetime
         claims = {"iat": now, "exp": exp, "sun": user, "jti": jti}
@@ -152,5 +170,36 @@ class ScontrolSigner:
                      str(claims.get("jti", "-")))
 
 
-Signer = HS256Signer | RS256Signer | ScontrolSigner
+def rs256_kid(config: Config) -> str:
+    """The rs256 signer's `kid`: rs256_kid, else this host's name."""
+    return config.rs256_kid or socket.gethostname()
+
+
+def source(config: Config) -> str:
+    """The file the configured signer is built from, as messages name it."""
+    if config.signer == "scontrol":
+        return f"program {config.scontrol}"
+    return f"key file {config.rs256_key_file if config.signer == 'rs256' else config.key_file}"
+
+
+def load(config: Config, reader: str | None = None) -> Signer:
+    """The configured signer, its file (source()) checked as munged checks its key;
+    FileCheckError if unsafe or unusable. Startup, reload, --check-config and doctor all call
+    this. READER: an account that must be able to read the key, and so may own it (root
+    checking for the unit's User=)."""
+    owners = trusted_owners(config.slurm_user, reader) if reader else allowed_owners(config.slurm_user)
+    if config.signer == "rs256":
+        try:
+            return RS256Signer(read_key(config.rs256_key_file, owners, config.min_uid, reader,
+                                        keygen="slurmjwt keygen --rs256"), rs256_kid(config))
+        except ValueError as exc:
+            raise FileCheckError(f"key file {config.rs256_key_file}: {exc}; make one with: "
+                               f"slurmjwt keygen --rs256 {config.rs256_key_file}") from None
+    if config.signer == "scontrol":
+        check_program(config.scontrol)
+        if os.geteuid() not in (0, pwd_uid(config.slurm_user)):
+            raise FileCheckError(f"signer scontrol: slurmjwtd must run as root or {config.slurm_user} "
+                               f"(SlurmUser) to mint for other users; see docs/signers.md")
+        return ScontrolSigner(config.scontrol, config.scontrol_timeout)
+    return HS256Signer(read_key(config.key_file, owners, config.min_uid, reader))
 
