@@ -99,6 +99,17 @@ def workdir() -> Path:
     shutil.rmtree(WORK, ignore_errors=True)
 
 
+@pytest.fixture
+def scratch(workdir, users):
+    """A fresh root-owned 0755 directory for one test (in the tests' workdir), removed after."""
+    d = workdir / "scratch"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def make_key(path: Path, owner: str = "slurm", group: str = KEY_GROUP, mode: int = 0o640,
              size: int = 32, key: bytes | None = None) -> bytes:
     """Write KEY (or SIZE random bytes) to PATH with OWNER, GROUP and MODE."""

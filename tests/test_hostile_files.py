@@ -24,13 +24,8 @@ DAEMON = "slurmjwt"  # keyfile.DAEMON_ACCOUNT, the unit's User=
 
 
 @pytest.fixture
-def files(workdir, users) -> Path:
-    d = workdir / "files"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(mode=0o755)
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def files(scratch) -> Path:
+    return scratch
 
 
 @pytest.fixture

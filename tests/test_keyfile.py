@@ -6,7 +6,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,13 +17,8 @@ from test_hostile_files import daemon_account  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
-def keydir(workdir, users):
-    d = workdir / "keys"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(mode=0o755)
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def keydir(scratch) -> Path:
+    return scratch
 
 
 def check(key: Path, tmp: Path) -> subprocess.CompletedProcess:
