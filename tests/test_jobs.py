@@ -142,15 +142,21 @@ def test_ctrl_c_reaches_srun(sshd, slurm, account, terminals):
     start = len(term.screen)
     term.send("srun -n1 sleep 300; echo rc=$?\r")
     deadline = time.monotonic() + 30
-    while not _steps_of(slurm, account.user):  # the step runs: srun is waiting on it
-        assert time.monotonic() < deadline, f"no step started:\n{term.screen[start:]}"
+    # the task runs, so srun has launched the step and waits on it with its handlers in place
+    # (a step slurmctld lists may still be launching: Ctrl-C then cancels it quietly)
+    while subprocess.run(["pgrep", "-u", account.user, "-x", "sleep"],
+                         capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, f"no task started:\n{term.screen[start:]}"
         time.sleep(0.1)
     term.send("\x03")
     term.wait(r"srun: interrupt", start)  # only srun prints this: SIGINT reached it
     term.send("\x03")  # a second one within a second aborts the step
     done = term.wait(r"rc=\d+", start, timeout=30)
     assert done.group() != "rc=0", term.screen[start:]
-    assert not _steps_of(slurm, account.user)
+    deadline = time.monotonic() + 15  # the aborted step ends (slurmctld may list it a moment)
+    while _steps_of(slurm, account.user):
+        assert time.monotonic() < deadline, "the step outlived the aborted srun"
+        time.sleep(0.1)
 
 
 def _steps_of(slurm, user: str) -> list[str]:
