@@ -21,11 +21,15 @@ jobs: runs srun, sbatch and squeue --version (they print a version and contact n
 /bin/true as the fork/exec floor; it reports the time slurmjwt-exec adds to each command, median
 and p99, and the ratio to the plain command, against the goal: under 5 ms added per command.
 
+pieces: bench/pieces.py times each hand-written piece (protocol.quote, the HS256 signer, the
+claims template, signer.unverified_claims) beside the library call it stands in for, and what
+importing pyjwt costs.
+
 Everything started is stopped by PID; everything made (files, user) is removed afterwards.
 
     /opt/slurmjwt/venv/bin/python bench/bench.py [--count N] [--repeat R] [--quick] [--profile]
         [--skip-tokens] [--skip-logins] [--skip-munged] [--alone N] [--storm T]
-        [--storm-logins N] [--burst] [--sessions N] [--skip-jobs] [--job-runs N]
+        [--storm-logins N] [--burst] [--sessions N] [--skip-jobs] [--job-runs N] [--skip-pieces]
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ STAMP = HERE / "pam_benchstamp.so"
 PAM_SRC = HERE.parent / "pam"
 MODULE = PAM_SRC / "pam_slurmjwt.so"
 EXEC = PAM_SRC / "slurmjwt-exec"
+PIECES = HERE / "pieces.py"
 JOB_COMMANDS = ("srun", "sbatch", "squeue")  # each run as `CMD --version`
 PAM_D = Path("/etc/pam.d")
 BENCH_USER = "sjwt-bench"
@@ -570,6 +575,8 @@ def main() -> int:
     parser.add_argument("--job-runs", type=int, default=None, metavar="N",
                         help="runs of each command per round, plain and wrapped [300, or 30 "
                              "with --quick]")
+    parser.add_argument("--skip-pieces", action="store_true",
+                        help="leave out the pieces section (bench/pieces.py)")
     parser.add_argument("--profile", action="store_true",
                         help="instead: run slurmjwtd under cProfile with 1 client; print the top")
     args = parser.parse_args()
@@ -636,6 +643,10 @@ def main() -> int:
                   f"from /usr/bin and through {EXEC}, in turn;\nSLURM_JWT=x.y.z (a dummy) in "
                   f"their environment; /bin/true for the fork/exec floor")
             report_jobs(run_jobs(tmp, job_runs, repeat))
+            print()
+        if not args.skip_pieces:
+            subprocess.run([str(VENV / "bin" / "python"), str(PIECES),
+                            *(["--number", "2000"] if args.quick else [])], check=True)
         return 0
     finally:
         for proc in procs:

@@ -17,7 +17,6 @@ printable ASCII only (printable()): a fake daemon cannot send escape sequences t
 
 from __future__ import annotations
 
-import base64
 import datetime
 import grp
 import json
@@ -40,7 +39,7 @@ from .client import BadAnswer, DaemonUnreachable, call
 from .config import (DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config, ConfigError,
                      load_config)
 from .protocol import REFUSALS, Response
-from .signer import rs256_kid
+from .signer import rs256_kid, unverified_claims
 from .tokenfile import read_token_file, token_path, write_token_file
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NO_SESSION = 1, 2, 3, 4, 5
@@ -216,21 +215,6 @@ def refresh(ctx: click.Context, lifetime: int | None, csh: bool, timeout: float)
     click.echo(f"setenv {variable_name()} {token}" if csh else f"export {variable_name()}={token}")
 
 
-def decode_claims(token: str) -> dict[str, object]:
-    """The claims of TOKEN, read without the key (nothing here is verified)."""
-    parts = token.strip().split(".")
-    if len(parts) != 3:
-        raise ValueError("not a JWT (expected three dot-separated parts)")
-    try:
-        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        claims = json.loads(payload)
-    except ValueError:
-        raise ValueError("not a JWT (its claims do not decode)") from None
-    if not isinstance(claims, dict):
-        raise ValueError("not a JWT (its claims are not an object)")
-    return claims
-
-
 def describe_span(seconds: int) -> str:
     span = abs(seconds)
     if span >= 3600:
@@ -246,7 +230,7 @@ def local_time(epoch: object) -> str:
 
 def token_facts(token: str) -> dict[str, object]:
     try:
-        claims = decode_claims(token)
+        claims = unverified_claims(token)
     except ValueError as exc:
         raise Failure(EXIT_NO_TOKEN, str(exc))
     exp = claims.get("exp") if isinstance(claims.get("exp"), int) else None
@@ -455,30 +439,28 @@ def rsa_private_pem() -> bytes:
                              serialization.NoEncryption())
 
 
-def b64url_uint(value: int) -> str:
-    return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")
-                                    ).rstrip(b"=").decode()
-
-
 @main.command()
 @click.argument("path", required=False)
 @click.option("--kid", metavar="NAME", help="The key id [default: rs256_kid, else this host's name].")
 def jwks(path: str | None, kid: str | None) -> None:
     """Print the JWKS with the public half of the rs256 key, to merge into slurmctld's jwks= file."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from jwt.algorithms import RSAAlgorithm
 
     config = site_config()
     path = path or config.rs256_key_file
     try:
         with open(path, "rb") as fh:
-            public = load_pem_private_key(fh.read(), password=None).public_key().public_numbers()
+            key = load_pem_private_key(fh.read(), password=None)
     except OSError as exc:
         raise Failure(EXIT_KEYGEN, f"cannot read {path}: {exc.strerror}")
     except (ValueError, TypeError):
         raise Failure(EXIT_KEYGEN, f"{path} is not an unencrypted PEM private key")
-    entry = {"kty": "RSA", "alg": "RS256", "use": "sig",
-             "kid": kid or rs256_kid(config),
-             "n": b64url_uint(public.n), "e": b64url_uint(public.e)}
+    if not isinstance(key, RSAPrivateKey):
+        raise Failure(EXIT_KEYGEN, f"{path} is not an RSA key (make one: slurmjwt keygen --rs256)")
+    entry = {"kid": kid or rs256_kid(config), "alg": "RS256", "use": "sig",
+             **RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)}
     click.echo(json.dumps({"keys": [entry]}, indent=2))
 
 

@@ -16,7 +16,7 @@ The parsers below are pure (files in, values out) and follow each program's own 
 slurm.conf (keys case-insensitive, last value wins, `Include` followed relative to slurm.conf's
 directory, %c expanded), PAM (`@include`, `include`/`substack` controls, relative to the stack's
 directory), sshd_config (first value wins, `Include` globs relative to /etc/ssh, nothing
-after `Match` counts) and /etc/environment (pam_env: the last `PATH=`, quoted or not). The
+after `Match` counts; `sshd -T` has the last word where it runs) and /etc/environment (pam_env: the last `PATH=`, quoted or not). The
 programs doctor runs (`slurmjwt-exec --mode`, `sbatch --version`) run without a shell, with a
 fixed environment and a 5 s limit, through a replaceable runner. Key bytes and tokens are never
 printed.
@@ -473,7 +473,25 @@ def check_pam_stacks(pam_file: str, pam_dir: str | None = None) -> Finding:
                    f"in {pam_file} alone, after its other session lines")
 
 
-def check_sshd(path: str) -> Finding:
+SSHD = "/usr/sbin/sshd"
+
+
+def sshd_says(path: str, keyword: str, run: Runner) -> str | None:
+    """KEYWORD's value as `sshd -T -f PATH` reports it (sshd itself applies Include, Match and
+    its defaults), or None when sshd cannot say: not installed, no host keys to read (not root),
+    or a configuration it refuses."""
+    try:
+        out = run([SSHD, "-T", "-f", path], {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    except RunFailed:
+        return None
+    key = keyword.lower() + " "
+    return next((line[len(key):].strip().lower() for line in out.splitlines()
+                 if line.startswith(key)), None)
+
+
+def check_sshd(path: str, run: Runner | None = None) -> Finding:
+    """UsePAM as sshd reads PATH: `sshd -T` decides; the parser names the line, and decides
+    alone where sshd -T cannot run."""
     why = "without UsePAM yes sshd runs no PAM session, so pam_slurmjwt.so never runs"
     reload = "then: systemctl reload ssh"
     try:
@@ -481,6 +499,9 @@ def check_sshd(path: str) -> Finding:
     except OSError as exc:
         return Finding(PROBLEM, "sshd", f"{path}: {exc.strerror}", why,
                        "name sshd's configuration with --sshd-config PATH")
+    real = sshd_says(path, "UsePAM", run or run_program)
+    if real is not None and real != (found[0] if found else "no"):  # a rule the parser missed
+        found = (real, f"{path}, as `sshd -T` reads it")
     if found is None:
         return Finding(PROBLEM, "sshd", f"{path} does not set UsePAM (sshd's default: no)", why,
                        f"add 'UsePAM yes' near the top of {path}, {reload}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 
 MAGIC = "SJWT/1"
@@ -22,7 +23,8 @@ MAX_RESPONSE = 4096  # bytes, newline included
 
 # docs/protocol.md's `safe`: the bytes a value carries as they are (pam/sjwt_client.c's SAFE_CHARS)
 SAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@+,"
-_SAFE = frozenset(SAFE.encode())
+# urllib.parse.quote always keeps letters, digits and "-._~"; it is told the rest of SAFE
+_QUOTE_SAFE = SAFE.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _SAFE_TEXT = re.compile(f"[{re.escape(SAFE)}]+\\Z")  # fast path: a value needing no escapes
 _WIRE_VALUE = re.compile(f"[{re.escape(SAFE)}%]*\\Z")
 _KEY = re.compile(r"[a-z][a-z_]{0,31}\Z")
@@ -108,9 +110,12 @@ class Response:
 
 
 def quote(value: str) -> str:
+    """VALUE percent-encoded as UTF-8 outside SAFE. Names and tokens need no escape; the regex
+    check answers them in 0.45 us where urllib.parse.quote alone takes 1.0 us (bench.py's
+    `protocol` figures); the library does every escape."""
     if _SAFE_TEXT.match(value):
         return value
-    return "".join(chr(b) if b in _SAFE else "%%%02X" % b for b in value.encode())
+    return urllib.parse.quote(value, safe=_QUOTE_SAFE)
 
 
 def unquote(value: str) -> str:

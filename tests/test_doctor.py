@@ -41,6 +41,7 @@ from slurmjwtd.doctor import (
     check_config,
     check_jobs,
     check_srun_on_path,
+    check_sshd,
     find_module,
     parse_pam,
     parse_slurm_conf,
@@ -596,6 +597,49 @@ def test_sshd_option_agrees_with_sshd(tmp_path, name):
     assert result.returncode == 0, result.stderr
     real = next(x.split()[1] for x in result.stdout.splitlines() if x.startswith("usepam "))
     assert (found[0] if found else "no") == real
+
+
+def _sshd_reports(value: str | None) -> Runner:
+    """A runner standing in for `sshd -T`: it prints `usepam VALUE`, or fails when VALUE is None."""
+    def run(argv, env):
+        assert argv[:2] == [doctor.SSHD, "-T"]
+        if value is None:
+            raise RunFailed("sshd: no hostkeys available -- exiting.")
+        return f"port 22\nusepam {value}\n"
+    return run
+
+
+@pytest.mark.parametrize("text, says, level, phrase", [
+    ("UsePAM yes\n", "yes", OK, "{cfg}:1: UsePAM yes"),            # agreeing: the parser names the line
+    ("UsePAM yes\n", None, OK, "{cfg}:1: UsePAM yes"),             # sshd cannot run: the parser alone
+    ("Port 22\n", None, PROBLEM, "{cfg} does not set UsePAM"),
+    ("Port 22\n", "no", PROBLEM, "{cfg} does not set UsePAM"),     # sshd's default, as the parser says
+    ("Port 22\n", "yes", OK, "{cfg}, as `sshd -T` reads it: UsePAM yes"),      # sshd knows better
+    ("UsePAM yes\n", "no", PROBLEM, "{cfg}, as `sshd -T` reads it: UsePAM no"),
+], ids=["agree", "no-sshd", "unset-no-sshd", "unset-default", "sshd-yes", "sshd-no"])
+def test_check_sshd_asks_sshd(tmp_path, text, says, level, phrase):
+    """sshd -T has the last word on UsePAM; the parser names the line, and answers alone where
+    sshd -T cannot run (no host keys as non-root, not installed)."""
+    cfg = tmp_path / "sshd_config"
+    cfg.write_text(text)
+    finding = check_sshd(str(cfg), run=_sshd_reports(says))
+    assert finding.level == level and finding.what.startswith(phrase.format(cfg=cfg)), finding
+
+
+def test_check_sshd_runs_the_real_sshd(tmp_path):
+    """The real sshd -T runs (as root, with the host's keys) and agrees with the parser."""
+    said: list[str] = []
+
+    def run(argv, env):
+        said.append(run_program(argv, env))
+        return said[-1]
+
+    cfg = tmp_path / "sshd_config"
+    for value, level in (("yes", OK), ("no", PROBLEM)):
+        cfg.write_text(f"UsePAM {value}\n")
+        finding = check_sshd(str(cfg), run=run)
+        assert (finding.level, finding.what) == (level, f"{cfg}:1: UsePAM {value}")
+        assert f"\nusepam {value}\n" in said[-1]
 
 
 def test_sshd_option_locations(tmp_path):

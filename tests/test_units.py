@@ -16,7 +16,7 @@ from slurmjwtd.policy import Account, Caller, decide_mint, decide_session_change
 from slurmjwtd.protocol import (FAULT, REFUSAL, REFUSALS, Code, ProtocolError, encode_error,
                                 encode_ok, encode_request, parse_request, parse_response, quote,
                                 unquote)
-from slurmjwtd.signer import HS256Signer
+from slurmjwtd.signer import HS256Signer, unverified_claims
 
 ROOT = Caller(0, 0, 100)
 ALICE_CALLER = Caller(1001, 1001, 200)
@@ -30,6 +30,17 @@ def test_quote_round_trips(value):
     encoded = quote(value)
     assert " " not in encoded and "\n" not in encoded and "=" not in encoded
     assert unquote(encoded) == value
+
+
+def test_quote_escapes_exactly_the_bytes_outside_safe():
+    """Every character, one by one: kept if docs/protocol.md's safe set has it, else each of its
+    UTF-8 bytes as %XX (what pam/sjwt_client.c decodes)."""
+    from slurmjwtd.protocol import SAFE
+    for point in [*range(0x800), 0xFFFD, 0x10FFFF]:
+        char = chr(point)
+        want = char if char in SAFE else "".join("%%%02X" % b for b in char.encode())
+        assert quote(char) == want, hex(point)
+        assert quote("a" + char + "b") == "a" + want + "b"
 
 
 def test_request_round_trip():
@@ -155,6 +166,37 @@ def test_hs256_token_is_what_slurm_accepts():
     assert token.jwt not in repr(token) and "k" * 32 not in repr(HS256Signer(key))
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(token.jwt, b"x" * 32, algorithms=["HS256"], options={"verify_exp": False})
+
+
+def _jwt_of(header: bytes, payload: bytes) -> str:
+    import base64
+    part = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()  # noqa: E731
+    return f"{part(header)}.{part(payload)}.{part(b'sig')}"
+
+
+@pytest.mark.parametrize("token", [
+    HS256Signer(b"k" * 32).mint("alice", 600, 1_700_000_000).jwt,
+    HS256Signer(b"k" * 32).mint('é "quoted" \\ name', 60, 0).jwt,
+    _jwt_of(b'{"alg":"RS256","kid":"n1"}', b'{"sun":"bob","exp":1,"extra":[1,{"a":null}]}'),
+    _jwt_of(b'{"alg":"HS256"}', b'{"iat":"not a number"}'),          # read, never checked
+    _jwt_of(b'{"alg":"HS256"}', b"[1,2]"),                           # claims not an object
+    _jwt_of(b'{"alg":"HS256"}', b"not json"),
+    _jwt_of(b'{"alg":"HS256"}', b"\xff\xfe"),                        # not UTF-8
+    "a.b", "a.b.c.d", "a.!!!.c", "",
+], ids=["hs256", "escaped-name", "rs256-extra", "odd-iat", "array", "not-json", "not-utf8",
+        "two-parts", "four-parts", "bad-base64", "empty"])
+def test_unverified_claims_match_pyjwt(token):
+    """The hand-written reader (signer.unverified_claims: pyjwt's import alone costs 130 ms and
+    13 MiB) reads what jwt.decode(verify_signature=False) reads, and refuses what it refuses,
+    with a message that never quotes the token."""
+    try:
+        want = jwt.decode(token, options={"verify_signature": False})
+    except jwt.DecodeError:
+        with pytest.raises(ValueError, match=r"^not a JWT \(") as refused:
+            unverified_claims(token)
+        assert token not in str(refused.value) or not token
+    else:
+        assert unverified_claims(token) == want
 
 
 # -- error codes: one table, protocol.Code; the CLI and the PAM module follow its classes ------
