@@ -9,7 +9,7 @@ APT_PACKAGES := slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin slurm-client mu
 	libpam0g-dev pamtester openssh-server openssh-client valgrind libsystemd-dev pkg-config \
 	python3-venv python3-dev python3-click python3-systemd python3-jwt python3-cryptography \
 	systemd gcc binutils make curl zsh tcsh tmux screen \
-	procps passwd util-linux
+	procps passwd util-linux acl
 PYTEST_ARGS ?=
 
 # `make install`: where a Debian admin expects things; DESTDIR and PREFIX are honoured

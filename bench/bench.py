@@ -161,7 +161,8 @@ def start_slurmjwtd(tmp: Path, profile_out: Path | None = None) -> tuple[subproc
     sock = str(d / "sock")
     config = d / "slurmjwtd.toml"
     config.write_text(f'socket = "{sock}"\nroot_socket = "{root_socket_of(sock)}"\n'
-                      f'session_file = "{d}/sessions.json"\n'
+                      f'session_file = "{d}/sessions.json"\ntoken_dir = "{d}/tokens"\n'
+                      f'revocation_file = "{d}/revoked.json"\n'
                       f'key_file = "{key}"\nmin_uid = 0\n')
     argv = ([str(VENV / "bin" / "python"), "-c", PROFILED_DAEMON, str(config), str(profile_out)]
             if profile_out else [SLURMJWTD, "--config", str(config)])
@@ -238,8 +239,7 @@ def pam_services(sock: str) -> Iterator[dict[str, str]]:
               f"session  optional {STAMP} begin\n")
     end = f"session  optional {STAMP} end\n"
     texts = {"without": common + end,
-             "with": common + f"session  optional {MODULE} socket={sock} "
-                              f"tokendir={Path(sock).parent / 'tokens'}\n" + end}
+             "with": common + f"session  optional {MODULE} socket={sock}\n" + end}
     services = {stack: f"sjwt-bench-{stack}" for stack in STACKS}
     written: list[Path] = []
     try:

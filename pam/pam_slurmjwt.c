@@ -1,6 +1,8 @@
 /* pam_slurmjwt: a PAM session module that puts a Slurm JWT from slurmjwtd in the
  * login's environment (pam/README.md). It holds no key: at open it asks the daemon
- * to open a login session and mint its token; at close it closes that session.
+ * to open a login session and mint its token, and exports the token and the path of the
+ * token file the daemon keeps fresh while the user is logged in; at close it closes that
+ * session.
  *
  * Every wait is bounded by timeout=, every failure logs one line to authpriv and
  * maps to one PAM code, and the token is never logged and is wiped after use.
@@ -11,28 +13,24 @@
 #include <security/pam_modules.h>
 #include <security/pam_modutil.h>
 
-#include <errno.h>
-#include <fcntl.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <syslog.h>
-#include <unistd.h>
 
 #include "sjwt_client.h"
 
 #define EXPORT __attribute__((visibility("default")))
 #define DATA_KEY "pam_slurmjwt_session"
 #define MAX_ENV_NAME 64
+#define FILE_VARIABLE "SLURMJWT_TOKEN_FILE" /* slurmjwtd/tokenfile.py's FILE_VARIABLE */
 
 struct options {
 	const char *socket;
 	int timeout_ms;
 	const char *env;
-	const char *tokendir; /* NULL: no token file */
 	int debug;
 };
 
@@ -48,7 +46,6 @@ static void parse_options(pam_handle_t *pamh, int argc, const char **argv, struc
 	opt->socket = "/run/slurmjwt/slurmjwtd-root.sock"; /* root's: OPEN and CLOSE are taken only there */
 	opt->timeout_ms = 2000;
 	opt->env = "SLURM_JWT";
-	opt->tokendir = "/run/slurmjwt-tokens";
 	opt->debug = 0;
 	for (int i = 0; i < argc; i++) {
 		const char *arg = argv[i];
@@ -63,8 +60,8 @@ static void parse_options(pam_handle_t *pamh, int argc, const char **argv, struc
 				pam_syslog(pamh, LOG_ERR, "ignoring %s: want 1 to 60000 ms", arg);
 		} else if (strncmp(arg, "env=", 4) == 0 && valid_env_name(arg + 4))
 			opt->env = arg + 4;
-		else if (strncmp(arg, "tokendir=", 9) == 0 && (arg[9] == '/' || strcmp(arg + 9, "none") == 0))
-			opt->tokendir = arg[9] == '/' ? arg + 9 : NULL;
+		else if (strncmp(arg, "tokendir=", 9) == 0)
+			; /* older versions wrote the token file here; slurmjwtd's token_dir decides now */
 		else if (strcmp(arg, "debug") == 0)
 			opt->debug = 1;
 		else
@@ -96,7 +93,7 @@ static int call_failed(pam_handle_t *pamh, const struct options *opt, const char
  * checks this list against protocol.py's. */
 static const char *const refusals[] = {
 	"permission-denied", "no-session", "unknown-user", "below-min-uid",
-	"lifetime-too-long", "policy-denied", "rate-limited", "no-such-session",
+	"lifetime-too-long", "policy-denied", "rate-limited", "no-such-session", "revoked",
 };
 
 static int not_for_this_login(const char *code)
@@ -157,45 +154,6 @@ static void free_data(pam_handle_t *pamh, void *data, int status)
 	free(data);
 }
 
-/* The user's token file, TOKENDIR/<uid>/token (slurmjwtd/tokenfile.py): TOKENDIR is
- * root's, the <uid> directory the user's (0700), the file 0600 and replaced by rename.
- * Root works inside a directory the user owns, so every step is relative to a
- * descriptor opened without following links, and nothing is created that exists. */
-static int open_user_dir(pam_handle_t *pamh, const struct options *opt, const struct passwd *pw,
-			 int create)
-{
-	char name[24];
-	struct stat st;
-	int base, dir = -1;
-
-	if (create && mkdir(opt->tokendir, 0755) < 0 && errno != EEXIST)
-		goto fail;
-	base = open(opt->tokendir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (base < 0)
-		goto fail;
-	if (fstat(base, &st) < 0 || st.st_uid != 0 || (st.st_mode & 022)) {
-		pam_syslog(pamh, LOG_ERR, "%s must be root's and not writable by others", opt->tokendir);
-		close(base);
-		return -1;
-	}
-	snprintf(name, sizeof name, "%u", (unsigned)pw->pw_uid);
-	if (create && mkdirat(base, name, 0700) == 0 &&
-	    fchownat(base, name, pw->pw_uid, pw->pw_gid, AT_SYMLINK_NOFOLLOW) < 0)
-		unlinkat(base, name, AT_REMOVEDIR);
-	dir = openat(base, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	close(base);
-	if (dir >= 0 && (fstat(dir, &st) < 0 || st.st_uid != pw->pw_uid)) {
-		close(dir);
-		pam_syslog(pamh, LOG_ERR, "%s/%s is not %s's", opt->tokendir, name, pw->pw_name);
-		return -1;
-	}
-	if (dir >= 0 || !create)
-		return dir;
-fail:
-	pam_syslog(pamh, LOG_ERR, "token directory %s: %m", opt->tokendir);
-	return -1;
-}
-
 /* A token as slurmjwtd mints it: three non-empty base64url parts joined by dots. */
 #define MAX_TOKEN 3072
 #define B64URL "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -252,47 +210,34 @@ static const char *check_answer(const char *answer, const char *user, const char
 	return NULL;
 }
 
-static void write_token_file(pam_handle_t *pamh, const struct options *opt,
-			     const struct passwd *pw, const char *token)
+/* The answer's file=, the token file slurmjwtd keeps for this user, is exported only if it is
+ * a plain absolute path ending in /<uid>/token for this login's uid. */
+static int token_file_ok(const char *path, const struct passwd *pw)
 {
-	const char *user = pw->pw_name;
-	char tmp[32];
-	int dir, fd, ok = 0;
+	char tail[32];
+	size_t n = strlen(path), t;
 
-	if (opt->tokendir == NULL || (dir = open_user_dir(pamh, opt, pw, 1)) < 0)
-		return;
-	snprintf(tmp, sizeof tmp, ".token.%d", (int)getpid());
-	unlinkat(dir, tmp, 0);
-	fd = openat(dir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd >= 0) {
-		size_t len = strlen(token);
-		ok = fchown(fd, pw->pw_uid, pw->pw_gid) == 0 &&
-		     write(fd, token, len) == (ssize_t)len && write(fd, "\n", 1) == 1;
-		ok = (close(fd) == 0) && ok && renameat(dir, tmp, dir, "token") == 0;
-		if (!ok)
-			unlinkat(dir, tmp, 0);
-	}
-	if (!ok)
-		pam_syslog(pamh, LOG_ERR, "token file for %s not written: %m", user);
-	close(dir);
+	if (path[0] != '/' || n >= 4096 || strspn(path, B64URL "/.") != n ||
+	    strstr(path, "/./") || strstr(path, "/../") || strstr(path, "//"))
+		return 0;
+	t = (size_t)snprintf(tail, sizeof tail, "/%u/token", (unsigned)pw->pw_uid);
+	return n > t && strcmp(path + n - t, tail) == 0;
 }
 
-static void remove_token_file(pam_handle_t *pamh, const struct options *opt, const char *user)
+static void export_token_file(pam_handle_t *pamh, const char *answer, const struct passwd *pw)
 {
-	const struct passwd *pw = pam_modutil_getpwnam(pamh, user);
-	char name[24];
-	int dir, base;
+	char env[sizeof FILE_VARIABLE + 4096];
+	int rc;
 
-	if (opt->tokendir == NULL || pw == NULL || (dir = open_user_dir(pamh, opt, pw, 0)) < 0)
-		return;
-	unlinkat(dir, "token", 0);
-	close(dir);
-	base = open(opt->tokendir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (base >= 0) {
-		snprintf(name, sizeof name, "%u", (unsigned)pw->pw_uid);
-		unlinkat(base, name, AT_REMOVEDIR); /* fails, harmlessly, if the user left files */
-		close(base);
-	}
+	memcpy(env, FILE_VARIABLE "=", sizeof FILE_VARIABLE);
+	rc = sjwt_answer_field(answer, "file", env + sizeof FILE_VARIABLE, sizeof env - sizeof FILE_VARIABLE);
+	if (rc == SJWT_ERR_NOTFOUND)
+		return; /* slurmjwtd could not write it: it says why in its log */
+	if (rc != SJWT_OK || !token_file_ok(env + sizeof FILE_VARIABLE, pw))
+		pam_syslog(pamh, LOG_ERR, "not exporting %s for %s: slurmjwtd's file= is not a path "
+			   "ending in /%u/token", FILE_VARIABLE, pw->pw_name, (unsigned)pw->pw_uid);
+	else if ((rc = pam_putenv(pamh, env)) != PAM_SUCCESS)
+		pam_syslog(pamh, LOG_ERR, "pam_putenv(%s): %s", FILE_VARIABLE, pam_strerror(pamh, rc));
 }
 
 static int export_token(pam_handle_t *pamh, const struct options *opt, const char *user,
@@ -332,7 +277,7 @@ static int export_token(pam_handle_t *pamh, const struct options *opt, const cha
 	if (rc != PAM_SUCCESS)
 		pam_syslog(pamh, LOG_ERR, "pam_putenv(%s): %s", opt->env, pam_strerror(pamh, rc));
 	else {
-		write_token_file(pamh, opt, pw, token);
+		export_token_file(pamh, answer, pw);
 		if (opt->debug)
 			pam_syslog(pamh, LOG_DEBUG, "%s set, session %s", opt->env, session);
 	}
@@ -380,14 +325,10 @@ EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const c
 		user = "?";
 	rc = ask_daemon(pamh, &opt, user, "session not closed", "close", answer, "CLOSE",
 			"session", (const char *)session, (char *)NULL);
-	if (rc == PAM_SUCCESS) {
+	if (rc == PAM_SUCCESS && opt.debug) {
 		char remaining[16] = "";
 		sjwt_answer_field(answer, "remaining", remaining, sizeof remaining);
-		if (strcmp(remaining, "0") == 0)
-			remove_token_file(pamh, &opt, user);
-		if (opt.debug)
-			pam_syslog(pamh, LOG_DEBUG, "session %s closed, %s left", (const char *)session,
-				   remaining);
+		pam_syslog(pamh, LOG_DEBUG, "session %s closed, %s left", (const char *)session, remaining);
 	}
 	pam_set_data(pamh, DATA_KEY, NULL, NULL);
 	return rc;

@@ -1,4 +1,5 @@
-"""One way to replace a file all at once: the session registry, the token file and keygen's key.
+"""One way to replace a file all at once: the session registry, the token files, the
+revocation list and keygen's key.
 
 A reader sees the old file or the new one, never part of either, and no temporary file stays
 behind, whatever fails.
@@ -8,13 +9,15 @@ from __future__ import annotations
 
 import os
 
+ACL_XATTR = "system.posix_acl_access"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def write_atomic(path: str, data: bytes, *, dir_fd: int | None = None, mode: int = 0o600,
-                 owner: tuple[int, int] | None = None, fsync: bool = False,
-                 replace: bool = True) -> None:
-    """Make PATH (relative to DIR_FD if given) hold DATA with MODE and OWNER (uid, gid).
+                 owner: tuple[int, int] | None = None, acl: bytes | None = None,
+                 fsync: bool = False, replace: bool = True) -> None:
+    """Make PATH (relative to DIR_FD if given) hold DATA with MODE, OWNER (uid, gid) and ACL
+    (a system.posix_acl_access value, tokenfile.acl).
 
     DATA goes to `.NAME.tmp-PID` beside it, made new (O_EXCL, never through a link) and
     complete with its final owner and mode (and FSYNC'd, for files that must outlive a power
@@ -35,6 +38,8 @@ def write_atomic(path: str, data: bytes, *, dir_fd: int | None = None, mode: int
             if owner is not None:
                 os.fchown(fd, *owner)
             os.fchmod(fd, mode)
+            if acl is not None:
+                os.setxattr(fd, ACL_XATTR, acl)
             if fsync:
                 os.fsync(fd)
         finally:

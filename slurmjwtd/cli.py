@@ -38,9 +38,9 @@ from .nss import nss
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import (DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config, ConfigError,
                      load_config)
-from .protocol import REFUSALS, Response
+from .protocol import REFUSALS, Response, parse_number
 from .signer import rs256_kid, unverified_claims
-from .tokenfile import read_token_file, token_path, write_token_file
+from .tokenfile import FILE_VARIABLE, read_token_file, token_path
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NO_SESSION = 1, 2, 3, 4, 5
 EXIT_DAEMON, EXIT_NO_TOKEN, EXIT_KEYGEN, EXIT_CURL = 6, 7, 8, 9
@@ -138,7 +138,7 @@ def exit_status(code: str) -> int:
 
 def get_token(ctx: click.Context, user: str | None, lifetime: int | None,
               timeout: float = 5.0) -> str:
-    """A new token from the daemon; one's own also replaces one's token file."""
+    """A new token from the daemon (the token file is the daemon's: it keeps it fresh)."""
     args: dict[str, object] = {}
     if user is not None:
         args["user"] = user
@@ -147,20 +147,33 @@ def get_token(ctx: click.Context, user: str | None, lifetime: int | None,
     token = ask(ctx, "MINT", args, timeout).fields.get("token", "")
     if not _JWT.match(token):  # refresh output is eval'd by shells: accept nothing else
         raise Failure(EXIT_DAEMON, "slurmjwtd answered without a well-formed token")
-    if user is None:
-        try:
-            write_token_file(token, os.getuid())
-        except OSError as exc:
-            click.echo(f"slurmjwt: warning: token file not replaced: {exc}", err=True)
     return token
 
 
+def token_file() -> str:
+    """This user's token file: $SLURMJWT_TOKEN_FILE (the login's), else token_dir/<uid>/token."""
+    return os.environ.get(FILE_VARIABLE) or token_path(site_config().token_dir, os.getuid())
+
+
+def expiry(token: str) -> int:
+    """TOKEN's exp, -1 if it has none that can be read."""
+    try:
+        exp = unverified_claims(token).get("exp")
+    except ValueError:
+        return -1
+    return exp if isinstance(exp, int) else -1
+
+
 def current_token(explicit: str | None = None) -> str:
-    """TOKEN, or - for stdin, else the variable, else the token file."""
+    """TOKEN, or - for stdin; else the freshest of the variable and the token file (the
+    daemon renews the file; a shell's variable may be older, or newer after a refresh)."""
     if explicit == "-":
         explicit = sys.stdin.readline()
-    token = (explicit or os.environ.get(variable_name(), "")).strip()
-    token = token or read_token_file(os.getuid()) or ""
+    token = (explicit or "").strip()
+    if not token:
+        found = [t for t in (os.environ.get(variable_name(), "").strip(),
+                             read_token_file(token_file())) if t]
+        token = max(found, key=expiry, default="")
     if not token:
         raise Failure(EXIT_NO_TOKEN, f"no token: {variable_name()} is not set and there is no "
                                      f"token file (run: eval \"$(slurmjwt refresh)\")")
@@ -195,7 +208,7 @@ lifetime_option = click.option("--lifetime", type=click.IntRange(min=1, max=999_
 def token(ctx: click.Context, lifetime: int | None, user: str | None, show_file: bool) -> None:
     """Print SLURM_JWT=<token>, as `scontrol token` does."""
     if show_file:
-        path = token_path(os.getuid())
+        path = token_file()
         click.echo(path)
         if not os.path.exists(path):
             raise Failure(EXIT_NO_TOKEN, f"{path} does not exist (it is made at login)")
@@ -365,6 +378,10 @@ def policy(ctx: click.Context, user: str, lifetime: int | None) -> None:
                        ("sessions", "sessions"), ("rate left", "rate_left")):
         if key in f:
             click.echo(f"  {label + ':':<14}{printable(f[key])}")
+    if f.get("revoked") == "yes":
+        since = local_time(parse_number(f.get("revoked_since", "")))
+        click.echo(printable(f"  {'revoked:':<14}since {since} by uid {f.get('revoked_by')}: "
+                             f"{f.get('revoked_reason')}"))
     if not granted:
         sys.exit(EXIT_REFUSED)
 
@@ -378,7 +395,35 @@ def status(ctx: click.Context) -> None:
         f"slurmjwtd {fields.get('version', '?')} answers on {ctx.obj}: "
         f"signer {fields.get('signer', '?')}, {fields.get('sessions', '?')} open session(s), "
         f"{fields.get('granted', '?')} granted, {fields.get('refused', '?')} refused, "
-        f"up {fields.get('uptime', '?')} s"))
+        f"up {fields.get('uptime', '?')} s; {fields.get('token_files', '?')} token file(s) kept "
+        f"fresh, {fields.get('renewed', '?')} renewal(s), {fields.get('revoked', '?')} user(s) "
+        f"revoked"))
+
+
+@main.command()
+@click.argument("user")
+@click.option("--reason", default="", metavar="TEXT", help="Why, for the audit log and "
+              "`slurmjwt policy`.")
+@click.pass_context
+def revoke(ctx: click.Context, user: str, reason: str) -> None:
+    """Stop every grant and renewal for USER at once, across restarts (root).
+
+    The user's token file goes and their logins get no token; tokens already out die at their
+    exp (at most one lifetime). `slurmjwt unrevoke USER` lifts it."""
+    f = ask(ctx, "REVOKE", {"user": user} | ({"reason": reason} if reason else {})).fields
+    click.echo(printable(f"{f.get('user')} (uid {f.get('uid')}) revoked; "
+                         f"{f.get('sessions')} live session(s) keep no token"))
+
+
+@main.command()
+@click.argument("user")
+@click.pass_context
+def unrevoke(ctx: click.Context, user: str) -> None:
+    """Lift USER's revocation (root): their next login, and their live sessions' token
+    file, get tokens again."""
+    f = ask(ctx, "UNREVOKE", {"user": user}).fields
+    click.echo(printable(f"{f.get('user')} (uid {f.get('uid')}) "
+                         + ("unrevoked" if f.get("was_revoked") == "yes" else "was not revoked")))
 
 
 def _default_owner() -> str:

@@ -38,6 +38,14 @@ class Config:
     session_file: str = field(default="/run/slurmjwt/sessions.json", metadata=_doc(
         "Where the registry of live login sessions is kept across restarts (a runtime directory).",
         path=True, restart=True))
+    token_dir: str = field(default="/run/slurmjwt-tokens", metadata=_doc(
+        "Where each user with a live login session finds a token the daemon keeps valid: "
+        "<token_dir>/<uid>/token, renewed before it expires, readable by that user (a POSIX ACL) "
+        "and root, removed at the last logout. A runtime directory the daemon owns.",
+        path=True, restart=True))
+    revocation_file: str = field(default="/var/lib/slurmjwt/revoked.json", metadata=_doc(
+        "The users root revoked (slurmjwt revoke), kept across restarts and reboots (a state "
+        "directory the daemon owns).", path=True, restart=True))
     signer: str = field(default="hs256", metadata=_doc(
         "How tokens are signed: hs256 (key_file), rs256 (rs256_key_file, checked by slurmctld's "
         "jwks=) or scontrol (`scontrol token`; no key on this node).",

@@ -4,6 +4,10 @@ the facts, asks policy.py and returns a Grant (a token to make) or the answer's 
 Anything refused is a `Refusal`, raised where it is found; `Operations.refuse` is the one
 place that counts, audits and encodes it, for answers made inline and in the signer's
 worker threads alike. The loop in server.py frames requests and decides nothing.
+
+Token files: OPEN writes the user's (tokenfile.py) and plans its renewal (renewal.py);
+`renew_due` renews those due, asking policy each time as OPEN does (a revoked or newly denied
+user's file goes); `forget_emptied` removes the file once the user's last session has gone.
 """
 
 from __future__ import annotations
@@ -24,12 +28,18 @@ from .policy import (Account, Caller, Decision, decide_mint, decide_session_chan
                      unknown_names)
 from .protocol import (Code, ProtocolError, Refusal, Request, encode_error, encode_ok,
                        parse_number, parse_request)
+from .renewal import RETRY_MIN
+from .revocation import Revocation, RevocationError
 from .sessions import Session
-from .signer import SignerError, Token
+from .signer import SignerError, Token, unverified_claims
 from .state import DaemonState
+from .tokenfile import token_path
 
 log = logging.getLogger("slurmjwtd")
 _SIGNING_WORKERS = 4  # concurrent `scontrol token` runs at most
+_RENEW_BATCH = 64  # renewals per turn of the loop at most: logins never wait behind many
+_RENEW_IN_FLIGHT = 2  # blocking renewals at once: the other workers stay free for logins
+_MAX_REASON = 200  # characters of a revocation's reason kept
 _INTERNAL = encode_error(Code.INTERNAL, "internal error; see the slurmjwtd log")
 
 
@@ -115,11 +125,15 @@ class Operation:
 
 
 class Operations:
-    """MINT, OPEN, CLOSE, STATUS, EXPLAIN: facts gathered, policy asked, answer encoded."""
+    """MINT, OPEN, CLOSE, STATUS, EXPLAIN, REVOKE, UNREVOKE: facts gathered, policy asked,
+    answer encoded; and the renewal of the token files."""
 
     def __init__(self, state: DaemonState) -> None:
         self.state = state
         self._workers: ThreadPoolExecutor | None = None
+        self._renewing: dict[int, tuple[Future, Grant]] = {}  # uid: a blocking signer's renewal
+        self.wake: Callable[[Future], None] = lambda future: None  # the loop's "a token is ready"
+        self.renewer = Caller(0, 0, os.getpid())  # who renewals are audited as: the daemon, for root
 
     def refuse(self, caller: Caller, refusal: Refusal, op: str = "-") -> bytes:
         """The one place a refusal is counted, audited and encoded; OP "-": refused before any
@@ -184,13 +198,17 @@ class Operations:
         if not signer.blocking:
             return encode_ok(self._granted(op, caller, grant, signer.mint(user, lifetime,
                                                                           int(time.time()))))
+        return Pending(self._submit(user, lifetime), op, caller, grant)
+
+    def _submit(self, user: str, lifetime: int) -> Future:
+        """Mint in a worker thread (a blocking signer)."""
+        signer = self.state.signer
         if self._workers is None:
             self._workers = ThreadPoolExecutor(max_workers=_SIGNING_WORKERS,
                                                thread_name_prefix="signer")
         # the signer's timeout counts from now: time queued behind slow calls is part of it
-        future = self._workers.submit(signer.mint, user, lifetime, int(time.time()),
-                                      time.monotonic() + signer.timeout)
-        return Pending(future, op, caller, grant)
+        return self._workers.submit(signer.mint, user, lifetime, int(time.time()),
+                                    time.monotonic() + signer.timeout)
 
     def complete(self, pending: Pending) -> bytes:
         """The answer to a request whose blocking signer has finished, failed or not; no token,
@@ -213,9 +231,11 @@ class Operations:
             self.state.registry.close(grant.session.id)
 
     def _granted(self, op: str, caller: Caller, grant: Grant, token: Token) -> Fields:
-        """Count and audit a token just made; return the answer's fields."""
+        """Count and audit a token just made; return the answer's fields. A login's (OPEN)
+        also becomes the user's token file."""
         self.state.counters.granted += 1
         target, decision, session = grant.target, grant.decision, grant.session
+        file = self._keep(target.uid, token) if session is not None else None
         where: Fields = {} if session is None else {
             "session": session.id, "tty": session.tty, "rhost": session.rhost,
             "service": session.service}
@@ -228,7 +248,145 @@ class Operations:
                           "exp": token.exp, "jti": token.jti, "lifetime": decision.lifetime}
         if session is None:
             return fields
-        return {"session": session.id, **fields, "uid": target.uid, "gid": target.gid}
+        opened: Fields = {"session": session.id, **fields, "uid": target.uid, "gid": target.gid}
+        return opened if file is None else {**opened, "file": file}
+
+    # -- token files ------------------------------------------------------------------------
+    def _keep(self, uid: int, token: Token) -> str | None:
+        """Make TOKEN UID's token file and plan its renewal; the file's path, or None if it
+        could not be written (logged; retried as a renewal)."""
+        state = self.state
+        try:
+            state.files.write(uid, token.jwt)
+        except OSError as exc:  # names the file, never the token
+            log.error("token file of uid %d not written: %s", uid, exc)
+            state.schedule.failed(uid, time.time())
+            return None
+        state.schedule.issued(uid, token.iat, token.exp)
+        return token_path(state.files.base, uid)
+
+    def _drop_file(self, uid: int) -> None:
+        self.state.schedule.cancel(uid)
+        try:
+            self.state.files.remove(uid)
+        except OSError as exc:
+            log.error("token file of uid %d not removed: %s", uid, exc)
+
+    def resume(self, now: float) -> None:
+        """At startup: plan the renewal of each live session's file from the token it holds
+        (a missing or expiring one is renewed within seconds: catching up after downtime);
+        remove the files no session keeps."""
+        state = self.state
+        live = set(state.registry.uids())
+        for uid in live:
+            try:
+                claims = unverified_claims(state.files.read(uid) or "")
+                iat, exp = int(claims["iat"]), int(claims["exp"])  # type: ignore[arg-type]
+            except (ValueError, KeyError, TypeError):
+                iat = exp = 0
+            if exp > now + RETRY_MIN:
+                state.schedule.issued(uid, iat, exp)
+            else:
+                state.schedule.overdue(uid, now)
+        for uid in set(state.files.users()) - live:
+            self._drop_file(uid)
+
+    def replan(self, now: float) -> None:
+        """Plan a renewal for each live uid that has none (after a reload: policy may now
+        allow those it refused)."""
+        schedule = self.state.schedule
+        for uid in self.state.registry.uids():
+            if uid not in schedule and uid not in self._renewing:
+                schedule.overdue(uid, now)
+
+    def forget_emptied(self) -> None:
+        """Remove the token file of each uid whose last session has gone."""
+        for uid in self.state.registry.take_emptied():
+            self._drop_file(uid)
+
+    def renew_due(self, now: float) -> None:
+        """Renew the token files whose time has come, a batch at most per call. Each renewal
+        asks policy as a login does; one it refuses removes the file (revoked, denied), except
+        an unknown account (NSS down?), retried while a session lives."""
+        state = self.state
+        blocking = state.signer.blocking
+        limit = _RENEW_IN_FLIGHT - len(self._renewing) if blocking else _RENEW_BATCH
+        for uid in state.schedule.pop_due(now, max(0, limit)):
+            grant = self._renewal(uid, now)
+            if grant is None:
+                continue
+            user = slurm_name(grant.target.name, state.config)
+            if blocking:
+                future = self._submit(user, grant.decision.lifetime)
+                self._renewing[uid] = (future, grant)
+                future.add_done_callback(self.wake)
+                continue
+            try:
+                token = state.signer.mint(user, grant.decision.lifetime, int(now))
+            except SignerError as exc:
+                self._renew_failed(grant, str(exc))
+            else:
+                self._renewed(grant, token)
+
+    def renewals_done(self) -> None:
+        """Finish the blocking signer's renewals that are done."""
+        for uid, (future, grant) in list(self._renewing.items()):
+            if not future.done():
+                continue
+            del self._renewing[uid]
+            try:
+                token = future.result()
+            except SignerError as exc:
+                self._renew_failed(grant, str(exc))
+            except Exception:
+                log.exception("internal error renewing the token of uid %d", uid)
+                self.state.schedule.failed(uid, time.time())
+            else:
+                # the last session may have closed, or root revoked the user, meanwhile
+                if (self.state.registry.has_live_session(uid)
+                        and self.state.revocations.of(uid) is None):
+                    self._renewed(grant, token)
+
+    def _renewal(self, uid: int, now: float) -> Grant | None:
+        """What policy says of renewing UID's file now; None if it is not to be renewed."""
+        state = self.state
+        if not state.registry.has_live_session(uid):
+            self._drop_file(uid)
+            return None
+        config = state.config
+        target = lookup_account(uid, config.policy_groups)
+        revoked = state.revocations.of(uid) is not None
+        decision = decide_mint(self.renewer, target, f"uid {uid}", None, True, config, revoked)
+        if decision.granted:
+            assert target is not None
+            return Grant(target, decision)
+        assert decision.code is not None
+        self.refuse(self.renewer, Refusal(decision.code, decision.reason, decision.message,
+                                          decision.rule, user=target.name if target else None,
+                                          uid=uid), "renew")
+        if decision.code is Code.UNKNOWN_USER:
+            state.schedule.failed(uid, now)
+        else:
+            self._drop_file(uid)
+        return None
+
+    def _renewed(self, grant: Grant, token: Token) -> None:
+        state, target = self.state, grant.target
+        if self._keep(target.uid, token) is None:
+            return
+        state.counters.renewed += 1
+        state.audit(decision="granted", op="renew", caller_uid=0, caller_pid=self.renewer.pid,
+                    user=target.name, uid=target.uid,
+                    slurm_user=token.user if token.user != target.name else None,
+                    reason="renewal", rule=grant.decision.rule, lifetime=grant.decision.lifetime,
+                    exp=token.exp, jti=token.jti)
+
+    def _renew_failed(self, grant: Grant, why: str) -> None:
+        """The signer failed: the old token stays in the file; try again later."""
+        uid = grant.target.uid
+        self.refuse(self.renewer, Refusal(Code.SIGNER_UNAVAILABLE, "signer", why,
+                                          user=grant.target.name, uid=uid), "renew")
+        self.state.schedule.failed(uid, time.time())
 
     def shutdown(self) -> None:
         if self._workers is not None:
@@ -247,7 +405,8 @@ class Operations:
         shown = name if name is not None else f"uid {caller.uid}"
         has_session = (not caller.is_root and target is not None and target.uid == caller.uid
                        and self.state.registry.has_live_session(target.uid))
-        decision = decide_mint(caller, target, shown, lifetime, has_session, config)
+        revoked = target is not None and self.state.revocations.of(target.uid) is not None
+        decision = decide_mint(caller, target, shown, lifetime, has_session, config, revoked)
         if not decision.granted:
             assert decision.code is not None
             raise Refusal(decision.code, decision.reason, decision.message, decision.rule,
@@ -280,7 +439,8 @@ class Operations:
         config = self.state.config
         target = lookup_account(name, config.policy_groups)
         lifetime = parse_lifetime(request.args.get("lifetime"))
-        decision = decide_mint(caller, target, name, lifetime, False, config)
+        revoked = None if target is None else self.state.revocations.of(target.uid)
+        decision = decide_mint(caller, target, name, lifetime, False, config, revoked is not None)
         answer: Fields = {
             "decision": "granted" if decision.granted else "refused", "reason": decision.reason,
             "rule": decision.rule, "code": decision.code.value if decision.code else "-",
@@ -290,7 +450,11 @@ class Operations:
             answer |= {"uid": target.uid, "slurm_user": slurm_name(target.name, config),
                        "groups": ",".join(sorted(target.groups)) or "-",
                        "sessions": self.state.registry.remaining(target.uid),
-                       "rate_left": self.state.limiter.left(target.uid, now)}
+                       "rate_left": self.state.limiter.left(target.uid, now),
+                       "revoked": "yes" if revoked else "no"}
+        if revoked is not None:
+            answer |= {"revoked_since": revoked.since, "revoked_by": revoked.by_uid,
+                       "revoked_reason": revoked.reason or "-"}
         if decision.granted:
             answer |= {"lifetime": decision.lifetime, "max_lifetime": decision.max_lifetime}
         return answer
@@ -311,8 +475,54 @@ class Operations:
         state = self.state
         return {"version": __version__, "protocol": 1, "signer": state.signer.name,
                 "sessions": len(state.registry), "granted": state.counters.granted,
-                "refused": state.counters.refused,
+                "refused": state.counters.refused, "renewed": state.counters.renewed,
+                "token_files": len(state.schedule) + len(self._renewing),
+                "revoked": len(state.revocations),
                 "uptime": int(time.monotonic() - state.started)}
+
+    def _revoked_account(self, request: Request) -> Account:
+        name = request.args["user"]
+        target = lookup_account(name, frozenset())
+        if target is None:
+            raise Refusal(Code.UNKNOWN_USER, "unknown-user", f"no such user: {name}", user=name)
+        return target
+
+    def _op_revoke(self, caller: Caller, request: Request) -> Fields:
+        """Root stops every grant and renewal for a user, at once and across restarts; the
+        user's token file goes (tokens already out die at their exp)."""
+        target = self._revoked_account(request)
+        reason = request.args.get("reason", "")[:_MAX_REASON]
+        revocation = Revocation(target.name, target.uid, int(time.time()), caller.uid, reason)
+        try:
+            self.state.revocations.revoke(revocation)
+        except RevocationError as exc:
+            raise Refusal(Code.INTERNAL, "revocation-file", str(exc), user=target.name,
+                          uid=target.uid) from None
+        self._drop_file(target.uid)
+        self.state.audit(decision="granted", op="revoke", caller_uid=caller.uid,
+                         caller_pid=caller.pid, user=target.name, uid=target.uid,
+                         reason="root-request", detail=reason or None)
+        return {"user": target.name, "uid": target.uid, "revoked": "yes",
+                "since": revocation.since,
+                "sessions": self.state.registry.remaining(target.uid)}
+
+    def _op_unrevoke(self, caller: Caller, request: Request) -> Fields:
+        """Root lifts a revocation; a user still logged in has a token file again within a
+        turn of the loop. Lifting one that is not there is not an error."""
+        target = self._revoked_account(request)
+        try:
+            lifted = self.state.revocations.unrevoke(target.uid)
+        except RevocationError as exc:
+            raise Refusal(Code.INTERNAL, "revocation-file", str(exc), user=target.name,
+                          uid=target.uid) from None
+        if lifted is not None:
+            self.state.audit(decision="granted", op="unrevoke", caller_uid=caller.uid,
+                             caller_pid=caller.pid, user=target.name, uid=target.uid,
+                             reason="root-request")
+            if self.state.registry.has_live_session(target.uid):
+                self.state.schedule.overdue(target.uid, time.time(), spread=0.0)
+        return {"user": target.name, "uid": target.uid,
+                "was_revoked": "yes" if lifted else "no"}
 
 
 def _args(*names: str) -> frozenset[str]:
@@ -328,4 +538,8 @@ OPERATIONS: dict[str, Operation] = {
     "STATUS": Operation(Operations._op_status, _args()),
     "EXPLAIN": Operation(Operations._op_explain, _args("user", "lifetime"), root_only=True,
                          required=("user",)),
+    "REVOKE": Operation(Operations._op_revoke, _args("user", "reason"), root_only=True,
+                        audited=("user",), required=("user",)),
+    "UNREVOKE": Operation(Operations._op_unrevoke, _args("user"), root_only=True,
+                          audited=("user",), required=("user",)),
 }

@@ -100,10 +100,15 @@ def check_lists(account: Account, config: Config) -> Decision | None:
 
 
 def decide_mint(caller: Caller, target: Account | None, requested_name: str,
-                lifetime: int | None, has_session: bool, config: Config) -> Decision:
-    """May CALLER have a token for TARGET (None: NSS does not know REQUESTED_NAME)?"""
+                lifetime: int | None, has_session: bool, config: Config,
+                revoked: bool = False) -> Decision:
+    """May CALLER have a token for TARGET (None: NSS does not know REQUESTED_NAME)? REVOKED:
+    root revoked TARGET's uid (slurmjwt revoke), which refuses even root's requests."""
     if target is None:
         return refuse(Code.UNKNOWN_USER, "unknown-user", f"no such user: {requested_name}")
+    if revoked:
+        return refuse(Code.REVOKED, "revoked", f"tokens for {target.name} are revoked by the "
+                      f"site's administrators", "revoked")
     if not caller.is_root and caller.uid != target.uid:
         return refuse(Code.PERMISSION_DENIED, "other-user",
                       f"uid {caller.uid} may get only its own token, not {target.name}'s")

@@ -65,6 +65,7 @@ class Code(str, enum.Enum):
     RATE_LIMITED = "rate-limited", REFUSAL
     SIGNER_UNAVAILABLE = "signer-unavailable", FAULT
     NO_SUCH_SESSION = "no-such-session", REFUSAL
+    REVOKED = "revoked", REFUSAL
     INTERNAL = "internal", FAULT
 
 

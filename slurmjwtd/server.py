@@ -30,6 +30,7 @@ from typing import Callable
 from . import __version__
 from .config import Config
 from .operations import Operations, Pending, warn_unknown_names
+from .revocation import RevocationError
 from .policy import Caller
 from .protocol import MAX_REQUEST, Code, ProtocolError
 from .service import Notifier
@@ -44,6 +45,7 @@ _PRUNE_INTERVAL = 60.0  # seconds between sweeps for sessions whose leader has g
 _STATUS_INTERVAL = 1.0  # seconds between STATUS= updates to systemd, when the counters moved
 _NOWAIT = socket.MSG_DONTWAIT  # per call, which spares a fcntl per connection
 _AUDIT_FLUSH = 0.5  # seconds between writing the counts of refusal summaries that are due
+_RENEW_CHECK = 1.0  # seconds between looks at the renewal schedule, at most
 
 
 class StartupError(Exception):
@@ -197,10 +199,12 @@ class Server:
         if self._notifier.watchdog_interval:
             self._timers[self._on_watchdog] = time.monotonic()
         self._timers[self._on_audit] = time.monotonic() + _AUDIT_FLUSH
+        self._timers[self._on_renew] = time.monotonic()
         self._status_shown = ""
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._signed_r, self._signed_w = socket.socketpair()  # worker threads: "a token is ready"
         self.ops = Operations(state)
+        self.ops.wake = self._wake_signed
 
     # -- life -------------------------------------------------------------------------------
     def startup(self, listeners: tuple[socket.socket, socket.socket] | None = None) -> None:
@@ -213,8 +217,11 @@ class Server:
         try:
             os.makedirs(os.path.dirname(config.session_file), mode=0o755, exist_ok=True)
             live = self.state.registry.load()
-        except (OSError, ValueError) as exc:
+            self.state.revocations.load()
+            self.state.files.open()
+        except (OSError, ValueError, RevocationError) as exc:
             raise StartupError(str(exc)) from None
+        self.ops.resume(time.time())
         if listeners is None:
             public = bind_socket(config.socket)
             try:
@@ -260,6 +267,7 @@ class Server:
             if now >= due:
                 self._run_timers(now)
             if self.state.registry.dirty:
+                self.ops.forget_emptied()
                 self._keep_registry()
 
     def shutdown(self) -> None:
@@ -272,6 +280,7 @@ class Server:
             log.error("could not save sessions to %s: %s", self.state.registry.path, exc)
         signal.set_wakeup_fd(-1)
         self.ops.shutdown()
+        self.state.files.close()
         self.state.audit.flush(time.monotonic(), everything=True)
         log.info("slurmjwtd stopped: granted=%d refused=%d", self.state.counters.granted,
                  self.state.counters.refused)
@@ -306,6 +315,7 @@ class Server:
                             " and ".join(fixed), ", ".join(getattr(old, k) for k in fixed))
             log.info("reloaded: signer=%s lifetime=%d max_lifetime=%d", signer.name,
                      config.lifetime, config.max_lifetime)
+            self.ops.replan(time.time())
             warn_unknown_names(config)
         self._notifier.send("READY=1", "STATUS=" + self._status_text())
 
@@ -342,6 +352,14 @@ class Server:
         self.state.registry.prune()
         self.state.limiter.forget_idle(now)
 
+    def _on_renew(self, now: float) -> None:
+        """Renew the token files that are due; look again when the next is, within a second
+        (a login may plan one sooner), or at once if a batch left some due."""
+        self.ops.renew_due(time.time())
+        due = self.state.schedule.next_due()
+        wait = _RENEW_CHECK if due is None else min(_RENEW_CHECK, max(0.0, due - time.time()))
+        self._timers[self._on_renew] = now + wait
+
     def _on_resume_accept(self, now: float) -> None:
         del self._timers[self._on_resume_accept]
         for name in self._paused:
@@ -367,7 +385,7 @@ class Server:
     def _status_text(self) -> str:
         counters = self.state.counters
         return (f"{counters.granted} granted, {counters.refused} refused, "
-                f"{len(self.state.registry)} open sessions")
+                f"{counters.renewed} renewed, {len(self.state.registry)} open sessions")
 
     def _keep_registry(self) -> None:
         """Save once per turn of the loop, whatever changed in it."""
@@ -489,4 +507,5 @@ class Server:
         drain(self._signed_r)
         for conn, pending in self._conns.signed():
             self._finish(conn, self.ops.complete(pending))
+        self.ops.renewals_done()
 

@@ -57,6 +57,7 @@ class SessionRegistry:
         self._sessions: dict[str, Session] = {}
         self._by_uid: dict[int, dict[str, Session]] = {}
         self._json: dict[str, str] = {}  # each session serialised once, when it opens
+        self.emptied: set[int] = set()  # uids whose last session went since `take_emptied`
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -73,6 +74,7 @@ class SessionRegistry:
         del mine[session.id]
         if not mine:
             del self._by_uid[session.uid]
+            self.emptied.add(session.uid)
         self.dirty = True
 
     def load(self) -> int:
@@ -115,6 +117,16 @@ class SessionRegistry:
         if session is not None:
             self._remove(session)
         return session
+
+    def take_emptied(self) -> list[int]:
+        """The uids whose last session went since the last call and that have none now."""
+        gone = [uid for uid in self.emptied if uid not in self._by_uid]
+        self.emptied.clear()
+        return gone
+
+    def uids(self) -> list[int]:
+        """Every uid with a registered session (live or not yet found dead)."""
+        return list(self._by_uid)
 
     def remaining(self, uid: int) -> int:
         """0 if UID has no live session left, else how many it has registered. Dead ones met

@@ -11,14 +11,18 @@ from typing import Callable
 from .audit import AuditLog, RefusalSummary
 from .config import RESTART_KEYS, Config
 from .ratelimit import RateLimiter
+from .renewal import Schedule
+from .revocation import Revocations
 from .sessions import SessionRegistry
 from .signer import Signer
+from .tokenfile import TokenFiles
 
 
 @dataclass
 class Counters:
-    granted: int = 0
+    granted: int = 0  # tokens made for requests: MINT and OPEN
     refused: int = 0
+    renewed: int = 0  # token files renewed
 
 
 @dataclass
@@ -31,12 +35,17 @@ class DaemonState:
     audit_log: Callable[..., None] = field(default_factory=AuditLog)  # where audit lines go
     audit: RefusalSummary = field(init=False)  # what decisions are audited through
     limiter: RateLimiter = field(init=False)
+    files: TokenFiles = field(init=False)  # each logged-in user's token file (token_dir)
+    schedule: Schedule = field(default_factory=Schedule)  # when each of those is renewed
+    revocations: Revocations = field(init=False)  # who root revoked (revocation_file)
     counters: Counters = field(default_factory=Counters)
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.config.rate_limit, self.config.rate_window)
         self.audit = RefusalSummary(self.audit_log, self.config.audit_summary_interval)
+        self.files = TokenFiles(self.config.token_dir)
+        self.revocations = Revocations(self.config.revocation_file)
 
     def apply(self, config: Config, signer: Signer) -> list[str]:
         """Serve with CONFIG and SIGNER from now on, rebuilding what depends on the

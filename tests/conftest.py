@@ -151,6 +151,8 @@ class Daemon:
     def config_text(self) -> str:
         values = {"socket": self.socket, "root_socket": self.root_socket,
                   "session_file": str(self.dir / "sessions.json"),
+                  "token_dir": str(self.dir / "tokens"),
+                  "revocation_file": str(self.dir / "revoked.json"),
                   "key_file": str(self.key_file)} | self.settings
         return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
 

@@ -109,7 +109,7 @@ def main() -> int:
         step(f"sshd on 127.0.0.1:{PORT}, PAM service {SERVICE}: /etc/pam.d/{SERVICE} reads")
         environment = DEMO_DIR / "environment"  # a site has /etc/slurm/slurm.conf instead
         environment.write_text(f"SLURM_CONF={slurm.conf}\n")
-        stack = pam_stack(daemon.root_socket, tokendir=DEMO_DIR / "tokens")
+        stack = pam_stack(daemon.root_socket)
         stack.insert(-1, f"session  required pam_env.so conffile=/dev/null envfile={environment}")
         sshd = SshServer(DEMO_DIR / "sshd", stack, port=PORT, service=SERVICE)
         sshd.add_key(USER)

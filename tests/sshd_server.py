@@ -27,7 +27,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import WORK
 from slurm_cluster import _port_answers
 
 SSHD = "/usr/sbin/sshd"
@@ -44,7 +43,7 @@ class SshError(RuntimeError):
 
 
 def pam_stack(socket_path: str, *args: str, module: Path = PAM_MODULE,
-              timeout_ms: int = 2000, tokendir: Path = WORK / "tokens") -> list[str]:
+              timeout_ms: int = 2000) -> list[str]:
     """A minimal sshd PAM stack for key logins with pam_slurmjwt in the session stack.
 
     sshd runs no PAM auth for a key login; account is pam_unix (expiry only: a locked
@@ -55,7 +54,7 @@ def pam_stack(socket_path: str, *args: str, module: Path = PAM_MODULE,
     return [
         "account  required pam_unix.so",
         "session  required pam_permit.so",
-        f"session  optional {module} socket={socket_path} timeout={timeout_ms} tokendir={tokendir} "
+        f"session  optional {module} socket={socket_path} timeout={timeout_ms} "
         f"{' '.join(args)}".rstrip(),
     ]
 

@@ -232,7 +232,7 @@ def test_a_flood_of_connects_on_the_public_socket_does_not_delay_logins(make_dae
     d = make_daemon()
     service = Path("/etc/pam.d/sjt-flood")
     service.write_text("auth required pam_permit.so\naccount required pam_permit.so\n"
-                       f"session required {MODULE} socket={d.root_socket} tokendir=none\n")
+                       f"session required {MODULE} socket={d.root_socket}\n")
     # in a session of its own, as a user's processes are (sshd's setsid), so the scheduler
     # shares the CPU between the user's session and the daemon, not among the 200 threads
     flood = subprocess.Popen(["/usr/sbin/runuser", "-u", alice, "--", PYTHON, "-c", FLOOD,

@@ -233,7 +233,8 @@ def test_daemon_is_not_dumpable_before_and_after_a_reload(make_daemon, users, wo
     d = make_daemon(prefix=("setpriv", f"--reuid={alice.pw_uid}", f"--regid={key_gid}",
                             "--clear-groups", "--"),
                     socket=str(runtime / "sock"), root_socket=str(runtime / "root.sock"),
-                    session_file=str(runtime / "sessions.json"))
+                    session_file=str(runtime / "sessions.json"),
+                    token_dir=str(runtime / "tokens"))
     pid = d.proc.pid
     assert Path(f"/proc/{pid}/status").read_text().count(f"\t{alice.pw_uid}\t") >= 1
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
-import shutil
 import socket
 import subprocess
 import time
@@ -22,7 +21,7 @@ import jwt
 import pam
 import pytest
 
-from conftest import FakeDaemon, MODULE, SLURMJWT, WORK, run_as
+from conftest import FakeDaemon, MODULE, SLURMJWT, run_as
 
 TIMEOUT_MS = 400
 SERVICES = ("sjt-pam-optional", "sjt-pam-required")
@@ -36,8 +35,7 @@ def write_service(name: str, socket_path: str, control: str, extra: str = "") ->
         "auth required pam_permit.so\n"
         "account required pam_permit.so\n"
         "session required pam_permit.so\n"
-        f"session {control} {MODULE} socket={socket_path} timeout={TIMEOUT_MS} "
-        f"{extra if 'tokendir=' in extra else f'tokendir={WORK}/tokens {extra}'}\n")
+        f"session {control} {MODULE} socket={socket_path} timeout={TIMEOUT_MS} {extra}\n")
 
 
 @pytest.fixture
@@ -248,21 +246,20 @@ def lying_answers(alice, bob) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", list(lying_answers(pwd.getpwuid(0), pwd.getpwuid(0))))
-def test_lying_daemon_sets_nothing_and_writes_nothing(workdir, users, stacks, syslog, name):
+def test_lying_daemon_sets_nothing(workdir, users, stacks, syslog, name):
     """An OK answer whose token is not a JWT, whose session is empty, or whose account is not
-    PAM_USER's passwd entry: one log line, PAM_SESSION_ERR, no variable, no token file anywhere."""
+    PAM_USER's passwd entry: one log line, PAM_SESSION_ERR, no variable."""
     alice, bob = users["alice"], users["bob"]
-    tokens = workdir / "tokens"
-    shutil.rmtree(tokens, ignore_errors=True)
     path = str(workdir / f"liar-{name}.sock")
-    fake = FakeDaemon(path, f"SJWT/1 OK {lying_answers(alice, bob)[name]}\n".encode())
+    file = f"file=/run/slurmjwt-tokens/{alice.pw_uid}/token"
+    fake = FakeDaemon(path, f"SJWT/1 OK {lying_answers(alice, bob)[name]} {file}\n".encode())
     stacks(path)
     try:
         p = pam.PamAuthenticator()
         assert p.authenticate(alice.pw_name, "", service=SERVICES[0], call_end=False), p.reason
         try:
             assert p.open_session() == pam.PAM_SUCCESS  # `optional`: the login goes on
-            assert p.getenv("SLURM_JWT") is None
+            assert p.getenv("SLURM_JWT") is None and p.getenv("SLURMJWT_TOKEN_FILE") is None
             assert p.close_session() == pam.PAM_SUCCESS  # nothing opened: nothing to close
         finally:
             p.end()
@@ -275,35 +272,51 @@ def test_lying_daemon_sets_nothing_and_writes_nothing(workdir, users, stacks, sy
     assert len(lines) == 2, lines
     assert all("garbled answer from slurmjwtd" in line and alice.pw_name in line for line in lines), lines
     assert SHAPED.split(".")[2] not in " ".join(lines)  # never the token
-    made = sorted(str(f.relative_to(tokens)) for f in tokens.rglob("*")) if tokens.exists() else []
-    assert made == [], made  # not tokens/0/, not bob's directory, not alice's either
 
 
-def test_truthful_fake_daemon_sets_the_variable(workdir, users, stacks):
-    """The control for the test above: the same fake, answering what the module can check
-    as true, gets its token set and the token file written in alice's own directory."""
-    alice = users["alice"]
-    tokens = workdir / "tokens"
-    shutil.rmtree(tokens, ignore_errors=True)
+def fake_login(workdir, stacks, user, answer: str) -> pam.PamAuthenticator:
+    """A login through the `required` stack against a fake daemon answering ANSWER."""
     path = str(workdir / "truthful.sock")
-    fake = FakeDaemon(path, f"SJWT/1 OK session=s1 token={SHAPED} user={alice.pw_name} "
-                            f"uid={alice.pw_uid} gid={alice.pw_gid}\n".encode())
+    fake = FakeDaemon(path, f"SJWT/1 OK {answer}\n".encode())
     stacks(path)
     try:
         p = pam.PamAuthenticator()
-        assert p.authenticate(alice.pw_name, "", service=SERVICES[1], call_end=False), p.reason
-        try:
-            assert p.open_session() == pam.PAM_SUCCESS
-            assert p.getenv("SLURM_JWT") == SHAPED
-        finally:
-            p.end()
+        assert p.authenticate(user, "", service=SERVICES[1], call_end=False), p.reason
+        assert p.open_session() == pam.PAM_SUCCESS
+        return p
     finally:
         fake.close()
-    token_file = tokens / str(alice.pw_uid) / "token"
-    assert token_file.read_text() == SHAPED + "\n"
-    assert (token_file.stat().st_uid, token_file.stat().st_gid) == (alice.pw_uid, alice.pw_gid)
-    assert sorted(p.name for p in tokens.iterdir()) == [str(alice.pw_uid)]
-    shutil.rmtree(tokens)
+
+
+def test_truthful_fake_daemon_sets_the_variable_and_the_file_path(workdir, users, stacks):
+    """The control for the test above: the same fake, answering what the module can check
+    as true, gets its token and its file's path (SLURMJWT_TOKEN_FILE) set."""
+    alice = users["alice"]
+    file = f"/srv/tokens/{alice.pw_uid}/token"
+    p = fake_login(workdir, stacks, alice.pw_name, f"session=s1 token={SHAPED} user={alice.pw_name} "
+                   f"uid={alice.pw_uid} gid={alice.pw_gid} file={file}")
+    try:
+        assert p.getenv("SLURM_JWT") == SHAPED and p.getenv("SLURMJWT_TOKEN_FILE") == file
+    finally:
+        p.end()
+
+
+@pytest.mark.parametrize("file", ["relative/{uid}/token", "/t/{other}/token", "/t/{uid}/token/x",
+                                  "/t/../etc/{uid}/token", "/t/./{uid}/token", "/t//{uid}/token",
+                                  "/t/{uid}/token%0Ax", "/t/a%20b/{uid}/token", "/{uid}/tokens"])
+def test_a_file_path_the_module_can_refute_is_not_exported(workdir, users, stacks, syslog, file):
+    """file= must be a plain absolute path ending in /<uid>/token for this login's uid; else the
+    token is still set, the path is not, and one line says why."""
+    alice, bob = users["alice"], users["bob"]
+    file = file.format(uid=alice.pw_uid, other=bob.pw_uid)
+    p = fake_login(workdir, stacks, alice.pw_name, f"session=s1 token={SHAPED} user={alice.pw_name} "
+                   f"uid={alice.pw_uid} gid={alice.pw_gid} file={file}")
+    try:
+        assert p.getenv("SLURM_JWT") == SHAPED and p.getenv("SLURMJWT_TOKEN_FILE") is None
+    finally:
+        p.end()
+    lines = syslog.module_lines()
+    assert len(lines) == 1 and "not exporting SLURMJWT_TOKEN_FILE" in lines[0], lines
 
 
 @pytest.mark.parametrize("kind", ["missing", "not-a-socket", "nobody-listening"])

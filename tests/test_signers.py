@@ -520,7 +520,8 @@ def test_scontrol_signer_needs_root_or_slurmuser(cluster, workdir, users, ctl_en
     runtime.mkdir(mode=0o755)
     shutil.chown(runtime, "slurm", "slurm")
     d.settings = {"signer": "scontrol", "socket": str(runtime / "s.sock"),
-                  "session_file": str(runtime / "sessions.json")}
+                  "session_file": str(runtime / "sessions.json"),
+                  "token_dir": str(runtime / "tokens")}
     d.start()
     try:
         status = Path(f"/proc/{d.proc.pid}/status").read_text()

@@ -133,12 +133,12 @@ def notify(workdir):
 def test_ready_status_watchdog_stopping(make_daemon, notify, users, leaders):
     d = make_daemon(env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "300000"})
     ready = notify.wait_for("READY=1", timeout=1)
-    assert "STATUS=0 granted, 0 refused, 0 open sessions" in ready
+    assert "STATUS=0 granted, 0 refused, 0 renewed, 0 open sessions" in ready
     notify.wait_for("WATCHDOG=1", timeout=2)
     leaders(d.root_socket, users["alice"].pw_name)
     assert d.token_as(users["alice"].pw_name).returncode == 0
     d.token_as(users["bob"].pw_name)
-    assert "STATUS=2 granted, 1 refused, 1 open sessions" in notify.wait_for(
+    assert "STATUS=2 granted, 1 refused, 0 renewed, 1 open sessions" in notify.wait_for(
         "STATUS=2 granted", timeout=3)
     d.proc.send_signal(signal.SIGHUP)
     notify.wait_for("RELOADING=1")
@@ -275,7 +275,8 @@ def test_runs_unprivileged_without_network_and_still_sees_logins(workdir, users,
     runtime.mkdir(mode=0o755)
     shutil.chown(runtime, DAEMON_USER, KEY_GROUP)  # RuntimeDirectory=
     d.settings = {"socket": str(runtime / "s.sock"), "root_socket": str(runtime / "r.sock"),
-                  "session_file": str(runtime / "sessions.json")}
+                  "session_file": str(runtime / "sessions.json"),
+                  "token_dir": str(runtime / "tokens")}
     # ProtectSystem=strict with RuntimeDirectory=, ProcSubset=pid, PrivateNetwork=
     sandbox = (f"mount --bind {runtime} {runtime} && mount -o remount,bind,ro / && "
                f"mount -t proc -o subset=pid proc /proc && exec \"$@\"")

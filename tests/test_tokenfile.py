@@ -1,12 +1,15 @@
-"""The per-user token file: written at login by the PAM module and at each grant by the
-CLI, 0600 and the user's alone, replaced atomically, removed at the last logout."""
+"""The per-user token file: written by the daemon at login, readable by its user alone (a POSIX
+ACL on a file the daemon owns), replaced atomically, removed at the last logout; the PAM module
+exports its path in SLURMJWT_TOKEN_FILE."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import stat
+import subprocess
 import threading
+import time
 
 import jwt
 import pam
@@ -15,72 +18,89 @@ import pytest
 from conftest import SLURMJWT, run_as
 from test_pam import SERVICES, write_service
 
+from slurmjwtd.atomicfile import ACL_XATTR
+from slurmjwtd.tokenfile import R, X, acl_users
+
 
 @pytest.fixture
-def tokendir(workdir):
-    base = workdir / "tokens"
-    shutil.rmtree(base, ignore_errors=True)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
-    for name in SERVICES:
-        if os.path.exists(f"/etc/pam.d/{name}"):
-            os.unlink(f"/etc/pam.d/{name}")
+def service(daemon):
+    write_service(SERVICES[0], daemon.root_socket, "optional")
+    yield SERVICES[0]
+    if os.path.exists(f"/etc/pam.d/{SERVICES[0]}"):
+        os.unlink(f"/etc/pam.d/{SERVICES[0]}")
 
 
 class Login:
-    """A PAM login through the test service, with the module writing token files to BASE."""
+    """A PAM login through the test service (the module on the suite's daemon)."""
 
-    def __init__(self, daemon, user: str, base) -> None:
-        write_service(SERVICES[0], daemon.root_socket, "optional", f"tokendir={base}")
+    def __init__(self, service: str, user: str) -> None:
         self.p = pam.PamAuthenticator()
-        assert self.p.authenticate(user, "", service=SERVICES[0], call_end=False)
+        assert self.p.authenticate(user, "", service=service, call_end=False)
         assert self.p.open_session() == pam.PAM_SUCCESS
         self.token = self.p.getenv("SLURM_JWT")
+        self.file = self.p.getenv("SLURMJWT_TOKEN_FILE")
 
     def logout(self) -> None:
         assert self.p.close_session() == pam.PAM_SUCCESS
         self.p.end()
 
 
-def test_login_writes_the_file_the_cli_replaces_it_the_last_logout_removes_it(
-        daemon, users, tokendir):
-    alice = users["alice"]
-    path = tokendir / str(alice.pw_uid) / "token"
-    first = Login(daemon, alice.pw_name, tokendir)
-    second = Login(daemon, alice.pw_name, tokendir)
-    st = path.stat()
-    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (alice.pw_uid, 0o600)
-    directory = path.parent.stat()
-    assert (directory.st_uid, stat.S_IMODE(directory.st_mode)) == (alice.pw_uid, 0o700)
-    assert stat.S_IMODE(tokendir.stat().st_mode) == 0o755 and tokendir.stat().st_uid == 0
-    assert path.read_text() == second.token + "\n"
+def wait_gone(path, seconds: float = 5.0) -> bool:
+    """The daemon removes a file at the end of the loop's turn that closed the last session."""
+    deadline = time.monotonic() + seconds
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not path.exists()
 
-    env = {"SLURMJWT_SOCKET": daemon.socket, "SLURMJWT_TOKEN_DIR": str(tokendir)}
-    refreshed = run_as(alice.pw_name, SLURMJWT, "refresh", env=env)
-    assert refreshed.returncode == 0, refreshed.stderr
-    new = refreshed.stdout.strip().split("=", 1)[1]
-    assert path.read_text() == new + "\n"
-    jwt.decode(new, daemon.key_file.read_bytes(), algorithms=["HS256"])
+
+def test_login_gets_a_file_only_its_user_reads_the_last_logout_removes_it(daemon, users, service):
+    alice, bob = users["alice"], users["bob"]
+    tokens = daemon.dir / "tokens"
+    path = tokens / str(alice.pw_uid) / "token"
+    first = Login(service, alice.pw_name)
+    assert first.file == str(path)
+    second = Login(service, alice.pw_name)
+    assert path.read_text() == second.token + "\n"  # each login's token becomes the file's
+
+    # the daemon's files (root's here), 0700 and 0600, and alice's by ACL: no chown needed
+    st, directory = path.stat(), path.parent.stat()
+    assert (st.st_uid, directory.st_uid, tokens.stat().st_uid) == (0, 0, 0)
+    assert stat.S_IMODE(directory.st_mode) & 0o007 == 0 and stat.S_IMODE(st.st_mode) & 0o027 == 0
+    assert acl_users(os.getxattr(path, ACL_XATTR)) == {alice.pw_uid: R}
+    assert acl_users(os.getxattr(path.parent, ACL_XATTR)) == {alice.pw_uid: R | X}
+    assert "user:" + alice.pw_name + ":r--" in subprocess.run(
+        ["getfacl", "-p", str(path)], capture_output=True, text=True, check=True).stdout
+
+    read = run_as(alice.pw_name, "cat", str(path))
+    assert read.returncode == 0 and read.stdout == second.token + "\n"
+    for who in (alice.pw_name, bob.pw_name):  # nobody but the daemon writes it
+        tamper = run_as(who, "sh", "-c", f"echo x > {path}")
+        assert tamper.returncode != 0 and "Permission denied" in tamper.stderr
+    denied = run_as(bob.pw_name, "cat", str(path))
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+    env = {"SLURMJWT_SOCKET": daemon.socket, "SLURMJWT_TOKEN_FILE": str(path)}
     shown = run_as(alice.pw_name, SLURMJWT, "token", "--file", env=env)
     assert shown.returncode == 0 and shown.stdout.strip() == str(path)
     from_file = run_as(alice.pw_name, SLURMJWT, "show", "--json", env=env)  # no variable set
     assert from_file.returncode == 0 and f'"user": "{alice.pw_name}"' in from_file.stdout
-
-    denied = run_as(users["bob"].pw_name, "cat", str(path))
-    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    refreshed = run_as(alice.pw_name, SLURMJWT, "refresh", env=env)  # the file stays the daemon's
+    assert refreshed.returncode == 0 and path.read_text() == second.token + "\n"
+    jwt.decode(path.read_text().strip(), daemon.key_file.read_bytes(), algorithms=["HS256"])
 
     first.logout()
+    time.sleep(0.2)
     assert path.exists()  # one session left
     second.logout()
-    assert not path.exists() and not path.parent.exists()
+    assert wait_gone(path) and not path.parent.exists()
     gone = run_as(alice.pw_name, SLURMJWT, "token", "--file", env=env)
     assert gone.returncode == 7 and gone.stdout.strip() == str(path)
 
 
-def test_a_reader_never_sees_half_a_token(daemon, users, tokendir):
+def test_a_reader_never_sees_half_a_token(daemon, users, service):
     alice = users["alice"]
-    login = Login(daemon, alice.pw_name, tokendir)
-    path = tokendir / str(alice.pw_uid) / "token"
+    first = Login(service, alice.pw_name)
+    path = daemon.dir / "tokens" / str(alice.pw_uid) / "token"
     seen: set[str] = set()
     bad: list[str] = []
     stop = threading.Event()
@@ -94,28 +114,44 @@ def test_a_reader_never_sees_half_a_token(daemon, users, tokendir):
 
     reader = threading.Thread(target=read)
     reader.start()
-    env = {"SLURMJWT_SOCKET": daemon.socket, "SLURMJWT_TOKEN_DIR": str(tokendir)}
-    script = "for i in $(seq 40); do slurmjwt refresh >/dev/null || exit 1; done"
-    result = run_as(alice.pw_name, "sh", "-c", script,
-                    env=env | {"PATH": f"{os.path.dirname(SLURMJWT)}:/usr/bin:/bin"})
-    stop.set()
-    reader.join()
-    login.logout()
-    assert result.returncode == 0, result.stderr
+    try:
+        for _ in range(40):  # each login rewrites the file
+            Login(service, alice.pw_name).logout()
+    finally:
+        stop.set()
+        reader.join()
+    first.logout()
     assert not bad and len(seen) > 1
 
 
-def test_a_foreign_directory_is_refused(daemon, users, tokendir):
-    """A token directory not owned by the user is neither written by the module nor the CLI."""
+def test_a_directory_the_daemon_does_not_own_is_not_written(daemon, users, service):
+    """A <uid> directory left by an older version (the user's own) or planted is not written
+    through: the login still gets its token, and no SLURMJWT_TOKEN_FILE."""
     alice, bob = users["alice"], users["bob"]
-    tokendir.mkdir(mode=0o755)
-    squatted = tokendir / str(alice.pw_uid)
+    squatted = daemon.dir / "tokens" / str(alice.pw_uid)
+    shutil.rmtree(squatted, ignore_errors=True)
     squatted.mkdir(mode=0o777)
     shutil.chown(squatted, bob.pw_name)
-    login = Login(daemon, alice.pw_name, tokendir)
-    assert login.token and not (squatted / "token").exists()
-    env = {"SLURMJWT_SOCKET": daemon.socket, "SLURMJWT_TOKEN_DIR": str(tokendir)}
-    refreshed = run_as(alice.pw_name, SLURMJWT, "refresh", env=env)
-    assert refreshed.returncode == 0 and "not owned by" in refreshed.stderr
-    assert list(squatted.iterdir()) == []
-    login.logout()
+    try:
+        login = Login(service, alice.pw_name)
+        assert login.token and login.file is None
+        assert list(squatted.iterdir()) == []
+        assert f"{squatted} is owned by uid {bob.pw_uid}" in daemon.log
+        login.logout()
+    finally:
+        shutil.rmtree(squatted, ignore_errors=True)
+
+
+def test_a_link_in_place_of_the_directory_is_not_followed(daemon, users, service, tmp_path):
+    alice = users["alice"]
+    planted = daemon.dir / "tokens" / str(alice.pw_uid)
+    shutil.rmtree(planted, ignore_errors=True)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    planted.symlink_to(target)
+    try:
+        login = Login(service, alice.pw_name)
+        assert login.token and login.file is None and list(target.iterdir()) == []
+        login.logout()
+    finally:
+        planted.unlink()
