@@ -256,6 +256,18 @@ class SshServer:
             timeout: float = 30) -> subprocess.CompletedProcess:
         """/usr/bin/ssh as root to USER@127.0.0.1, by KEY (default: the one add_key made).
         Without COMMAND the remote side starts USER's login shell; TTY forces a pty (-tt)."""
+        return subprocess.run(self.ssh_argv(user, command, key, tty), check=False, input=input,
+                              stdin=None if input is not None else subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout, env=CLIENT_ENV)
+
+    def spawn(self, user: str, command: str) -> subprocess.Popen:
+        """`ssh USER@127.0.0.1 COMMAND` left running: a login that lasts as long as COMMAND."""
+        return subprocess.Popen(self.ssh_argv(user, command), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=CLIENT_ENV)
+
+    def ssh_argv(self, user: str, command: str | None = None, key: Path | None = None,
+                 tty: bool = False) -> list[str]:
         key = key or self.keys[user]
         args = [SSH, "-F", "none", "-i", str(key), "-p", str(self.port),
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
@@ -266,9 +278,7 @@ class SshServer:
         args.append(f"{user}@127.0.0.1")
         if command is not None:
             args.append(command)
-        return subprocess.run(args, check=False, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout, env=CLIENT_ENV)
+        return args
 
     def tail(self, lines: int = 30) -> str:
         try:
