@@ -3,6 +3,10 @@
 Everything runs as root (CI does): users are made with useradd, clients run as
 them with runuser, and each piece is stopped and removed afterwards. Leftovers
 of a crashed run are removed before anything is made.
+
+Except tests/unit: in-process, no fixture of this file, they run as any user
+(`pytest tests/unit`). Importing this file makes nothing; only its fixtures do, and the
+check for root comes once the tests are collected, only if some are not unit tests.
 """
 
 from __future__ import annotations
@@ -38,9 +42,15 @@ KEY_GROUP = "slurmjwt"
 GROUP_MARK = Path("/var/tmp/slurmjwt-test-made-group")
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+UNIT = Path(__file__).resolve().parent / "unit"  # tests that need neither root nor the build
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if all(UNIT in item.path.resolve().parents for item in session.items):
+        return
     if os.geteuid() != 0:
-        pytest.exit("the tests run as root (they make users and start services): sudo make test", 2)
+        pytest.exit("the tests run as root (they make users and start services): sudo make test; "
+                    "as any user: pytest tests/unit", 2)
     for needed in (SLURMJWT, MODULE):
         if not os.path.exists(needed):
             pytest.exit(f"{needed} missing: run the tests through `make test`", 2)
