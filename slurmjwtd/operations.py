@@ -322,7 +322,7 @@ class Operations:
                 future.add_done_callback(self.wake)
                 continue
             try:
-                token = state.signer.mint(user, grant.decision.lifetime, int(now))
+                token = state.signer.mint(user, grant.decision.lifetime, int(time.time()))
             except SignerError as exc:
                 self._renew_failed(grant, str(exc))
             else:

@@ -4,7 +4,7 @@ a fake state; tests/ holds the root tests, with real users, sshd and Slurm.
 
 The fake state (`make_state`): a Config from the configuration table with every file in
 tmp_path (an HS256 key of this user's, 0600, loaded by signer.load with all its checks; the
-session file) and the two sockets in a short temporary directory (a socket's path must fit in
+session file, the token files' directory, the revocation file) and the two sockets in a short temporary directory (a socket's path must fit in
 108 bytes); the audit lines recorded (`Audit`). Callers are Caller records, as the server
 makes them from SO_PEERCRED: ROOT (uid 0) and USER, the account `nobody` (uid 65534, every
 Debian has it), both with this process as their pid, so the sessions they open stay live.
@@ -82,11 +82,19 @@ def make_state(tmp_path, key_file, socket_dir) -> Callable[..., DaemonState]:
     def make(signer: Signer | None = None, **settings: object) -> DaemonState:
         config = Config(socket=str(socket_dir / "public.sock"), root_socket=str(socket_dir / "root.sock"),
                         session_file=str(tmp_path / "sessions.json"), key_file=str(key_file),
-                        **settings)
-        return DaemonState(config, signer or signers.load(config),
-                           SessionRegistry(config.session_file), audit_log=Audit())
+                        token_dir=str(tmp_path / "tokens"),
+                        revocation_file=str(tmp_path / "revoked.json"), **settings)
+        state = DaemonState(config, signer or signers.load(config),
+                            SessionRegistry(config.session_file), audit_log=Audit())
+        state.files.open()  # as the server's startup does: the token files' directory
+        made.append(state)
+        return state
 
-    return make
+    made: list[DaemonState] = []
+    yield make
+    for state in made:
+        state.files.close()
+
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from slurmjwtd.operations import OPERATIONS, Operations, Pending
 from slurmjwtd.policy import Caller
 from slurmjwtd.protocol import Code, Response, parse_response
+from slurmjwtd.revocation import Revocation
 from slurmjwtd.signer import HS256Signer
 
 from .conftest import NO_SUCH_USER, NOBODY, ROOT, USER, BrokenSigner
@@ -22,7 +23,8 @@ SESSION = "0123456789abcdef"  # no such session
 # a request of each operation that passes its table entry's checks (its required arguments)
 REQUESTS = {"MINT": "SJWT/1 MINT user=nobody", "OPEN": "SJWT/1 OPEN user=nobody",
             "CLOSE": f"SJWT/1 CLOSE session={SESSION}", "STATUS": "SJWT/1 STATUS",
-            "EXPLAIN": "SJWT/1 EXPLAIN user=nobody"}
+            "EXPLAIN": "SJWT/1 EXPLAIN user=nobody", "REVOKE": "SJWT/1 REVOKE user=nobody",
+            "UNREVOKE": "SJWT/1 UNREVOKE user=nobody"}
 
 
 @pytest.fixture
@@ -55,6 +57,7 @@ class Case:
     op: str = "mint"
     settings: dict[str, object] = field(default_factory=dict)
     signer: str = ""  # "down": scontrol failing; "broken": BrokenSigner
+    revoked: bool = False  # root revoked nobody first
 
 
 DOWN = 'echo "scontrol: error: Unable to contact slurm controller (connect failure)" >&2; exit 1'
@@ -75,6 +78,7 @@ CODES = {
     Code.NO_SUCH_SESSION: Case(ROOT, [f"SJWT/1 CLOSE session={SESSION}"], "no-such-session",
                                op="close"),
     Code.INTERNAL: Case(ROOT, ["SJWT/1 MINT user=nobody"], None, signer="broken"),
+    Code.REVOKED: Case(ROOT, ["SJWT/1 MINT user=nobody"], "revoked", revoked=True),
 }
 
 
@@ -89,6 +93,8 @@ def test_each_code(make_state, scontrol, caplog, code):
     case = CODES[code]
     signer = {"down": lambda: scontrol(DOWN), "broken": BrokenSigner, "": lambda: None}[case.signer]()
     state = make_state(signer, **case.settings)
+    if case.revoked:
+        state.revocations.revoke(Revocation("nobody", NOBODY.pw_uid, 0, 0, "a test"))
     ops = Operations(state)
     answers = [ask(ops, case.caller, line) for line in case.requests]
     ops.shutdown()
@@ -291,7 +297,8 @@ def test_status(ops, state):
     audited = len(state.audit_log.lines)
     answer = ask(ops, USER, "SJWT/1 STATUS", root_socket=False)
     assert answer.ok and answer.fields.keys() == {"version", "protocol", "signer", "sessions",
-                                                  "granted", "refused", "uptime"}
+                                                  "granted", "refused", "renewed", "token_files",
+                                                  "revoked", "uptime"}
     assert [answer.fields[k] for k in ("protocol", "signer", "sessions", "granted", "refused")] == [
         "1", "hs256", "0", "1", "1"]
     assert len(state.audit_log.lines) == audited
@@ -306,7 +313,8 @@ def test_explain_says_what_mint_would_decide(make_state):
     assert granted.fields == {"decision": "granted", "reason": "root-request", "rule": "default",
                               "code": "-", "message": "-", "uid": str(NOBODY.pw_uid),
                               "slurm_user": "nobody", "groups": "-", "sessions": "0",
-                              "rate_left": "4", "lifetime": "60", "max_lifetime": "43200"}
+                              "rate_left": "4", "revoked": "no", "lifetime": "60",
+                              "max_lifetime": "43200"}
     refused = ask(ops, ROOT, "SJWT/1 EXPLAIN user=root")
     assert refused.ok and refused.fields["decision"] == "refused"
     assert refused.fields["code"] == Code.BELOW_MIN_UID.value and "lifetime" not in refused.fields
