@@ -30,7 +30,7 @@ def fail(status: int, message: str) -> None:
     sys.exit(status)
 
 
-RUNTIME_FILES = ("socket", "root_socket", "session_file")
+RUNTIME_FILES = ("socket", "root_socket", "session_file", "token_dir", "revocation_file")
 
 
 def check_runtime(config: Config) -> None:

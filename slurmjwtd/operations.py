@@ -304,14 +304,16 @@ class Operations:
         for uid in self.state.registry.take_emptied():
             self._drop_file(uid)
 
-    def renew_due(self, now: float) -> None:
-        """Renew the token files whose time has come, a batch at most per call. Each renewal
-        asks policy as a login does; one it refuses removes the file (revoked, denied), except
-        an unknown account (NSS down?), retried while a session lives."""
+    def renew_due(self, now: float, ahead: float = 0.0) -> bool:
+        """Renew the token files due by NOW + AHEAD, a batch at most per call; whether some
+        due are left for the next call. Each renewal asks policy as a login does; one it
+        refuses removes the file (revoked, denied), except an unknown account (NSS down?),
+        retried while a session lives."""
         state = self.state
         blocking = state.signer.blocking
-        limit = _RENEW_IN_FLIGHT - len(self._renewing) if blocking else _RENEW_BATCH
-        for uid in state.schedule.pop_due(now, max(0, limit)):
+        limit = max(0, _RENEW_IN_FLIGHT - len(self._renewing) if blocking else _RENEW_BATCH)
+        due = state.schedule.pop_due(now + ahead, limit)
+        for uid in due:
             grant = self._renewal(uid, now)
             if grant is None:
                 continue
@@ -327,6 +329,7 @@ class Operations:
                 self._renew_failed(grant, str(exc))
             else:
                 self._renewed(grant, token)
+        return len(due) == limit and not blocking
 
     def renewals_done(self) -> None:
         """Finish the blocking signer's renewals that are done."""

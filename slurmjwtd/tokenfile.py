@@ -82,11 +82,14 @@ class TokenFiles:
         """A descriptor of BASE/<uid>, made (0700, ACL: UID r-x) if missing; the daemon's own."""
         name = str(uid)
         try:
-            os.mkdir(name, 0o700, dir_fd=self._fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
+        except FileNotFoundError:  # the user's first login: make it
             self._ready.discard(uid)
-        except FileExistsError:
-            pass
-        fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
+            try:
+                os.mkdir(name, 0o700, dir_fd=self._fd)
+            except FileExistsError:
+                pass
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
         try:
             if uid not in self._ready:  # made now, or met first in this run: check, set the ACL
                 st = os.fstat(fd)
