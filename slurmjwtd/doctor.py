@@ -2,7 +2,8 @@
 
 Checks, in order: the daemon answers; its configuration is valid; every user and group its
 policy names is known to NSS (a warning if not); its key file passes the
-daemon's own checks (signer.load); slurm.conf has AuthAltTypes=auth/jwt and a jwt_key
+daemon's own checks (signer.load); its token files' directory (the daemon's, with POSIX
+ACLs) and revocation file can be used; slurm.conf has AuthAltTypes=auth/jwt and a jwt_key
 holding the same bytes as the daemon's key; sshd's PAM stack runs pam_slurmjwt.so in its session
 phase, no other stack in its directory runs it (su, cron, ... through common-session), and sshd
 has UsePAM yes; the clock is synchronised; and how Slurm's commands treat the
@@ -25,6 +26,7 @@ printed.
 from __future__ import annotations
 
 import ctypes
+import errno
 import glob
 import grp
 import hmac
@@ -44,6 +46,8 @@ from . import signer as signers
 from .keyfile import MAX_KEY_BYTES, FileCheckError
 from .nss import nss
 from .policy import unknown_names
+from .atomicfile import ACL_XATTR
+from .revocation import RevocationError, Revocations
 
 OK, WARNING, PROBLEM, SKIP = "ok", "WARNING", "PROBLEM", "skip"
 DAEMON_USER = "slurmjwt"  # the unit's User=, which may also own the key
@@ -318,6 +322,49 @@ def check_key(config: Config | None) -> Finding:
                        fix.removeprefix("fix: ") or "slurmjwtd --check-config")
     return Finding(OK, "key", f"{signers.source(config)} (signer {config.signer}): owner, mode and "
                    f"directories are safe")
+
+
+def check_tokens(config: Config | None) -> Finding:
+    """token_dir as slurmjwtd needs it (its own, or root's, writable by no one else) on a
+    filesystem with POSIX ACLs, through which each user reads their token file; and the
+    revocation file, which slurmjwtd must be able to read to start."""
+    if config is None:
+        return Finding(SKIP, "tokens", "not checked: the configuration is invalid")
+    path = config.token_dir
+    why = ("slurmjwtd keeps each logged-in user's token file there, renewed while they are "
+           "logged in, readable by that user through a POSIX ACL")
+    daemon = nss(pwd.getpwnam, DAEMON_USER)
+    owner = DAEMON_USER if daemon else "root"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Finding(WARNING, "tokens", f"{path} does not exist yet", why,
+                       "start slurmjwtd, which makes it (its unit's RuntimeDirectory=)")
+    except OSError as exc:
+        return Finding(PROBLEM, "tokens", f"{path}: {exc.strerror}", why, f"ls -ld {path}")
+    owners = {0} | ({daemon.pw_uid} if daemon else set())
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid not in owners or st.st_mode & 0o022:
+        return Finding(PROBLEM, "tokens", f"{path}: owner uid {st.st_uid}, mode "
+                       f"{stat.S_IMODE(st.st_mode):04o}", why + "; slurmjwtd refuses a directory "
+                       "not its own or writable by others, and starts without serving",
+                       f"rm -rf {path} && systemctl restart slurmjwtd (RuntimeDirectory= makes it "
+                       f"{owner}'s, 0755)")
+    try:
+        os.getxattr(path, ACL_XATTR, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
+            return Finding(PROBLEM, "tokens", f"{path}: its filesystem has no POSIX ACLs", why +
+                           "; without them no user can read a token file",
+                           f"mount {path}'s filesystem with ACLs (tmpfs and ext4 have them by "
+                           f"default; check `mount` for noacl)")
+    try:
+        revoked = Revocations(config.revocation_file).load()
+    except RevocationError as exc:
+        return Finding(PROBLEM, "tokens", str(exc).split("; ")[0],
+                       "slurmjwtd will not start without it: it must not grant what root revoked",
+                       str(exc).split("; ", 1)[-1])
+    return Finding(OK, "tokens", f"{path}: {owner}'s, POSIX ACLs supported; {revoked} user"
+                   f"{'s' * (revoked != 1)} revoked")
 
 
 def _read_key_bytes(path: str) -> bytes:
@@ -734,7 +781,7 @@ def run_checks(socket: str, config: str, slurm_conf: str, pam_file: str, sshd_co
     PAM_DIR, where the other PAM stacks are looked for, defaults to PAM_FILE's directory."""
     cfg, finding = check_config(config)  # first: check_daemon compares the socket with it
     findings = [check_daemon(socket, cfg)]
-    findings += [finding, check_policy_names(cfg, config), check_key(cfg),
+    findings += [finding, check_policy_names(cfg, config), check_key(cfg), check_tokens(cfg),
                  *check_slurm_conf(slurm_conf, cfg, config)]
     findings += [check_pam(pam_file), check_pam_stacks(pam_file, pam_dir), check_sshd(sshd_config),
                  check_clock(clock), *jobs(cfg, config, slurm_conf)]

@@ -28,6 +28,7 @@ from conftest import MODULE, PYTHON, SLURMJWT, make_key, run_as
 from test_exec import Exec, build_exec
 
 from slurmjwtd import doctor
+from slurmjwtd.config import Config
 from slurmjwtd.doctor import (
     OK,
     PROBLEM,
@@ -42,6 +43,7 @@ from slurmjwtd.doctor import (
     check_jobs,
     check_srun_on_path,
     check_sshd,
+    check_tokens,
     find_module,
     parse_pam,
     parse_slurm_conf,
@@ -974,3 +976,51 @@ def test_policy_names_unknown_to_nss_are_a_warning(site, capsys, users):
 def toml_lines(**values: object) -> str:
     from slurmjwtd.config import toml_value
     return "".join(f"{key} = {toml_value(value)}\n" for key, value in values.items())
+
+
+# -- token files ------------------------------------------------------------------------------
+def tokens_config(tmp_path, **settings) -> Config:
+    return Config(token_dir=str(tmp_path / "tokens"), revocation_file=str(tmp_path / "revoked.json"),
+                  **settings)
+
+
+def test_tokens_directory_of_the_daemon_with_acls(tmp_path):
+    config = tokens_config(tmp_path)
+    (tmp_path / "tokens").mkdir(mode=0o755)
+    finding = check_tokens(config)
+    assert finding.level == OK and "POSIX ACLs supported; 0 users revoked" in finding.what
+    (tmp_path / "revoked.json").write_text('[{"user": "x", "uid": 5000, "since": 1, "by_uid": 0, "reason": ""}]')
+    assert check_tokens(config).what.endswith("; 1 user revoked")
+
+
+def test_tokens_directory_not_made_yet_is_a_warning(tmp_path):
+    finding = check_tokens(tokens_config(tmp_path))
+    assert finding.level == WARNING and finding.what == f"{tmp_path}/tokens does not exist yet"
+    assert "RuntimeDirectory=" in finding.fix
+
+
+@pytest.mark.parametrize("mode, owner", [(0o777, "root"), (0o755, "sjt-alice")])
+def test_tokens_directory_others_can_write_is_a_problem(tmp_path, users, mode, owner):
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens").chmod(mode)
+    shutil.chown(tmp_path / "tokens", owner)
+    finding = check_tokens(tokens_config(tmp_path))
+    assert finding.level == PROBLEM and f"mode {mode:04o}" in finding.what and "rm -rf" in finding.fix
+
+
+def test_tokens_directory_without_acls_is_a_problem(tmp_path):
+    """ramfs has no extended attributes: no user could read a token file there."""
+    (tmp_path / "tokens").mkdir(mode=0o755)
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(tmp_path / "tokens")], check=True)
+    try:
+        finding = check_tokens(tokens_config(tmp_path))
+    finally:
+        subprocess.run(["umount", str(tmp_path / "tokens")], check=True)
+    assert finding.level == PROBLEM and "no POSIX ACLs" in finding.what, finding
+
+
+def test_an_unreadable_revocation_file_is_a_problem(tmp_path):
+    (tmp_path / "tokens").mkdir(mode=0o755)
+    (tmp_path / "revoked.json").write_text("{")
+    finding = check_tokens(tokens_config(tmp_path))
+    assert finding.level == PROBLEM and "unreadable" in finding.what and "will not start" in finding.why

@@ -40,7 +40,9 @@ import os
 import pwd
 import random
 import re
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +159,7 @@ class Target:
         self._propagate = self._logger.propagate
         self._logger.addHandler(self.errors)
         self._logger.propagate = False  # the handler sees them; the terminal need not
+        self.files = tempfile.mkdtemp(prefix="sjt-fuzz-")  # token files and revocations
         self.sessions: list[bytes] = []  # ids of sessions opened: CLOSE can name them
         self.found: list[bytes] = []  # inputs the corpus should have: CLOSE of those sessions
         self.runs = 0
@@ -165,12 +168,22 @@ class Target:
     def close(self) -> None:
         self._logger.removeHandler(self.errors)
         self._logger.propagate = self._propagate
+        shutil.rmtree(self.files, ignore_errors=True)
 
     def _fresh(self) -> None:
         config = CONFIGS[(self.runs // STATE_EVERY) % len(CONFIGS)]
+        if hasattr(getattr(self, "state", None), "files"):
+            self.state.files.close()
+        if "token_dir" in {f.name for f in dataclasses.fields(Config)}:  # each state its own
+            shutil.rmtree(self.files, ignore_errors=True)
+            os.mkdir(self.files, 0o755)
+            config = dataclasses.replace(config, token_dir=f"{self.files}/tokens",
+                                         revocation_file=f"{self.files}/revoked.json")
         sink = "audit_log" if "audit_log" in {f.name for f in dataclasses.fields(DaemonState)} else "audit"
         self.state = DaemonState(config, HS256Signer(os.urandom(32)),
                                  SessionRegistry(config.session_file), **{sink: Audit()})
+        if hasattr(self.state, "files"):
+            self.state.files.open()
         self.audit = self.state.audit = Audit(forward=self.state.audit)
         self.ops = Operations(self.state)
         self.sessions.clear()
