@@ -6,8 +6,10 @@ does (links in /usr/local/bin: tests/exec_links.py); and OpenSSH's sshd on 127.0
 pam_slurmjwt.so in the session stack of a PAM service of its own (the system's sshd and
 /etc/pam.d/sshd are left alone). Logs in over SSH as a demo user with a throwaway key and
 shows, in that session: the SLURM_JWT the login received (truncated) and its claims; srun and
-a batch job working beside it, with no token in the job; slurmrestd accepting the token. Then
-the user's own requests refused after logout, and the audit trail. Stops and removes
+a batch job working beside it, with no token in the job; slurmrestd accepting the token; the
+token file the daemon keeps valid (readable by the user through an ACL), renewed while the
+session lasts (20 s tokens here). Then the user's own requests refused after logout, and the
+audit trail. Stops and removes
 everything it started, also on failure. Needs `make -C pam`.
 """
 
@@ -32,6 +34,7 @@ DEMO_DIR = Path("/tmp/slurmjwt-demo")
 USER = "sjdemo-ann"
 PORT = 2223
 SERVICE = "sshd-sjdemo"
+DEMO_LIFETIME = 20  # seconds: the session sees its token file renewed
 
 
 def step(text: str) -> None:
@@ -69,6 +72,10 @@ def session_script(out: Path, rest_url: str, socket: str) -> str:
         f"SLURMRESTD_URL={rest_url} {SLURMJWT} curl -s -o /dev/null -w 'HTTP %{{http_code}}\\n' "
         f"/slurm/{OPENAPI}/jobs",
         f"SLURMJWT_SOCKET={socket} {SLURMJWT} token >/dev/null && echo granted",
+        'echo "$SLURMJWT_TOKEN_FILE" && getfacl -pc "$SLURMJWT_TOKEN_FILE" | grep -v "^#"',
+        f'{SLURMJWT} show - < "$SLURMJWT_TOKEN_FILE" | grep -E "^(expires|jti)"',
+        f"sleep {DEMO_LIFETIME * 3 // 4 + 1}; {SLURMJWT} show - < \"$SLURMJWT_TOKEN_FILE\" | "
+        'grep -E "^(expires|jti)"',
     ]
     return "".join(f"printf '%s\\n' {shlex.quote('$ ' + c.replace(SLURMJWT, 'slurmjwt'))}\n{c}\n"
                    for c in commands)
@@ -77,7 +84,7 @@ def session_script(out: Path, rest_url: str, socket: str) -> str:
 def main() -> int:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     DEMO_DIR.mkdir(mode=0o755)
-    daemon = Daemon(DEMO_DIR / "slurmjwtd")
+    daemon = Daemon(DEMO_DIR / "slurmjwtd", {"lifetime": DEMO_LIFETIME})
     sshd = slurm = None
     made_user = made_group = linked = False
     try:

@@ -38,8 +38,13 @@ def server(renewing, users, workdir):
 
 @pytest.fixture
 def alice(users):
+    """alice, whose processes (a command whose ssh client was killed runs on: no pty, no
+    SIGHUP; the tmux server) are all gone after the test."""
     yield users["alice"]
-    subprocess.run(["pkill", "-KILL", "-u", users["alice"].pw_name, "tmux"], capture_output=True)
+    name = users["alice"].pw_name
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    assert wait_for(lambda: subprocess.run(["pgrep", "-u", name], capture_output=True).returncode == 1,
+                    10, 0.1), f"processes of {name} outlived the test"
 
 
 def token_file(d, uid: int) -> Path:

@@ -231,7 +231,8 @@ def test_cli_exit_status_follows_the_class(code):
     assert exit_status(code) == expected
     assert (exit_status(code) in (EXIT_REFUSED, EXIT_NO_SESSION)) == (
         code in ("permission-denied", "no-session", "unknown-user", "below-min-uid",
-                 "lifetime-too-long", "policy-denied", "rate-limited", "no-such-session"))
+                 "lifetime-too-long", "policy-denied", "rate-limited", "no-such-session",
+                 "revoked"))
 
 
 # -- python-systemd, never the checkout's systemd/ folder of units --------------------------
