@@ -8,7 +8,7 @@ PYTHON  := $(VENV)/bin/python
 APT_PACKAGES := slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
 	libpam0g-dev pamtester openssh-server openssh-client valgrind libsystemd-dev pkg-config \
 	python3-venv python3-dev python3-click python3-systemd python3-jwt python3-cryptography \
-	systemd gcc binutils make curl zsh tcsh tmux screen \
+	systemd gcc binutils make curl zsh tcsh tmux screen strace \
 	procps passwd util-linux acl
 PYTEST_ARGS ?=
 

@@ -30,12 +30,16 @@ pieces: bench/pieces.py times each hand-written piece (protocol.quote, the HS256
 claims template, signer.unverified_claims) beside the library call it stands in for, and what
 importing pyjwt costs.
 
+prompt: bench/prompt.py times the shell integration's prompt hook in bash, zsh and tcsh, which
+takes the token from the token file, and counts the processes it starts; against the goal:
+under 1 ms per prompt and no process while the file is unchanged.
+
 Everything started is stopped by PID; everything made (files, user) is removed afterwards.
 
     /opt/slurmjwt/venv/bin/python bench/bench.py [--count N] [--repeat R] [--quick] [--profile]
         [--skip-tokens] [--skip-logins] [--skip-munged] [--alone N] [--storm T]
         [--storm-logins N] [--burst] [--sessions N] [--skip-jobs] [--job-runs N] [--skip-pieces]
-        [--skip-renewals] [--renew-users N]
+        [--skip-renewals] [--renew-users N] [--skip-prompt]
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ PAM_SRC = HERE.parent / "pam"
 MODULE = PAM_SRC / "pam_slurmjwt.so"
 EXEC = PAM_SRC / "slurmjwt-exec"
 PIECES = HERE / "pieces.py"
+PROMPT_BENCH = HERE / "prompt.py"
 JOB_COMMANDS = ("srun", "sbatch", "squeue")  # each run as `CMD --version`
 PAM_D = Path("/etc/pam.d")
 BENCH_USER = "sjwt-bench"
@@ -684,6 +689,8 @@ def main() -> int:
                              "renewal rate of 10,000 users at 900 s, with 10 s tokens]")
     parser.add_argument("--skip-pieces", action="store_true",
                         help="leave out the pieces section (bench/pieces.py)")
+    parser.add_argument("--skip-prompt", action="store_true",
+                        help="leave out the prompt section (bench/prompt.py)")
     parser.add_argument("--profile", action="store_true",
                         help="instead: run slurmjwtd under cProfile with 1 client; print the top")
     args = parser.parse_args()
@@ -765,6 +772,11 @@ def main() -> int:
         if not args.skip_pieces:
             subprocess.run([str(VENV / "bin" / "python"), str(PIECES),
                             *(["--number", "2000"] if args.quick else [])], check=True)
+            print()
+        if not args.skip_prompt:
+            subprocess.run([sys.executable, str(PROMPT_BENCH),
+                            *(["--prompts", "200", "--rounds", "1"] if args.quick else [])],
+                           check=True)
         return 0
     finally:
         for proc in procs:

@@ -10,15 +10,23 @@ home with startup files that put the venv's slurmjwt on PATH, name the test daem
 set a plain prompt. Tokens are read back through files in that home, never through the
 terminal, so a test can assert that the terminal never showed one.
 
+The token file slurmjwtd keeps fresh (issue 12) is played by a file the test replaces by rename,
+as the daemon does, holding tokens the daemon minted; the session is pointed at it by typing
+SLURMJWT_TOKEN_FILE, which overrides whatever path the PAM module exports. Processes a prompt
+starts are counted by strace attached to the shell.
+
 Files a crashed run left are replaced (they carry a marker line); a file that was there before
 and is not ours is set aside and put back. Login shells and homes are restored after each test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -35,6 +43,7 @@ MARK = "# installed for a test by tests/test_shell.py: remove me\n"
 SAVED = Path("/var/tmp/slurmjwt-test-shell-saved")
 PROMPT_HOOKS = ["bash", "zsh", "tcsh"]  # POSIX sh (dash) has no prompt hook: no auto-renewal
 PORT, NAME_PORT, DOWN_PORT = 2226, 2228, 2230
+STRACE = shutil.which("strace") or "/usr/bin/strace"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -83,6 +92,15 @@ def set_var(shell: str, name: str, file: str) -> str:
     return f'{name}="$(cat ~/{file})"; export {name}'
 
 
+def export(shell: str, name: str, value: str) -> str:
+    """The command that sets NAME, exported, to VALUE (one word, nothing to quote)."""
+    return f"setenv {name} {value}" if shell == "tcsh" else f"export {name}={value}"
+
+
+def unexport(shell: str, name: str) -> str:
+    return f"unsetenv {name}" if shell == "tcsh" else f"unset {name}"
+
+
 def save_var(name: str, file: str) -> str:
     """The command that writes NAME's value to ~/FILE (nothing if NAME is unset)."""
     return f"printenv {name} > ~/{file}"
@@ -97,6 +115,67 @@ def mint_short(daemon, user: str, lifetime: int = 30) -> str:
     token = run.stdout.strip().split("=", 1)[1]
     assert verified(daemon, token, user)["exp"] - time.time() < lifetime + 5
     return token
+
+
+class TokenFile:
+    """The user's token file as slurmjwtd keeps it: root's file in a directory of root's (here
+    in the user's home), which the user reads and cannot write, replaced by rename (a new file
+    each time, which a filesystem may give the inode just freed) with the token and a newline."""
+
+    def __init__(self, account: Account) -> None:
+        self.dir = account.home / "tokens"
+        self.dir.mkdir(mode=0o755)
+        self.path = self.dir / "token"
+
+    def replace(self, content: str | bytes, age: float = 0) -> None:
+        """CONTENT in the file; AGE seconds old, as the daemon's file is between renewals."""
+        new = self.dir / ".token.new"
+        new.write_bytes(content.encode() if isinstance(content, str) else content)
+        os.chmod(new, 0o644)
+        if age:
+            os.utime(new, (time.time() - age, time.time() - age))
+        os.rename(new, self.path)
+
+    def follow(self, shell: str) -> str:
+        """The command pointing the session at the file, as the PAM module will."""
+        return export(shell, "SLURMJWT_TOKEN_FILE", str(self.path))
+
+
+def shell_pid(term: Terminal, account: Account) -> int:
+    term.run("echo $$ > ~/pid")
+    return int(account.read("pid"))
+
+
+@contextlib.contextmanager
+def traced(pid: int, out: Path):
+    """strace -f on PID while the block runs. Yields a list, filled when the block ends with
+    what PID and its children started: ("fork", "") for each clone, clone3, fork or vfork,
+    ("execve", PATH) for each exec."""
+    if not os.access(STRACE, os.X_OK):
+        pytest.fail("strace missing: apt-get install strace")
+    calls: list[tuple[str, str]] = []
+    proc = subprocess.Popen([STRACE, "-f", "-e", "trace=clone,clone3,fork,vfork,execve",
+                             "-e", "signal=none", "-o", str(out), "-p", str(pid)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        said, deadline = b"", time.monotonic() + 10  # it traces once it says it has attached
+        while b"attached" not in said:
+            if not select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise AssertionError(f"strace did not attach to {pid}: {said!r}")
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            if not chunk:
+                raise AssertionError(f"strace could not attach to {pid}: {said!r}")
+            said += chunk
+        yield calls
+    finally:
+        proc.send_signal(signal.SIGINT)  # detaches
+        proc.wait(timeout=10)
+        proc.stderr.close()
+    for line in out.read_text().splitlines():
+        # "PID call(...) = N"; an interrupted call's "<... call resumed>" is not counted twice
+        if found := re.match(r"\d+\s+(clone3?|fork|vfork|execve)\((?:\"([^\"]*)\")?", line):
+            calls.append(("execve", found[2]) if found[1] == "execve" else ("fork", ""))
 
 
 def assert_never_shown(term: Terminal, *tokens: str) -> None:
@@ -195,6 +274,9 @@ def test_prompt_renews_a_token_about_to_expire_once_and_quietly(shell, sshd, dae
     alice = account.user
     account.setup(shell, daemon.socket, autorenew=True)
     term = terminals(sshd, alice)
+    # renewal is for a shell without a token file (a file is followed first, and the daemon
+    # renews it): whatever the PAM module exported is set aside
+    term.run(unexport(shell, "SLURMJWT_TOKEN_FILE"))
     term.run(save_var("SLURM_JWT", "login"))
     login = account.read("login")
     verified(daemon, login, alice)
@@ -229,6 +311,7 @@ def test_prompt_is_not_slowed_while_the_daemon_is_down(shell, make_daemon, users
     try:
         account.setup(shell, other.socket, autorenew=True)
         term = terminals(server, alice)
+        term.run(unexport(shell, "SLURMJWT_TOKEN_FILE"))  # renewal: for a shell without a token file
         term.run(save_var("SLURM_JWT", "login"))
         verified(other, account.read("login"), alice)
         account.give("short", mint_short(other, alice, 30))
@@ -250,3 +333,191 @@ def test_prompt_is_not_slowed_while_the_daemon_is_down(shell, make_daemon, users
         assert_never_shown(term, account.read("login"), account.read("short"), account.read("back"))
     finally:
         server.stop()
+
+
+# -- the token file: the prompt takes the fresh token (issue 12) ----------------------------
+@pytest.mark.parametrize("shell", PROMPT_HOOKS)
+def test_prompt_takes_a_new_token_from_the_token_file(shell, sshd, daemon, account, terminals):
+    alice = account.user
+    account.setup(shell, daemon.socket)
+    tokens = TokenFile(account)
+    first, second, third, fourth, fifth = (mint_short(daemon, alice, 600) for _ in range(5))
+    tokens.replace(first + "\n")
+    term = terminals(sshd, alice)
+    term.run(save_var("SLURM_JWT", "login"))
+    login = account.read("login")
+    verified(daemon, login, alice)
+    term.run(tokens.follow(shell))  # the prompt drawn after this reads the file
+    term.run(save_var("SLURM_JWT", "first"))
+    assert account.read("first") == first
+
+    # replaced: the next prompt has the new token
+    tokens.replace(second + "\n")
+    term.enter()
+    term.run(save_var("SLURM_JWT", "second"))
+    assert account.read("second") == second
+    # replaced twice at once: likely within the second the file was last read in, the second
+    # file getting the inode of the one read (ext4 hands the inode just freed back): a file
+    # that looks unchanged to tcsh's -M and -I, unless it is read again
+    tokens.replace(third + "\n")
+    tokens.replace(fourth + "\n")
+    term.enter()
+    term.run(save_var("SLURM_JWT", "fourth"))
+    assert account.read("fourth") == fourth
+
+    # $? is the command's at the next prompt, the file read or not
+    tokens.replace(fifth + "\n")
+    start = len(term.screen)
+    term.send("false\r")
+    term.wait(re.escape(PROMPT), start)
+    status = "$status" if shell == "tcsh" else "$?"
+    term.run(f"echo {status} > ~/status")
+    assert account.read("status") == "1"
+    term.run(save_var("SLURM_JWT", "fifth"))
+    assert account.read("fifth") == fifth
+    assert_quiet(term)
+    assert_never_shown(term, login, first, second, third, fourth, fifth)
+
+
+@pytest.mark.parametrize("shell", PROMPT_HOOKS)
+def test_prompt_starts_no_process_while_the_token_file_is_unchanged(shell, sshd, daemon, account,
+                                                                    terminals, workdir):
+    alice = account.user
+    account.setup(shell, daemon.socket)
+    tokens = TokenFile(account)
+    first, second = mint_short(daemon, alice, 600), mint_short(daemon, alice, 600)
+    tokens.replace(first + "\n", age=60)
+    term = terminals(sshd, alice)
+    term.run(tokens.follow(shell))
+    pid = shell_pid(term, account)
+    term.run(save_var("SLURM_JWT", "first"))
+    assert account.read("first") == first
+
+    with traced(pid, workdir / "strace-unchanged") as unchanged:
+        for _ in range(5):
+            term.enter()
+        term.run("/bin/true")  # the one process: strace does see what the shell starts
+    assert unchanged == [("fork", ""), ("execve", "/bin/true")], unchanged
+
+    # a change: bash and zsh read it with builtins, tcsh runs one helper
+    with traced(pid, workdir / "strace-changed") as changed:
+        tokens.replace(second + "\n")
+        term.enter()
+    if shell == "tcsh":
+        assert ("execve", "/bin/sh") in changed, changed
+    else:
+        assert changed == [], changed
+    term.run(save_var("SLURM_JWT", "second"))
+    assert account.read("second") == second
+    assert_quiet(term)
+    assert_never_shown(term, first, second)
+
+
+@pytest.mark.parametrize("shell", PROMPT_HOOKS)
+def test_a_refreshed_token_stays_until_the_token_file_changes(shell, sshd, daemon, account,
+                                                              terminals):
+    alice = account.user
+    account.setup(shell, daemon.socket)
+    tokens = TokenFile(account)
+    first, second = mint_short(daemon, alice, 600), mint_short(daemon, alice, 600)
+    tokens.replace(first + "\n")
+    term = terminals(sshd, alice)
+    term.run(tokens.follow(shell))
+    term.run(save_var("SLURM_JWT", "first"))
+    assert account.read("first") == first
+
+    assert "renewed" in term.run("slurmjwt refresh")
+    for _ in range(3):
+        term.enter()
+    term.run(save_var("SLURM_JWT", "refreshed"))
+    refreshed = account.read("refreshed")
+    claims = verified(daemon, refreshed, alice)
+    assert claims["jti"] != verified(daemon, first, alice)["jti"], "the file's token came back"
+    assert claims["exp"] - claims["iat"] == 3600
+
+    tokens.replace(second + "\n")
+    term.enter()
+    term.run(save_var("SLURM_JWT", "second"))
+    assert account.read("second") == second
+    assert_never_shown(term, first, second, refreshed)
+
+
+@pytest.mark.parametrize("shell", PROMPT_HOOKS)
+def test_a_garbled_or_missing_token_file_leaves_the_variable_alone(shell, sshd, daemon, account,
+                                                                   terminals):
+    alice = account.user
+    account.setup(shell, daemon.socket)
+    tokens = TokenFile(account)
+    first, second = mint_short(daemon, alice, 600), mint_short(daemon, alice, 600)
+    tokens.replace(first + "\n")
+    term = terminals(sshd, alice)
+    term.run(tokens.follow(shell))
+    term.run(save_var("SLURM_JWT", "first"))
+    assert account.read("first") == first
+
+    head, _, signature = second.rpartition(".")
+    garbage = ["", "\n", "not a token\n", f"{head}\n", f".{second}\n", f"{head}..{signature}\n",
+               f"{second} {second}\n", f"{second}\r\n", f"{second}$(touch ~/pwned)\n",
+               f"{second}`touch ~/pwned`\n", second.encode() + b"\xff\x00\n", b"\x00" * 100]
+    for content in garbage:
+        tokens.replace(content)
+        term.enter()
+        term.run(save_var("SLURM_JWT", "kept"))
+        assert account.read("kept") == first, f"after {content!r}"
+    tokens.path.unlink()
+    term.enter()
+    tokens.path.mkdir()  # not a regular file
+    term.enter()
+    tokens.path.rmdir()
+    term.run(save_var("SLURM_JWT", "kept"))
+    assert account.read("kept") == first
+    assert not (account.home / "pwned").exists()
+
+    # the file back: its token
+    tokens.replace(second + "\n")
+    term.enter()
+    term.run(save_var("SLURM_JWT", "second"))
+    assert account.read("second") == second
+    assert_quiet(term)
+    assert_never_shown(term, first, second)
+
+
+@pytest.mark.parametrize("shell", PROMPT_HOOKS)
+def test_follow_file_0_or_an_unset_variable_keep_the_file_out(shell, sshd, daemon, account,
+                                                              terminals):
+    alice = account.user
+    account.setup(shell, daemon.socket)
+    tokens = TokenFile(account)
+    first, second, third, fourth = (mint_short(daemon, alice, 600) for _ in range(4))
+    tokens.replace(first + "\n")
+    term = terminals(sshd, alice)
+    term.run(save_var("SLURM_JWT", "login"))
+    login = account.read("login")
+    term.run(export(shell, "SLURMJWT_FOLLOW_FILE", "0"))
+    term.run(tokens.follow(shell))
+    tokens.replace(second + "\n")
+    term.enter()
+    term.run(save_var("SLURM_JWT", "off"))
+    assert account.read("off") == login
+
+    # back on (any value but 0): the file's token at the next prompt
+    term.run(export(shell, "SLURMJWT_FOLLOW_FILE", "1"))
+    term.run(save_var("SLURM_JWT", "on"))
+    assert account.read("on") == second
+
+    # an unset variable stays unset (as with the renewal), the file changing or not
+    term.run(unexport(shell, "SLURM_JWT"))
+    tokens.replace(third + "\n")
+    term.enter()
+    term.run(save_var("SLURM_JWT", "unset"))
+    assert account.read("unset") == ""
+
+    # the variable a site named
+    term.run(export(shell, "SLURMJWT_VARIABLE", "SJT_TOKEN") + "; " + export(shell, "SJT_TOKEN", "x.y.z"))
+    tokens.replace(fourth + "\n")
+    term.enter()
+    term.run(save_var("SJT_TOKEN", "named") + "; " + save_var("SLURM_JWT", "plain"))
+    assert account.read("named") == fourth
+    assert account.read("plain") == ""
+    assert_quiet(term)
+    assert_never_shown(term, login, first, second, third, fourth)
