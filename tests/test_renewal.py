@@ -17,7 +17,8 @@ import jwt
 import pytest
 
 from conftest import SLURMJWT, run_as
-from logins import start_sshd
+from logins import account, start_sshd, terminals  # noqa: F401 (fixtures)
+from test_shell import install, save_var  # noqa: F401 (fixture)
 
 PORT = 2236
 LIFETIME = 10  # seconds: renewed 5 to 7.5 s after each issue
@@ -204,3 +205,24 @@ def test_a_daemon_that_was_down_catches_up_and_renews_on(renewing, server, alice
     finally:
         login.kill()
         login.wait()
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "tcsh"])
+def test_the_prompt_picks_up_the_renewed_token(shell, renewing, server, account, alice, terminals,
+                                               install):
+    """A login shell, left at its prompt while the daemon renews the file: the next prompt's
+    variable is the renewed token (from $SLURMJWT_TOKEN_FILE, which the PAM module exported)."""
+    account.setup(shell, renewing.socket)
+    path = token_file(renewing, alice.pw_uid)
+    term = terminals(server, alice.pw_name)
+    term.run(save_var("SLURM_JWT", "login"))
+    term.run(save_var("SLURMJWT_TOKEN_FILE", "file"))
+    login = account.read("login")
+    assert account.read("file") == str(path) and read(path) == login
+    renewed = wait_for(lambda: (t := read(path)) and t != login and t, LIFETIME)
+    assert renewed, renewing.log
+    term.enter()
+    term.run(save_var("SLURM_JWT", "after"))
+    after = account.read("after")
+    assert after != login and after in (renewed, read(path))
+    assert claims(renewing, after)["exp"] > time.time()
