@@ -336,6 +336,31 @@ def test_prompt_is_not_slowed_while_the_daemon_is_down(shell, make_daemon, users
 
 
 # -- the token file: the prompt takes the fresh token (issue 12) ----------------------------
+def following(shell: str, sshd, daemon, account: Account, terminals, count: int
+              ) -> tuple[Terminal, "TokenFile", list[str]]:
+    """A login of SHELL whose variable follows a token file (~/...), which holds the first
+    of COUNT tokens minted: (the terminal, the file, the tokens)."""
+    account.setup(shell, daemon.socket)
+    tokens = TokenFile(account)
+    minted = [mint_short(daemon, account.user, 600) for _ in range(count)]
+    tokens.replace(minted[0] + "\n")
+    term = terminals(sshd, account.user)
+    term.run(tokens.follow(shell))
+    term.run(save_var("SLURM_JWT", "first"))
+    assert account.read("first") == minted[0]
+    return term, tokens, minted
+
+
+def next_prompt_takes(term: Terminal, tokens: "TokenFile", account: Account, token: str,
+                      name: str) -> None:
+    """The token file replaced with TOKEN: the variable at the next prompt is TOKEN (saved
+    to ~/NAME)."""
+    tokens.replace(token + "\n")
+    term.enter()
+    term.run(save_var("SLURM_JWT", name))
+    assert account.read(name) == token
+
+
 @pytest.mark.parametrize("shell", PROMPT_HOOKS)
 def test_prompt_takes_a_new_token_from_the_token_file(shell, sshd, daemon, account, terminals):
     alice = account.user
@@ -352,18 +377,12 @@ def test_prompt_takes_a_new_token_from_the_token_file(shell, sshd, daemon, accou
     assert account.read("first") == first
 
     # replaced: the next prompt has the new token
-    tokens.replace(second + "\n")
-    term.enter()
-    term.run(save_var("SLURM_JWT", "second"))
-    assert account.read("second") == second
+    next_prompt_takes(term, tokens, account, second, "second")
     # replaced twice at once: likely within the second the file was last read in, the second
     # file getting the inode of the one read (ext4 hands the inode just freed back): a file
     # that looks unchanged to tcsh's -M and -I, unless it is read again
     tokens.replace(third + "\n")
-    tokens.replace(fourth + "\n")
-    term.enter()
-    term.run(save_var("SLURM_JWT", "fourth"))
-    assert account.read("fourth") == fourth
+    next_prompt_takes(term, tokens, account, fourth, "fourth")
 
     # $? is the command's at the next prompt, the file read or not
     tokens.replace(fifth + "\n")
@@ -417,14 +436,7 @@ def test_prompt_starts_no_process_while_the_token_file_is_unchanged(shell, sshd,
 def test_a_refreshed_token_stays_until_the_token_file_changes(shell, sshd, daemon, account,
                                                               terminals):
     alice = account.user
-    account.setup(shell, daemon.socket)
-    tokens = TokenFile(account)
-    first, second = mint_short(daemon, alice, 600), mint_short(daemon, alice, 600)
-    tokens.replace(first + "\n")
-    term = terminals(sshd, alice)
-    term.run(tokens.follow(shell))
-    term.run(save_var("SLURM_JWT", "first"))
-    assert account.read("first") == first
+    term, tokens, (first, second) = following(shell, sshd, daemon, account, terminals, 2)
 
     assert "renewed" in term.run("slurmjwt refresh")
     for _ in range(3):
@@ -435,25 +447,14 @@ def test_a_refreshed_token_stays_until_the_token_file_changes(shell, sshd, daemo
     assert claims["jti"] != verified(daemon, first, alice)["jti"], "the file's token came back"
     assert claims["exp"] - claims["iat"] == 3600
 
-    tokens.replace(second + "\n")
-    term.enter()
-    term.run(save_var("SLURM_JWT", "second"))
-    assert account.read("second") == second
+    next_prompt_takes(term, tokens, account, second, "second")
     assert_never_shown(term, first, second, refreshed)
 
 
 @pytest.mark.parametrize("shell", PROMPT_HOOKS)
 def test_a_garbled_or_missing_token_file_leaves_the_variable_alone(shell, sshd, daemon, account,
                                                                    terminals):
-    alice = account.user
-    account.setup(shell, daemon.socket)
-    tokens = TokenFile(account)
-    first, second = mint_short(daemon, alice, 600), mint_short(daemon, alice, 600)
-    tokens.replace(first + "\n")
-    term = terminals(sshd, alice)
-    term.run(tokens.follow(shell))
-    term.run(save_var("SLURM_JWT", "first"))
-    assert account.read("first") == first
+    term, tokens, (first, second) = following(shell, sshd, daemon, account, terminals, 2)
 
     head, _, signature = second.rpartition(".")
     garbage = ["", "\n", "not a token\n", f"{head}\n", f".{second}\n", f"{head}..{signature}\n",
@@ -474,10 +475,7 @@ def test_a_garbled_or_missing_token_file_leaves_the_variable_alone(shell, sshd, 
     assert not (account.home / "pwned").exists()
 
     # the file back: its token
-    tokens.replace(second + "\n")
-    term.enter()
-    term.run(save_var("SLURM_JWT", "second"))
-    assert account.read("second") == second
+    next_prompt_takes(term, tokens, account, second, "second")
     assert_quiet(term)
     assert_never_shown(term, first, second)
 
