@@ -6,7 +6,7 @@ least a quarter of its lifetime left, and the renewals of a login storm, all iss
 same second, spread over a quarter of a lifetime, and further apart at each round, instead
 of coming back together one lifetime later. A renewal that fails is retried after an eighth
 of what is left of the token (1 s to 60 s), so a failing signer is asked a few times before
-the old token expires, and then once a minute.
+the old token expires, and then every 10 s.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 RENEW_FROM, RENEW_TO = 0.50, 0.75
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
+RETRY_LATE = 10.0  # no token left to protect: no hurry to ask a failing signer again
 CATCH_UP = 5.0  # seconds over which renewals found overdue at startup are spread
 
 
@@ -27,7 +28,10 @@ def renew_at(iat: float, exp: float, draw: float) -> float:
 
 
 def retry_at(now: float, exp: float) -> float:
-    """When a failed renewal is tried again."""
+    """When a failed renewal is tried again: after an eighth of what the old token has left
+    (1 s to 60 s); every RETRY_LATE seconds once it has none left (or none is known)."""
+    if exp <= now:
+        return now + RETRY_LATE
     return now + min(RETRY_MAX, max(RETRY_MIN, (exp - now) / 8))
 
 
@@ -35,19 +39,20 @@ def retry_at(now: float, exp: float) -> float:
 class Entry:
     uid: int
     due: float  # wall-clock seconds (time.time()): token times are wall-clock too
-    exp: float  # the current token's expiry; 0: none known
     seq: int = field(default_factory=itertools.count().__next__)  # tells a heap entry current
 
 
 class Schedule:
     """The renewal due for each uid with a token file; earliest first. A heap with lazy
     deletion: an entry replaced or cancelled stays in the heap until it surfaces, and is then
-    dropped, so every change is O(log n)."""
+    dropped, so every change is O(log n). Beside it, the expiry of the token each file holds,
+    kept while a renewal is under way, so that a failed one is retried in time."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._entries: dict[int, Entry] = {}
         self._heap: list[tuple[float, int, int]] = []  # (due, uid, entry's seq)
+        self._exp: dict[int, float] = {}  # uid: its file's token's exp
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -55,32 +60,34 @@ class Schedule:
     def __contains__(self, uid: int) -> bool:
         return uid in self._entries
 
-    def _put(self, entry: Entry) -> None:
-        self._entries[entry.uid] = entry
-        heapq.heappush(self._heap, (entry.due, entry.uid, entry.seq))
+    def _put(self, uid: int, due: float) -> float:
+        entry = Entry(uid, due)
+        self._entries[uid] = entry
+        heapq.heappush(self._heap, (due, uid, entry.seq))
+        return due
 
     def issued(self, uid: int, iat: float, exp: float) -> float:
         """UID's file now holds a token issued at IAT expiring at EXP: plan its renewal."""
-        due = renew_at(iat, exp, self._rng.random())
-        self._put(Entry(uid, due, exp))
-        return due
+        self._exp[uid] = exp
+        return self._put(uid, renew_at(iat, exp, self._rng.random()))
 
     def failed(self, uid: int, now: float) -> float:
         """UID's renewal failed at NOW: try again later, the old token (if any) still in place."""
-        old = self._entries.get(uid)
-        due = retry_at(now, old.exp if old else 0.0)
-        self._put(Entry(uid, due, old.exp if old else 0.0))
-        return due
+        return self._put(uid, retry_at(now, self._exp.get(uid, 0.0)))
 
     def overdue(self, uid: int, now: float, spread: float = CATCH_UP) -> float:
         """UID has a session but no usable token (startup, reload, unrevoke): renew within
         SPREAD seconds (a restart after downtime finds many: spread, not at once)."""
-        due = now + spread * self._rng.random()
-        self._put(Entry(uid, due, 0.0))
-        return due
+        return self._put(uid, now + spread * self._rng.random())
+
+    def expiry(self, uid: int) -> float:
+        """The exp of the token UID's file holds; 0 if none is known."""
+        return self._exp.get(uid, 0.0)
 
     def cancel(self, uid: int) -> None:
+        """UID has no file any more: nothing to renew."""
         self._entries.pop(uid, None)
+        self._exp.pop(uid, None)
 
     def next_due(self) -> float | None:
         """The earliest due time, None if nothing is scheduled."""

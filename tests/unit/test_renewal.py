@@ -16,7 +16,8 @@ import pytest
 from slurmjwtd.atomicfile import ACL_XATTR
 from slurmjwtd.operations import Operations
 from slurmjwtd.protocol import parse_response
-from slurmjwtd.renewal import RENEW_FROM, RENEW_TO, RETRY_MAX, RETRY_MIN, Schedule, renew_at, retry_at
+from slurmjwtd.renewal import (RENEW_FROM, RENEW_TO, RETRY_LATE, RETRY_MAX, RETRY_MIN, Schedule,
+                               renew_at, retry_at)
 from slurmjwtd.revocation import Revocation, RevocationError, Revocations
 from slurmjwtd.tokenfile import R, W, X, TokenFiles, acl, acl_users, token_path
 
@@ -47,7 +48,8 @@ def test_a_login_storm_does_not_come_back_as_a_renewal_storm():
     assert max(seconds.values()) <= 2 * 10_000 / 225
 
 
-@pytest.mark.parametrize("left, wait", [(800, RETRY_MAX), (80, 10), (4, RETRY_MIN), (-30, RETRY_MIN)])
+@pytest.mark.parametrize("left, wait", [(800, RETRY_MAX), (80, 10), (4, RETRY_MIN), (0, RETRY_LATE),
+                                        (-30, RETRY_LATE), (-100, RETRY_LATE)])
 def test_a_failed_renewal_is_retried_sooner_as_expiry_nears(left, wait):
     assert retry_at(100, 100 + left) == 100 + wait
 
@@ -67,13 +69,20 @@ def test_pop_due_takes_the_earliest_up_to_a_limit_and_forgets_replaced_entries()
     assert len(schedule.pop_due(600, 4)) == 4 and len(schedule) == 7
 
 
-def test_a_failure_keeps_the_tokens_expiry():
+def test_a_failure_is_retried_by_the_expiry_of_the_token_still_in_the_file():
     schedule = Schedule(random.Random(2))
     schedule.issued(5, 0, 100)
-    assert schedule.pop_due(100, 1) == [5]
-    schedule.failed(5, 80)
+    assert schedule.pop_due(100, 1) == [5]  # under way: the expiry is kept
+    assert schedule.expiry(5) == 100
+    schedule.failed(5, 60)
     entry = schedule.get(5)
-    assert entry is not None and entry.exp == 0.0 and entry.due == 80 + RETRY_MIN
+    assert entry is not None and entry.due == 60 + 40 / 8
+    schedule.failed(5, 101)  # expired meanwhile
+    assert schedule.get(5).due == 101 + RETRY_LATE
+    schedule.cancel(5)
+    assert schedule.expiry(5) == 0 and 5 not in schedule
+    schedule.failed(6, 10)  # never issued: no token to protect
+    assert schedule.get(6).due == 10 + RETRY_LATE
 
 
 # -- the daemon's writer ----------------------------------------------------------------------
@@ -236,6 +245,5 @@ def test_resume_plans_from_the_files_and_removes_those_no_session_keeps(make_sta
     fresh = Operations(state)
     state.schedule.cancel(UID)
     fresh.resume(time.time())
-    entry = state.schedule.get(UID)
-    assert entry is not None and entry.exp == int(answer.fields["exp"])
+    assert UID in state.schedule and state.schedule.expiry(UID) == int(answer.fields["exp"])
     assert state.files.users() == [UID]
