@@ -239,17 +239,23 @@ class Operations:
         where: Fields = {} if session is None else {
             "session": session.id, "tty": session.tty, "rhost": session.rhost,
             "service": session.service}
-        self.state.audit(decision="granted", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
-                         user=target.name, uid=target.uid,
-                         slurm_user=token.user if token.user != target.name else None,
-                         reason=decision.reason, rule=decision.rule, lifetime=decision.lifetime,
-                         exp=token.exp, jti=token.jti, **where)
+        self._audit_grant(op, caller, grant, token, decision.reason, **where)
         fields: Fields = {"token": token.jwt, "user": target.name, "slurm_user": token.user,
                           "exp": token.exp, "jti": token.jti, "lifetime": decision.lifetime}
         if session is None:
             return fields
         opened: Fields = {"session": session.id, **fields, "uid": target.uid, "gid": target.gid}
         return opened if file is None else {**opened, "file": file}
+
+    def _audit_grant(self, op: str, caller: Caller, grant: Grant, token: Token, reason: str,
+                     **where: object) -> None:
+        """The audit line of a token made: for a request (MINT, OPEN) or a renewal."""
+        target, decision = grant.target, grant.decision
+        self.state.audit(decision="granted", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
+                         user=target.name, uid=target.uid,
+                         slurm_user=token.user if token.user != target.name else None,
+                         reason=reason, rule=decision.rule, lifetime=decision.lifetime,
+                         exp=token.exp, jti=token.jti, **where)
 
     # -- token files ------------------------------------------------------------------------
     def _keep(self, uid: int, token: Token) -> str | None:
@@ -378,11 +384,7 @@ class Operations:
         if self._keep(target.uid, token) is None:
             return
         state.counters.renewed += 1
-        state.audit(decision="granted", op="renew", caller_uid=0, caller_pid=self.renewer.pid,
-                    user=target.name, uid=target.uid,
-                    slurm_user=token.user if token.user != target.name else None,
-                    reason="renewal", rule=grant.decision.rule, lifetime=grant.decision.lifetime,
-                    exp=token.exp, jti=token.jti)
+        self._audit_grant("renew", self.renewer, grant, token, "renewal")
 
     def _renew_failed(self, grant: Grant, why: str) -> None:
         """The signer failed: the old token stays in the file; try again later."""
