@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import subprocess
 import time
 
 import jwt
@@ -15,6 +16,7 @@ import pytest
 
 from slurmjwtd.atomicfile import ACL_XATTR
 from slurmjwtd.operations import Operations
+from slurmjwtd.policy import Caller
 from slurmjwtd.protocol import parse_response
 from slurmjwtd.renewal import (RENEW_FROM, RENEW_TO, RETRY_LATE, RETRY_MAX, RETRY_MIN, Schedule,
                                renew_at, retry_at)
@@ -247,3 +249,20 @@ def test_resume_plans_from_the_files_and_removes_those_no_session_keeps(make_sta
     fresh.resume(time.time())
     assert UID in state.schedule and state.schedule.expiry(UID) == int(answer.fields["exp"])
     assert state.files.users() == [UID]
+
+
+def test_a_login_whose_process_died_without_closing_loses_its_file_at_its_next_renewal(make_state):
+    """sshd killed: no CLOSE ever comes; the renewal finds the leader gone and removes the file."""
+    state = make_state()
+    ops = Operations(state)
+    leader = subprocess.Popen(["sleep", "60"])
+    try:
+        answer = ops.answer(Caller(0, 0, leader.pid), b"SJWT/1 OPEN user=nobody", root_socket=True)
+        assert b" file=" in answer and state.files.read(UID) is not None
+    finally:
+        leader.kill()
+        leader.wait()
+    state.schedule.overdue(UID, time.time(), spread=0)
+    ops.renew_due(time.time())
+    assert state.files.read(UID) is None and UID not in state.schedule
+    assert not [line for line in state.audit_log.lines if line.get("op") == "renew"]
