@@ -33,7 +33,8 @@ SLURM_BINDIR ?= /usr/bin
 WRAPDIR     ?= $(BINDIR)
 MANDIR      ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
-ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/vendor-completions
+# on Debian's zsh fpath: vendor-completions for a package (PREFIX=/usr), site-functions in /usr/local
+ZSHCOMPDIR  ?= $(if $(filter /usr,$(PREFIX)),/usr/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
 
 .PHONY: all deps venv module test demo bench fuzz install install-exec install-deps clean man completion
 
