@@ -481,18 +481,30 @@ def prometheus_text(fields: dict[str, str] | None) -> str:
 
 
 @main.command()
+@click.option("--output", metavar="FILE", help="Write FILE (mode 0644) instead of stdout, "
+              "replacing it whole, e.g. /var/lib/prometheus/node-exporter/slurmjwt.prom.")
 @click.pass_context
-def metrics(ctx: click.Context) -> None:
+def metrics(ctx: click.Context, output: str | None) -> None:
     """Print slurmjwtd's counters in Prometheus' text format, for node_exporter's textfile
     collector (no user names, no tokens).
 
-    If the daemon does not answer, prints slurmjwt_up 0 and exits 3 (6 for a daemon error)."""
+    If the daemon does not answer, prints (or writes) slurmjwt_up 0 and exits 3 (6 for a
+    daemon error)."""
+    failure = None
     try:
-        fields = ask(ctx, "METRICS").fields
-    except Failure:
-        click.echo(prometheus_text(None), nl=False)
-        raise
-    click.echo(prometheus_text(fields), nl=False)
+        fields: dict[str, str] | None = ask(ctx, "METRICS").fields
+    except Failure as exc:
+        fields, failure = None, exc
+    text = prometheus_text(fields)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        try:
+            write_atomic(output, text.encode(), mode=0o644)
+        except OSError as exc:
+            raise Failure(EXIT_ERROR, f"cannot write {output}: {exc.strerror}")
+    if failure is not None:
+        raise failure
 
 
 @main.command()

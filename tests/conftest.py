@@ -54,9 +54,16 @@ def pytest_configure(config: pytest.Config) -> None:
     _CONFIG.append(config)
 
 
+_SHOWN: set[str] = set()
+
+
 def progress(message: str) -> None:
-    """One line on the terminal, past pytest's capture: what a fixture starts that takes a while
-    (slurmctld, sshd), so that a run does not look hung. Outside pytest (demo.py): stderr."""
+    """One line on the terminal, past pytest's capture, once per run: what a fixture starts that
+    takes a while (slurmctld, sshd), so that a run does not look hung. Outside pytest (demo.py):
+    stderr."""
+    if message in _SHOWN:
+        return
+    _SHOWN.add(message)
     plugins = _CONFIG[-1].pluginmanager if _CONFIG else None
     reporter = plugins.get_plugin("terminalreporter") if plugins else None
     if reporter is None:
@@ -64,7 +71,7 @@ def progress(message: str) -> None:
         return
     capture = plugins.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        reporter.write_line(f"[{message}]")
+        reporter.write(f"\n[{message}]\n")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 
 import jwt
 
@@ -179,6 +180,11 @@ def test_status_json_and_metrics(daemon, users, leaders):
     assert alice not in text and bob not in text and "eyJ" not in text
     down = run_as(bob, SLURMJWT, "metrics", env={"SLURMJWT_SOCKET": "/nonexistent/sock"})
     assert down.returncode == 3 and "slurmjwt_up 0" in down.stdout
+    out = daemon.dir / "slurmjwt.prom"
+    written = subprocess.run([SLURMJWT, "--socket", daemon.socket, "metrics", "--output", str(out)],
+                             capture_output=True, text=True, timeout=30, check=False)
+    assert written.returncode == 0 and written.stdout == "", written.stderr
+    assert "slurmjwt_up 1\n" in out.read_text() and stat.S_IMODE(out.stat().st_mode) == 0o644
 
 
 def test_cli_show_status_and_errors(daemon, users, leaders):

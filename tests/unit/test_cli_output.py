@@ -4,8 +4,11 @@ from a METRICS answer) and the numbers of `status --json`."""
 from __future__ import annotations
 
 import re
+import stat
 
-from slurmjwtd.cli import json_value, prometheus_text
+from click.testing import CliRunner
+
+from slurmjwtd.cli import json_value, main, prometheus_text
 from slurmjwtd.protocol import Code
 
 METRICS = {"version": "0.1.0", "signer": "hs256", "sessions": "2", "granted": "7", "refused": "3",
@@ -73,3 +76,18 @@ def test_a_strange_answer_cannot_break_the_format():
 def test_status_json_counts_are_numbers():
     assert [json_value(v) for v in ("12", "hs256", "0.1.0", "-1", "1" * 19)] == [
         12, "hs256", "0.1.0", "-1", "1" * 19]
+
+
+def test_metrics_output_file_when_the_daemon_does_not_answer(tmp_path):
+    """--output replaces the file whole (node_exporter never reads half of one), with
+    slurmjwt_up 0 when the daemon does not answer; the exit status still says so."""
+    out = tmp_path / "slurmjwt.prom"
+    out.write_text("stale\n")
+    result = CliRunner().invoke(main, ["--socket", str(tmp_path / "none.sock"), "metrics",
+                                       "--output", str(out)])
+    assert result.exit_code == 3 and result.stdout == ""
+    assert samples(out.read_text()) == {"slurmjwt_up": "0"}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644 and sorted(tmp_path.iterdir()) == [out]
+    unwritable = CliRunner().invoke(main, ["--socket", str(tmp_path / "none.sock"), "metrics",
+                                           "--output", str(tmp_path / "no" / "such.prom")])
+    assert unwritable.exit_code == 1 and "cannot write" in unwritable.output
