@@ -71,7 +71,8 @@ def progress(message: str) -> None:
         return
     capture = plugins.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        reporter.write(f"\n[{message}]\n")
+        at_line_start = getattr(getattr(reporter, "_tw", None), "width_of_current_line", 1) == 0
+        reporter.write(("" if at_line_start else "\n") + f"[{message}]\n")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
