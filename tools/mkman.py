@@ -91,7 +91,8 @@ def markdown(text: str, skip_table: str | None = None) -> str:
         elif line.startswith("#"):
             level, _, title = line.partition(" ")
             title = re.sub(r"`([^`]*)`", r"\1", title)
-            out.append((".SH " if len(level) <= 2 else ".SS ") + f'"{escape(title.upper() if len(level) <= 2 else title)}"')
+            top = len(level) <= 2
+            out.append((".SH " if top else ".SS ") + f'"{escape(title.upper() if top else title)}"')
             i += 1
         elif line.startswith("|"):
             rows = []
@@ -174,7 +175,7 @@ def slurmjwt_1() -> str:
     intro, docs = sections(ROOT / "docs" / "cli.md")
     intro = re.sub(r"(?s)\A```.*?```\n", "", intro.lstrip())  # its synopsis: ours is click's
     out = [header("slurmjwt", 1, "User Commands", "get and inspect short-lived Slurm JWTs from slurmjwtd"),
-           ".SH SYNOPSIS\n", f"\\fBslurmjwt\\fR [\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...\n",
+           ".SH SYNOPSIS\n", "\\fBslurmjwt\\fR [\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...\n",
            ".SH DESCRIPTION\n", help_text(group.help or ""), markdown(intro, skip_table="command"),
            ".SH OPTIONS\n", options(group, ctx), ".SH COMMANDS\n"]
     for name in group.list_commands(ctx):

@@ -48,7 +48,8 @@ def test_slurmjwt_1_has_every_command_and_option():
         for param in command.params:
             for opt in param.opts if isinstance(param, cli.click.Option) else ():
                 assert opt.replace("-", "\\-") in page, (name, opt)
-    assert '.SH "OUTPUT, ERRORS AND EXIT STATUS"' in page and '.SH "MONITORING"' in page  # docs/cli.md's sections
+    # docs/cli.md's sections
+    assert '.SH "OUTPUT, ERRORS AND EXIT STATUS"' in page and '.SH "MONITORING"' in page
 
 
 def test_the_configuration_docs_name_every_key_and_no_other():

@@ -23,8 +23,8 @@ SESSION = "0123456789abcdef"  # no such session
 # a request of each operation that passes its table entry's checks (its required arguments)
 REQUESTS = {"MINT": "SJWT/1 MINT user=nobody", "OPEN": "SJWT/1 OPEN user=nobody",
             "CLOSE": f"SJWT/1 CLOSE session={SESSION}", "STATUS": "SJWT/1 STATUS",
-            "METRICS": "SJWT/1 METRICS", "EXPLAIN": "SJWT/1 EXPLAIN user=nobody", "REVOKE": "SJWT/1 REVOKE user=nobody",
-            "UNREVOKE": "SJWT/1 UNREVOKE user=nobody"}
+            "METRICS": "SJWT/1 METRICS", "EXPLAIN": "SJWT/1 EXPLAIN user=nobody",
+            "REVOKE": "SJWT/1 REVOKE user=nobody", "UNREVOKE": "SJWT/1 UNREVOKE user=nobody"}
 
 
 @pytest.fixture
