@@ -10,6 +10,8 @@ APT_PACKAGES := slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin slurm-client mu
 	python3-venv python3-dev python3-click python3-systemd python3-jwt python3-cryptography \
 	systemd gcc binutils make curl zsh tcsh tmux screen strace \
 	procps passwd util-linux acl
+# groff renders the man pages (make man's test)
+APT_PACKAGES += groff-base
 PYTEST_ARGS ?=
 
 # `make install`: where a Debian admin expects things; DESTDIR and PREFIX are honoured
@@ -29,31 +31,41 @@ RUNTIME_PACKAGES := python3 python3-click python3-systemd python3-jwt python3-cr
 # WRAPDIR, which must come before SLURM_BINDIR on PATH (/usr/local/bin does on every Debian default)
 SLURM_BINDIR ?= /usr/bin
 WRAPDIR     ?= $(BINDIR)
+MANDIR      ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+# on Debian's zsh fpath: vendor-completions for a package (PREFIX=/usr), site-functions in /usr/local
+ZSHCOMPDIR  ?= $(if $(filter /usr,$(PREFIX)),/usr/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
 
-.PHONY: all deps venv module test demo bench fuzz install install-exec install-deps clean
+.PHONY: all deps venv module test demo bench fuzz install install-exec install-deps clean man completion
 
 all: venv module
 
 deps:
 	@installed=$$(dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | grep -c 'install ok installed'); \
 	if [ "$$installed" -ne $(words $(APT_PACKAGES)) ]; then \
-	  echo "deps: installing Debian packages"; \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	    grep -q 'install ok installed' || echo $$p; done); \
+	  echo "deps: apt-get update, then installing $$(echo $$missing | wc -w) Debian packages" \
+	    "(and what they need): $$(echo $$missing)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	fi
 
 venv: deps
-	@[ -x $(PYTHON) ] || /usr/bin/python3 -m venv $(VENV)
+	@[ -x $(PYTHON) ] || { echo "venv: creating $(VENV)"; /usr/bin/python3 -m venv $(VENV); }
 	@chmod 755 $(dir $(VENV)) $(VENV)
+	@echo "venv: installing slurmjwt and its test dependencies into $(VENV) (pip)"
 	@$(PYTHON) -m pip install -q --disable-pip-version-check '.[test]'
 	@$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 	@rm -rf build slurmjwt.egg-info
 
 module: deps
+	@echo "module: building the PAM module (pam/pam_slurmjwt.so) and slurmjwt-exec"
 	@$(MAKE) -s -C pam
 
 # pytest's exit 5 (nothing collected) must not pass for success
 test: venv module
+	@echo "test: pytest; the fixtures start slurmctld, slurmd, slurmrestd and sshd as needed (a few minutes)"
 	@SLURMJWT_VENV=$(VENV) $(PYTHON) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
@@ -70,6 +82,14 @@ FUZZ_SECONDS ?= 300
 FUZZ_SEED ?=
 fuzz: venv
 	$(PYTHON) tests/fuzz/harness.py --seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+
+# the man pages (man/) and completion scripts (completion/) are generated from the CLI, the
+# configuration table and the docs, and kept in git (tests/unit/test_man.py checks they are current)
+man:
+	@/usr/bin/python3 -I tools/mkman.py
+
+completion:
+	@/usr/bin/python3 -I tools/mkcompletion.py
 
 # the daemon and CLI run on Debian's python3 (-I: no PYTHONPATH, no user site, no cwd)
 define launcher
@@ -119,6 +139,13 @@ install: module install-exec
 	install -m 0644 shell/slurmjwt.sh $(DESTDIR)$(PROFILEDIR)/slurmjwt.sh
 	install -m 0644 shell/slurmjwt.csh $(DESTDIR)$(CSHRCDIR)/slurmjwt.csh
 	install -m 0644 shell/README.md $(DESTDIR)$(DOCDIR)/shell.md
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+	  $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR)
+	install -m 0644 man/slurmjwt.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 man/slurmjwtd.toml.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 man/slurmjwtd.8 man/pam_slurmjwt.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 completion/slurmjwt.bash $(DESTDIR)$(BASHCOMPDIR)/slurmjwt
+	install -m 0644 completion/_slurmjwt $(DESTDIR)$(ZSHCOMPDIR)/_slurmjwt
 	@echo "zsh users: add to /etc/zsh/zshrc:  [ -r $(PROFILEDIR)/slurmjwt.sh ] && . $(PROFILEDIR)/slurmjwt.sh"
 	$(MAKE) -s -C pam install DESTDIR=$(DESTDIR)
 

@@ -38,7 +38,7 @@ from .nss import nss
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import (DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config, ConfigError,
                      load_config)
-from .protocol import REFUSALS, Response, parse_number
+from .protocol import REFUSALS, Code, Response, parse_number
 from .signer import rs256_kid, unverified_claims
 from .tokenfile import FILE_VARIABLE, read_token_file, token_path
 
@@ -348,13 +348,17 @@ def site_config() -> Config:
               "pam_slurmjwt.so [default: the directory of --pam-file].")
 @click.option("--sshd-config", default="/etc/ssh/sshd_config", metavar="PATH",
               help="sshd's configuration.")
+@click.option("--json", "as_json", is_flag=True,
+              help="The findings as one JSON list of {level, topic, what, why, fix}; "
+                   "the exit status is the same.")
 @click.pass_context
 def doctor(ctx: click.Context, config_path: str, slurm_conf: str, pam_file: str,
-           pam_dir: str | None, sshd_config: str) -> None:
+           pam_dir: str | None, sshd_config: str, as_json: bool) -> None:
     """Check this login node's setup (for admins); non-zero exit when something is wrong."""
     from .doctor import run_checks
     sys.exit(run_checks(socket=ctx.obj, config=config_path, slurm_conf=slurm_conf,
-                        pam_file=pam_file, sshd_config=sshd_config, pam_dir=pam_dir))
+                        pam_file=pam_file, sshd_config=sshd_config, pam_dir=pam_dir,
+                        as_json=as_json))
 
 
 @main.command()
@@ -386,11 +390,25 @@ def policy(ctx: click.Context, user: str, lifetime: int | None) -> None:
         sys.exit(EXIT_REFUSED)
 
 
+_COUNT = re.compile(r"[0-9]{1,18}\Z")
+_SECONDS = re.compile(r"[0-9]{1,18}(\.[0-9]{1,9})?\Z")
+
+
+def json_value(value: str) -> object:
+    """An answer's field for JSON: a count as a number, anything else as text."""
+    return int(value) if _COUNT.match(value) else value
+
+
 @main.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: the STATUS answer's fields (counts as numbers) and the socket.")
 @click.pass_context
-def status(ctx: click.Context) -> None:
+def status(ctx: click.Context, as_json: bool) -> None:
     """Say whether slurmjwtd answers, its version and signer."""
     fields = ask(ctx, "STATUS").fields
+    if as_json:
+        click.echo(json.dumps({"socket": ctx.obj} | {k: json_value(v) for k, v in fields.items()}))
+        return
     click.echo(printable(
         f"slurmjwtd {fields.get('version', '?')} answers on {ctx.obj}: "
         f"signer {fields.get('signer', '?')}, {fields.get('sessions', '?')} open session(s), "
@@ -398,6 +416,95 @@ def status(ctx: click.Context) -> None:
         f"up {fields.get('uptime', '?')} s; {fields.get('token_files', '?')} token file(s) kept "
         f"fresh, {fields.get('renewed', '?')} renewal(s), {fields.get('revoked', '?')} user(s) "
         f"revoked"))
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """METRICS' KEY:COUNT,... lists as pairs (the key is everything before the last colon)."""
+    return [tuple(item.rsplit(":", 1)) for item in text.split(",") if ":" in item]  # type: ignore[misc]
+
+
+def _label(text: str) -> str:
+    """TEXT as a label value needing no escapes: anything but [A-Za-z0-9._:+-] becomes _."""
+    return re.sub(r"[^A-Za-z0-9._:+-]", "_", text)
+
+
+def prometheus_text(fields: dict[str, str] | None) -> str:
+    """The METRICS answer's FIELDS in Prometheus' text exposition format (for node_exporter's
+    textfile collector); None: the daemon did not answer, and only slurmjwt_up 0 is known."""
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, object]]) -> None:
+        out.append(f"# HELP slurmjwt_{name} {help_text}")
+        out.append(f"# TYPE slurmjwt_{name} {kind}")
+        out.extend(f"slurmjwt_{name}{labels} {value}" for labels, value in samples)
+
+    metric("up", "gauge", "Whether slurmjwtd answered METRICS.", [("", 0 if fields is None else 1)])
+    if fields is None:
+        return "\n".join(out) + "\n"
+
+    def number(key: str) -> object:
+        value = json_value(fields.get(key, ""))
+        return value if isinstance(value, int) else "NaN"
+
+    metric("info", "gauge", "slurmjwtd's version and signer.",
+           [(f'{{version="{_label(fields.get("version", ""))}",'
+             f'signer="{_label(fields.get("signer", ""))}"}}', 1)])
+    metric("grants_total", "counter", "Tokens made for requests (MINT and OPEN).",
+           [("", number("granted"))])
+    refusals = {code: count for code, count in _pairs(fields.get("refusals", ""))}
+    codes = sorted({code.value for code in Code} | refusals.keys())
+    metric("refusals_total", "counter", "Requests refused (and renewals refused), by protocol code.",
+           [(f'{{code="{_label(code)}"}}', json_value(refusals.get(code, "0")))
+            for code in codes])
+    metric("renewals_total", "counter", "Token files renewed.", [("", number("renewed"))])
+    metric("signer_failures_total", "counter",
+           "Times the signer failed to make a token (for a request or a renewal).",
+           [("", number("signer_failures"))])
+    metric("sessions", "gauge", "Open login sessions.", [("", number("sessions"))])
+    metric("token_files", "gauge", "Token files kept fresh.", [("", number("token_files"))])
+    metric("revoked_users", "gauge", "Users revoked by root.", [("", number("revoked"))])
+    metric("uptime_seconds", "gauge", "Seconds since slurmjwtd started.", [("", number("uptime"))])
+    buckets, total = [], 0
+    for bound, count in _pairs(fields.get("latency", "")):
+        total += int(count) if _COUNT.match(count) else 0
+        buckets.append((f'{{le="{"+Inf" if bound == "inf" else _label(bound)}"}}', total))
+    name = "request_duration_seconds"
+    metric(name, "histogram", "Time from accepting a request's connection to sending its answer.",
+           [])
+    out.extend(f"slurmjwt_{name}_bucket{labels} {value}" for labels, value in buckets)
+    latency_sum = fields.get("latency_sum", "")
+    if not _SECONDS.match(latency_sum):
+        latency_sum = "NaN"
+    out.append(f"slurmjwt_{name}_sum {latency_sum}")
+    out.append(f"slurmjwt_{name}_count {total}")
+    return "\n".join(out) + "\n"
+
+
+@main.command()
+@click.option("--output", metavar="FILE", help="Write FILE (mode 0644) instead of stdout, "
+              "replacing it whole, e.g. /var/lib/prometheus/node-exporter/slurmjwt.prom.")
+@click.pass_context
+def metrics(ctx: click.Context, output: str | None) -> None:
+    """Print slurmjwtd's counters in Prometheus' text format, for node_exporter's textfile
+    collector (no user names, no tokens).
+
+    If the daemon does not answer, prints (or writes) slurmjwt_up 0 and exits 3 (6 for a
+    daemon error)."""
+    failure = None
+    try:
+        fields: dict[str, str] | None = ask(ctx, "METRICS").fields
+    except Failure as exc:
+        fields, failure = None, exc
+    text = prometheus_text(fields)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        try:
+            write_atomic(output, text.encode(), mode=0o644)
+        except OSError as exc:
+            raise Failure(EXIT_ERROR, f"cannot write {output}: {exc.strerror}")
+    if failure is not None:
+        raise failure
 
 
 @main.command()

@@ -38,7 +38,7 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import Config, ConfigError, load_config, toml_value
@@ -775,19 +775,24 @@ def check_jobs(config: Config | None, config_path: str, slurm_conf: str,
 def run_checks(socket: str, config: str, slurm_conf: str, pam_file: str, sshd_config: str,
                pam_dir: str | None = None,
                clock: Callable[[], tuple[bool, str]] = read_clock,
-               jobs: Callable[[Config | None, str, str], list[Finding]] = check_jobs) -> int:
+               jobs: Callable[[Config | None, str, str], list[Finding]] = check_jobs,
+               as_json: bool = False) -> int:
     """Print one block per finding and a summary; 0 if nothing is wrong (warnings allowed), else 1.
     CLOCK and JOBS (called with the configuration, its path and slurm.conf's) can be replaced;
-    PAM_DIR, where the other PAM stacks are looked for, defaults to PAM_FILE's directory."""
+    PAM_DIR, where the other PAM stacks are looked for, defaults to PAM_FILE's directory.
+    AS_JSON: print the findings as one JSON list of {level, topic, what, why, fix} instead."""
     cfg, finding = check_config(config)  # first: check_daemon compares the socket with it
     findings = [check_daemon(socket, cfg)]
     findings += [finding, check_policy_names(cfg, config), check_key(cfg), check_tokens(cfg),
                  *check_slurm_conf(slurm_conf, cfg, config)]
     findings += [check_pam(pam_file), check_pam_stacks(pam_file, pam_dir), check_sshd(sshd_config),
                  check_clock(clock), *jobs(cfg, config, slurm_conf)]
-    for f in findings:
-        print(f.render())
     problems = sum(f.level == PROBLEM for f in findings)
     warnings = sum(f.level == WARNING for f in findings)
+    if as_json:
+        print(json.dumps([asdict(f) for f in findings], indent=1))
+        return 1 if problems else 0
+    for f in findings:
+        print(f.render())
     print(f"{problems} problem{'s' * (problems != 1)}, {warnings} warning{'s' * (warnings != 1)}")
     return 1 if problems else 0

@@ -32,7 +32,7 @@ from .renewal import RETRY_MIN
 from .revocation import Revocation, RevocationError
 from .sessions import Session
 from .signer import SignerError, Token, unverified_claims
-from .state import DaemonState
+from .state import LATENCY_BUCKETS, DaemonState
 from .tokenfile import token_path
 
 log = logging.getLogger("slurmjwtd")
@@ -125,7 +125,7 @@ class Operation:
 
 
 class Operations:
-    """MINT, OPEN, CLOSE, STATUS, EXPLAIN, REVOKE, UNREVOKE: facts gathered, policy asked,
+    """MINT, OPEN, CLOSE, STATUS, METRICS, EXPLAIN, REVOKE, UNREVOKE: facts gathered, policy asked,
     answer encoded; and the renewal of the token files."""
 
     def __init__(self, state: DaemonState) -> None:
@@ -138,7 +138,7 @@ class Operations:
     def refuse(self, caller: Caller, refusal: Refusal, op: str = "-") -> bytes:
         """The one place a refusal is counted, audited and encoded; OP "-": refused before any
         operation was read (the server's framing, deadlines and caps)."""
-        self.state.counters.refused += 1
+        self.state.counters.refusal(refusal.code.value)
         fields = refusal.audit if refusal.rule is None else {**refusal.audit, "rule": refusal.rule}
         self.state.audit(decision="refused", op=op, caller_uid=caller.uid, caller_pid=caller.pid,
                          **fields, reason=refusal.reason, code=refusal.code.value,
@@ -164,7 +164,7 @@ class Operations:
             return self.refuse(caller, refusal, op)
         except Exception:
             log.exception("internal error answering uid %d pid %d", caller.uid, caller.pid)
-            self.state.counters.refused += 1
+            self.state.counters.refusal(Code.INTERNAL.value)
             return _INTERNAL
 
     def _admit(self, operation: Operation, caller: Caller, request: Request,
@@ -219,11 +219,13 @@ class Operations:
                                            pending.future.result()))
         except SignerError as exc:
             self._undo(grant)
+            self.state.counters.signer_failures += 1
             return self.refuse(pending.caller, Refusal(Code.SIGNER_UNAVAILABLE, "signer", str(exc),
                                                        user=grant.target.name), pending.op)
         except Exception:
             log.exception("internal error signing for %s", grant.target.name)
             self._undo(grant)
+            self.state.counters.refusal(Code.INTERNAL.value)
             return _INTERNAL
 
     def _undo(self, grant: Grant) -> None:
@@ -389,6 +391,7 @@ class Operations:
     def _renew_failed(self, grant: Grant, why: str) -> None:
         """The signer failed: the old token stays in the file; try again later."""
         uid = grant.target.uid
+        self.state.counters.signer_failures += 1
         self.refuse(self.renewer, Refusal(Code.SIGNER_UNAVAILABLE, "signer", why,
                                           user=grant.target.name, uid=uid), "renew")
         self.state.schedule.failed(uid, time.time())
@@ -485,6 +488,22 @@ class Operations:
                 "revoked": len(state.revocations),
                 "uptime": int(time.monotonic() - state.started)}
 
+    def _op_metrics(self, caller: Caller, request: Request) -> Fields:
+        """The counters for monitoring (`slurmjwt metrics`): numbers and protocol codes only,
+        never a user's name or a token. `refusals` and `latency` are lists of KEY:COUNT, the
+        latency buckets' counts not cumulative, the last one's bound `inf`."""
+        state, counters = self.state, self.state.counters
+        bounds = [f"{b:g}" for b in LATENCY_BUCKETS] + ["inf"]
+        return {"version": __version__, "signer": state.signer.name,
+                "sessions": len(state.registry), "granted": counters.granted,
+                "refused": counters.refused, "renewed": counters.renewed,
+                "token_files": len(state.schedule) + len(self._renewing),
+                "revoked": len(state.revocations), "signer_failures": counters.signer_failures,
+                "refusals": ",".join(f"{code}:{n}" for code, n in sorted(counters.refusals.items())),
+                "latency": ",".join(f"{b}:{n}" for b, n in zip(bounds, counters.latency)),
+                "latency_sum": f"{counters.latency_sum:.6f}",
+                "uptime": int(time.monotonic() - state.started)}
+
     def _revoked_account(self, request: Request) -> Account:
         name = request.args["user"]
         target = lookup_account(name, frozenset())
@@ -541,6 +560,7 @@ OPERATIONS: dict[str, Operation] = {
     "CLOSE": Operation(Operations._op_close, _args("session"), root_socket=True, root_only=True,
                        required=("session",)),
     "STATUS": Operation(Operations._op_status, _args()),
+    "METRICS": Operation(Operations._op_metrics, _args()),
     "EXPLAIN": Operation(Operations._op_explain, _args("user", "lifetime"), root_only=True,
                          required=("user",)),
     "REVOKE": Operation(Operations._op_revoke, _args("user", "reason"), root_only=True,

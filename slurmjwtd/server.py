@@ -60,6 +60,7 @@ class Connection:
     sock: socket.socket
     caller: Caller
     deadline: float
+    accepted: float = 0.0  # time.monotonic() at accept: the answer's latency counts from it
     buf: bytes = b""
     root_socket: bool = False  # came through the root socket
     refused: bool = False  # answered `busy` at once; kept only until the client has written
@@ -413,12 +414,13 @@ class Server:
                 self._timers[self._on_resume_accept] = time.monotonic() + _ACCEPT_PAUSE
                 return
             caller = peer_caller(sock)
-            deadline = time.monotonic() + self.state.config.client_timeout
+            accepted = time.monotonic()
+            deadline = accepted + self.state.config.client_timeout
             if not caller.is_root and self._conns.full(caller.uid,
                                                        self.state.config.max_clients_per_uid):
                 self._refuse_busy(sock, caller, deadline)
                 continue
-            conn = Connection(sock, caller, deadline, root_socket=root_socket)
+            conn = Connection(sock, caller, deadline, accepted, root_socket=root_socket)
             self._conns.add(conn)
             self._read(conn, fresh=True)
 
@@ -468,6 +470,7 @@ class Server:
                 conn.sock.send(reply, _NOWAIT)  # <= MAX_RESPONSE into an empty socket buffer
             except OSError:
                 pass
+            self.state.counters.answered(time.monotonic() - conn.accepted)
         conn.sock.close()
 
     def _refuse_busy(self, sock: socket.socket, caller: Caller, deadline: float) -> None:

@@ -3,6 +3,7 @@ request handlers."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -18,11 +19,32 @@ from .signer import Signer
 from .tokenfile import TokenFiles
 
 
+# upper bounds (seconds) of the request latency histogram's buckets; one more counts the rest
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0)
+
+
 @dataclass
 class Counters:
+    """What the daemon counts since it started, for STATUS and METRICS: never a user's name or a
+    token, only numbers (and the protocol's codes)."""
+
     granted: int = 0  # tokens made for requests: MINT and OPEN
     refused: int = 0
     renewed: int = 0  # token files renewed
+    refusals: dict[str, int] = field(default_factory=dict)  # refused, by protocol code
+    signer_failures: int = 0  # the signer failed to make a token (a request's or a renewal's)
+    # answered requests by time from accept to answer: LATENCY_BUCKETS' and one for the rest
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0  # seconds, all answered requests
+
+    def refusal(self, code: str) -> None:
+        self.refused += 1
+        self.refusals[code] = self.refusals.get(code, 0) + 1
+
+    def answered(self, seconds: float) -> None:
+        """A request answered SECONDS after it was accepted."""
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
 
 @dataclass

@@ -11,6 +11,7 @@ check for root comes once the tests are collected, only if some are not unit tes
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import itertools
 import os
@@ -19,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +45,34 @@ GROUP_MARK = Path("/var/tmp/slurmjwt-test-made-group")
 
 
 UNIT = Path(__file__).resolve().parent / "unit"  # tests that need neither root nor the build
+
+
+_CONFIG: list[pytest.Config] = []  # pytest's, once it has started
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _CONFIG.append(config)
+
+
+_SHOWN: set[str] = set()
+
+
+def progress(message: str) -> None:
+    """One line on the terminal, past pytest's capture, once per run: what a fixture starts that
+    takes a while (slurmctld, sshd), so that a run does not look hung. Outside pytest (demo.py):
+    stderr."""
+    if message in _SHOWN:
+        return
+    _SHOWN.add(message)
+    plugins = _CONFIG[-1].pluginmanager if _CONFIG else None
+    reporter = plugins.get_plugin("terminalreporter") if plugins else None
+    if reporter is None:
+        print(message, file=sys.stderr, flush=True)
+        return
+    capture = plugins.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        at_line_start = getattr(getattr(reporter, "_tw", None), "width_of_current_line", 1) == 0
+        reporter.write(("" if at_line_start else "\n") + f"[{message}]\n")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

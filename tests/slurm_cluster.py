@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import run_as
+from conftest import progress, run_as
 
 SLURMCTLD = "/usr/sbin/slurmctld"
 SLURMRESTD = "/usr/sbin/slurmrestd"
@@ -191,6 +191,7 @@ class SlurmCluster:
             if not os.access(binary, os.X_OK):
                 raise SlurmError(f"{binary} missing: apt-get install slurmctld slurmd slurmrestd "
                                  f"slurm-wlm-jwt-plugin munge slurm-client")
+        progress(f"starting munged, slurmctld, slurmd and slurmrestd (cluster {self.cluster_name})")
         self.kill_leftovers()
         self._start_munged()
         self._prepare_dirs()

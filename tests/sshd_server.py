@@ -27,6 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from conftest import progress
 from slurm_cluster import _port_answers
 
 SSHD = "/usr/sbin/sshd"
@@ -133,6 +134,7 @@ class SshServer:
         for binary in (SSHD, SSH, SSH_KEYGEN):
             if not os.access(binary, os.X_OK):
                 raise SshError(f"{binary} missing: apt-get install openssh-server openssh-client")
+        progress(f"starting sshd on 127.0.0.1:{self.port} (PAM service {self.service})")
         self.kill_leftovers()
         if _port_answers(self.port):
             ss = subprocess.run(["ss", "-Htlnp", f"sport = :{self.port}"], check=False,

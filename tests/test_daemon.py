@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 
 import jwt
 
@@ -149,6 +150,41 @@ def test_every_decision_is_audited_and_no_token_is_logged(make_daemon, users, le
     assert f"decision=refused op=mint caller_uid={users['bob'].pw_uid}" in refused
     assert "reason=no-session" in refused
     assert "decision=granted op=close" in closed
+
+
+def test_status_json_and_metrics(daemon, users, leaders):
+    """status --json: STATUS' fields, counts as numbers, and the socket; metrics: Prometheus'
+    text format, refusals by code, latency; no user's name, no token, for any user to read."""
+    alice, bob = users["alice"].pw_name, users["bob"].pw_name
+    env = {"SLURMJWT_SOCKET": daemon.socket}
+    before = json.loads(run_as(bob, SLURMJWT, "status", "--json", env=env).stdout)
+    leaders(daemon.root_socket, alice)
+    token_of(daemon.token_as(alice))
+    assert daemon.token_as(bob).returncode == 5  # no-session
+    status = run_as(bob, SLURMJWT, "status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    now = json.loads(status.stdout)
+    assert now["socket"] == daemon.socket and now["signer"] == "hs256" and now["protocol"] == 1
+    assert now["granted"] >= before["granted"] + 2 and now["refused"] >= before["refused"] + 1
+    assert all(isinstance(now[k], int) for k in ("sessions", "granted", "refused", "uptime"))
+    metrics = run_as(bob, SLURMJWT, "metrics", env=env)
+    assert metrics.returncode == 0, metrics.stderr
+    text = metrics.stdout
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert samples["slurmjwt_up"] == "1"
+    assert int(samples['slurmjwt_refusals_total{code="no-session"}']) >= 1
+    assert int(samples["slurmjwt_grants_total"]) >= now["granted"]
+    assert int(samples['slurmjwt_request_duration_seconds_bucket{le="+Inf"}']) == int(
+        samples["slurmjwt_request_duration_seconds_count"]) > 0
+    assert "# TYPE slurmjwt_request_duration_seconds histogram" in text
+    assert alice not in text and bob not in text and "eyJ" not in text
+    down = run_as(bob, SLURMJWT, "metrics", env={"SLURMJWT_SOCKET": "/nonexistent/sock"})
+    assert down.returncode == 3 and "slurmjwt_up 0" in down.stdout
+    out = daemon.dir / "slurmjwt.prom"
+    written = subprocess.run([SLURMJWT, "--socket", daemon.socket, "metrics", "--output", str(out)],
+                             capture_output=True, text=True, timeout=30, check=False)
+    assert written.returncode == 0 and written.stdout == "", written.stderr
+    assert "slurmjwt_up 1\n" in out.read_text() and stat.S_IMODE(out.stat().st_mode) == 0o644
 
 
 def test_cli_show_status_and_errors(daemon, users, leaders):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -168,6 +169,23 @@ def test_correct_setup_through_the_cli(site):
     assert result.returncode == (0 if synced else 1), result.stdout
     warned = [x.split(":")[0] for x in result.stdout.splitlines() if x.startswith("WARNING")]
     assert set(warned) <= {"WARNING jobs"}, result.stdout
+
+
+def test_json_findings_and_the_same_exit_status(site):
+    """doctor --json: one JSON list of {level, topic, what, why, fix}, the same findings and exit
+    status as the text (here with a problem: the daemon's socket is wrong)."""
+    missing = str(site.dir / "typo.sock")
+    text = site.cli(socket=missing)
+    as_json = subprocess.run([*site.argv(socket=missing), "--json"], check=False,
+                             capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    findings = json.loads(as_json.stdout)
+    assert as_json.returncode == text.returncode == 1 and as_json.stderr == ""
+    assert all(f.keys() == {"level", "topic", "what", "why", "fix"} for f in findings)
+    assert [f"{f['level']:<8}{f['topic']}: {f['what']}" for f in findings] == [
+        line for line in text.stdout.splitlines()[:-1] if not line.startswith(" ")]
+    daemon = next(f for f in findings if f["topic"] == "daemon")
+    assert daemon["level"] == "PROBLEM" and missing in daemon["what"] and daemon["fix"]
 
 
 # -- each broken piece ----------------------------------------------------------------------

@@ -28,7 +28,7 @@ def test_fuzz_briefly(capsys):
     result = fuzz(SEED, iterations=INPUTS)
     assert result.inputs == INPUTS
     ok = {s[1] for s in result.signatures if len(s) > 2 and s[2] == "OK"}
-    assert {"MINT", "OPEN", "CLOSE", "STATUS", "EXPLAIN"} <= ok  # it reaches every operation
+    assert {"MINT", "OPEN", "CLOSE", "STATUS", "METRICS", "EXPLAIN"} <= ok  # it reaches every operation
     with capsys.disabled():
         print(f"\nfuzz: {result.inputs} inputs, {result.rate:.0f} per second, "
               f"{len(result.signatures)} distinct answers")

@@ -15,8 +15,9 @@ Invariants, for every input:
   `SJWT/1 OK` with well-formed pairs or `SJWT/1 ERR CODE MESSAGE` with a known code, never
   `internal`; nothing is logged at ERROR (log.exception: a traceback);
 - a lifetime is granted only as asked, in ASCII digits;
-- a refusal writes exactly one audit line, an OK MINT, OPEN or CLOSE one grant line, STATUS
-  and an OK EXPLAIN none; every audit line is one line of known fields.
+- a refusal writes exactly one audit line, an OK MINT, OPEN or CLOSE one grant line, STATUS,
+  METRICS and an OK EXPLAIN none; every audit line is one line of known fields;
+- the refusals counted by code (METRICS) add up to the refusals counted.
 
 Seeds come from tests/fuzz/corpus (one request per file, raw bytes). An input that yields an
 answer not seen before (caller, operation, code, first words of the message) joins the
@@ -68,12 +69,13 @@ _KEY = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DIGITS = re.compile(r"[0-9]+\Z")
 _AUDITED_GRANTS = {"MINT", "OPEN", "CLOSE"}
-_OPS = _AUDITED_GRANTS | {"STATUS", "EXPLAIN"}
+_OPS = _AUDITED_GRANTS | {"STATUS", "METRICS", "EXPLAIN"}
 STATE_EVERY = 2000  # inputs per fresh daemon state: bounds the registry and the rate limiter
 
 # words the mutator splices in: the grammar's pieces and the values that found bugs
 DICTIONARY = [
     b"SJWT/1 ", b"SJWT/2 ", b"SJWT/1", b"MINT", b"OPEN", b"CLOSE", b"STATUS", b"EXPLAIN",
+    b"METRICS",
     b"user=", b"lifetime=", b"session=", b"tty=", b"rhost=", b"service=", b"token=",
     b" user=nobody", b" user=root", b" user=daemon", b" user=no-such-user", b" user=nobody@EX.ORG",
     b" lifetime=1", b" lifetime=3600", b" lifetime=999999999", b" lifetime=0",
@@ -228,6 +230,10 @@ class Target:
             op = op if op in _OPS else "other"
         if not isinstance(reply, bytes):
             raise AssertionError(f"answer is {type(reply).__name__}, not bytes")
+        counters = self.ops.state.counters
+        if sum(counters.refusals.values()) != counters.refused:
+            raise AssertionError(f"refusals by code {counters.refusals} do not add up to "
+                                 f"refused={counters.refused}")
         answer = check_answer(reply)
         new = self.audit.lines[audited:]
         if not answer.ok:

@@ -23,8 +23,8 @@ SESSION = "0123456789abcdef"  # no such session
 # a request of each operation that passes its table entry's checks (its required arguments)
 REQUESTS = {"MINT": "SJWT/1 MINT user=nobody", "OPEN": "SJWT/1 OPEN user=nobody",
             "CLOSE": f"SJWT/1 CLOSE session={SESSION}", "STATUS": "SJWT/1 STATUS",
-            "EXPLAIN": "SJWT/1 EXPLAIN user=nobody", "REVOKE": "SJWT/1 REVOKE user=nobody",
-            "UNREVOKE": "SJWT/1 UNREVOKE user=nobody"}
+            "METRICS": "SJWT/1 METRICS", "EXPLAIN": "SJWT/1 EXPLAIN user=nobody",
+            "REVOKE": "SJWT/1 REVOKE user=nobody", "UNREVOKE": "SJWT/1 UNREVOKE user=nobody"}
 
 
 @pytest.fixture
@@ -302,6 +302,45 @@ def test_status(ops, state):
     assert [answer.fields[k] for k in ("protocol", "signer", "sessions", "granted", "refused")] == [
         "1", "hs256", "0", "1", "1"]
     assert len(state.audit_log.lines) == audited
+
+
+def test_metrics_count_refusals_by_code_and_signer_failures(make_state, scontrol):
+    """METRICS: anyone may ask; numbers and codes only, no user name, no token; not audited."""
+    state = make_state(scontrol(DOWN))
+    ops = Operations(state)
+    try:
+        ask(ops, USER, "SJWT/1 MINT user=root")  # permission-denied
+        ask(ops, ROOT, "SJWT/1 MINT user=root")  # below-min-uid
+        ask(ops, ROOT, "SJWT/1 MINT user=nobody")  # signer-unavailable
+        ask(ops, ROOT, "SJWT/1 MINT user=nobody")
+        ask(ops, USER, "SJWT/1 NOSUCH")  # bad-request
+        audited = len(state.audit_log.lines)
+        answer = ask(ops, USER, "SJWT/1 METRICS", root_socket=False)
+    finally:
+        ops.shutdown()
+    f = answer.fields
+    assert answer.ok and len(state.audit_log.lines) == audited
+    assert f.keys() == {"version", "signer", "sessions", "granted", "refused", "renewed",
+                        "token_files", "revoked", "signer_failures", "refusals", "latency",
+                        "latency_sum", "uptime"}
+    assert f["refusals"] == ("bad-request:1,below-min-uid:1,permission-denied:1,"
+                             "signer-unavailable:2")
+    assert (f["refused"], f["signer_failures"], f["granted"]) == ("5", "2", "0")
+    # the server counts latency (from accept to answer): Operations alone answers none
+    assert f["latency"] == "0.0005:0,0.001:0,0.0025:0,0.005:0,0.01:0,0.05:0,0.25:0,1:0,5:0,inf:0"
+    line = ops.answer(USER, b"SJWT/1 METRICS")
+    assert b"nobody" not in line and b"root" not in line and b"eyJ" not in line
+
+
+def test_metrics_fit_an_answer_with_every_code_counted(ops, state):
+    """The longest METRICS answer (every code counted, huge counts) fits the 4096-byte limit."""
+    for code in Code:
+        state.counters.refusals[code.value] = 10**15
+    state.counters.latency = [10**15] * len(state.counters.latency)
+    state.counters.latency_sum = 10.0**12
+    line = ops.answer(USER, b"SJWT/1 METRICS")
+    assert line.startswith(b"SJWT/1 OK ") and len(line) < 1500  # docs/protocol.md; 4096 at most
+    assert len(parse_response(line[:-1]).fields["refusals"].split(",")) == len(Code)
 
 
 def test_explain_says_what_mint_would_decide(make_state):

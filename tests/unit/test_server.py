@@ -366,3 +366,24 @@ def test_sighup_reloads_and_a_failed_reload_keeps_the_old(start, peer, make_stat
     assert server.state.config.lifetime == 900 and server.state.config.socket == config.socket
     assert "reload refused, still serving with the old configuration" in caplog.text
     assert f"socket changed: that takes a restart; keeping {config.socket}" in caplog.text
+
+
+def test_latency_is_counted_for_every_answer(start):
+    """Each answered request counts once in the latency histogram (from accept to answer);
+    a connection that hangs up unanswered does not."""
+    server = start()
+    path = server.state.config.socket
+    got = {}
+
+    def clients() -> None:
+        for _ in range(3):
+            call(path, "STATUS")
+        exchange(path, b"SJWT/1 NOSUCH\n")
+        connect(path).close()  # nothing to answer
+        got["metrics"] = call(path, "METRICS")
+
+    serve(server, clients)
+    fields = got["metrics"].fields
+    counts = [int(item.rsplit(":", 1)[1]) for item in fields["latency"].split(",")]
+    assert sum(counts) == 4 and fields["refusals"] == "bad-request:1"  # METRICS itself: after
+    assert sum(server.state.counters.latency) == 5 and 0 < server.state.counters.latency_sum < 10
