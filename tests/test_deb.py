@@ -262,7 +262,8 @@ def test_maintainer_scripts_enable_the_sockets_and_restart_the_service_after_an_
     assert "if deb-systemd-helper debian-installed 'slurmjwtd.service'; then" in postinst
     assert "deb-systemd-invoke start 'slurmjwtd-root.socket' 'slurmjwtd.socket'" in postinst
     assert "deb-systemd-invoke try-restart 'slurmjwtd.service'" in postinst
-    assert "start 'slurmjwtd.service'" not in postinst  # socket activation starts it
+    # socket activation starts it: never a start or restart of its own
+    assert not re.search(r"deb-systemd-invoke (start|restart) [^\n]*'slurmjwtd\.service'", postinst)
     # nothing stops the daemon before an upgrade; remove stops it and both sockets
     assert not (control / "preinst").exists() or "stop" not in (control / "preinst").read_text()
     assert "deb-systemd-invoke stop slurmjwtd.service slurmjwtd.socket slurmjwtd-root.socket" in prerm
