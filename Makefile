@@ -10,7 +10,7 @@ PYTHON  := $(VENV)/bin/python
 # (deps) all of them.
 RUNTIME_PACKAGES := python3 python3-click python3-systemd python3-jwt python3-cryptography
 BUILD_PACKAGES := gcc libc6-dev make libpam0g-dev pkg-config
-DEB_PACKAGES := debhelper dh-python dpkg-dev fakeroot lintian
+DEB_PACKAGES := build-essential debhelper dh-python dpkg-dev fakeroot lintian
 TEST_PACKAGES := slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
 	pamtester openssh-server openssh-client valgrind libsystemd-dev \
 	python3-venv python3-dev systemd binutils curl zsh tcsh tmux screen strace \
