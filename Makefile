@@ -5,13 +5,17 @@
 
 VENV    ?= /opt/slurmjwt/venv
 PYTHON  := $(VENV)/bin/python
-APT_PACKAGES := slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
-	libpam0g-dev pamtester openssh-server openssh-client valgrind libsystemd-dev pkg-config \
-	python3-venv python3-dev python3-click python3-systemd python3-jwt python3-cryptography \
-	systemd gcc binutils make curl zsh tcsh tmux screen strace \
-	procps passwd util-linux acl
-# groff renders the man pages (make man's test)
-APT_PACKAGES += groff-base
+# Debian packages, by what needs them. `make install` pulls only RUNTIME and BUILD (a compiler
+# and PAM's headers, for the module and slurmjwt-exec); `make deb` BUILD and DEB; `make test`
+# (deps) all of them.
+RUNTIME_PACKAGES := python3 python3-click python3-systemd python3-jwt python3-cryptography
+BUILD_PACKAGES := gcc libc6-dev make libpam0g-dev pkg-config
+DEB_PACKAGES := build-essential debhelper dh-python dpkg-dev fakeroot lintian
+TEST_PACKAGES := slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
+	pamtester openssh-server openssh-client valgrind libsystemd-dev \
+	python3-venv python3-dev systemd binutils curl zsh tcsh tmux screen strace \
+	procps passwd util-linux acl groff-base
+APT_PACKAGES := $(RUNTIME_PACKAGES) $(BUILD_PACKAGES) $(DEB_PACKAGES) $(TEST_PACKAGES)
 PYTEST_ARGS ?=
 
 # `make install`: where a Debian admin expects things; DESTDIR and PREFIX are honoured
@@ -26,7 +30,6 @@ SYSUSERSDIR ?= /usr/lib/sysusers.d
 TMPFILESDIR ?= /usr/lib/tmpfiles.d
 PROFILEDIR  ?= $(SYSCONFDIR)/profile.d
 CSHRCDIR    ?= $(SYSCONFDIR)/csh/cshrc.d
-RUNTIME_PACKAGES := python3 python3-click python3-systemd python3-jwt python3-cryptography
 # slurmjwt-exec runs Slurm's commands (in SLURM_BINDIR) without the login's token; its links go in
 # WRAPDIR, which must come before SLURM_BINDIR on PATH (/usr/local/bin does on every Debian default)
 SLURM_BINDIR ?= /usr/bin
@@ -36,20 +39,29 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 # on Debian's zsh fpath: vendor-completions for a package (PREFIX=/usr), site-functions in /usr/local
 ZSHCOMPDIR  ?= $(if $(filter /usr,$(PREFIX)),/usr/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
 
-.PHONY: all deps venv module test demo bench fuzz install install-exec install-deps clean man completion
+.PHONY: all deps venv module test demo bench fuzz install install-exec install-deps install-build-deps \
+	uninstall deb clean man completion
 
 all: venv module
 
-deps:
-	@installed=$$(dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | grep -c 'install ok installed'); \
-	if [ "$$installed" -ne $(words $(APT_PACKAGES)) ]; then \
-	  missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
-	    grep -q 'install ok installed' || echo $$p; done); \
-	  echo "deps: apt-get update, then installing $$(echo $$missing | wc -w) Debian packages" \
+# apt_ensure: install those of the Debian packages $(1) that are not installed yet
+define apt_ensure
+@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	  grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get update, then installing $$(echo $$missing | wc -w) Debian packages" \
 	    "(and what they need): $$(echo $$missing)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	    --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+deps:
+	$(call apt_ensure,$(APT_PACKAGES))
+
+# what `make install` needs: the runtime, and the tools to build the C side
+install-build-deps:
+	$(call apt_ensure,$(RUNTIME_PACKAGES) $(BUILD_PACKAGES))
 
 venv: deps
 	@[ -x $(PYTHON) ] || { echo "venv: creating $(VENV)"; /usr/bin/python3 -m venv $(VENV); }
@@ -106,7 +118,7 @@ install-deps:
 	apt-get install -y --no-install-recommends $(RUNTIME_PACKAGES)
 
 # one link per Slurm command present in SLURM_BINDIR (`slurmjwt-exec --list` is the table)
-install-exec: deps
+install-exec: install-build-deps
 	@[ "$$(realpath -m $(WRAPDIR))" != "$$(realpath -m $(SLURM_BINDIR))" ] || \
 	  { echo "install-exec: WRAPDIR and SLURM_BINDIR are both $(SLURM_BINDIR): set WRAPDIR to a directory before it on PATH" >&2; exit 1; }
 	$(MAKE) -s -C pam slurmjwt-exec SLURM_BINDIR=$(SLURM_BINDIR) SYSCONFDIR=$(SYSCONFDIR)
@@ -115,7 +127,7 @@ install-exec: deps
 	@for c in $$(pam/slurmjwt-exec --list); do \
 	  [ ! -e $(SLURM_BINDIR)/$$c ] || ln -sfn $(LIBDIR)/slurmjwt-exec $(DESTDIR)$(WRAPDIR)/$$c; done
 
-install: module install-exec
+install: install-build-deps install-exec
 	install -d $(DESTDIR)$(LIBDIR)/slurmjwtd $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) \
 	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DOCDIR)
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/slurmjwt
@@ -148,6 +160,41 @@ install: module install-exec
 	install -m 0644 completion/_slurmjwt $(DESTDIR)$(ZSHCOMPDIR)/_slurmjwt
 	@echo "zsh users: add to /etc/zsh/zshrc:  [ -r $(PROFILEDIR)/slurmjwt.sh ] && . $(PROFILEDIR)/slurmjwt.sh"
 	$(MAKE) -s -C pam install DESTDIR=$(DESTDIR)
+
+# remove what `make install` put, with the same PREFIX, DESTDIR and directories; the
+# configuration stays if it differs from the example (as dpkg keeps a changed conffile)
+uninstall:
+	@for l in $(DESTDIR)$(WRAPDIR)/*; do \
+	  [ ! -L $$l ] || [ "$$(readlink $$l)" != $(LIBDIR)/slurmjwt-exec ] || rm -f $$l; done
+	rm -f $(DESTDIR)$(BINDIR)/slurmjwt $(DESTDIR)$(SBINDIR)/slurmjwtd
+	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DOCDIR)
+	rm -f $(DESTDIR)$(UNITDIR)/slurmjwtd.service $(DESTDIR)$(UNITDIR)/slurmjwtd.socket \
+	  $(DESTDIR)$(UNITDIR)/slurmjwtd-root.socket
+	rm -f $(DESTDIR)$(SYSUSERSDIR)/slurmjwt.conf $(DESTDIR)$(TMPFILESDIR)/slurmjwt.conf
+	rm -f $(DESTDIR)$(PROFILEDIR)/slurmjwt.sh $(DESTDIR)$(CSHRCDIR)/slurmjwt.csh
+	rm -f $(DESTDIR)$(MANDIR)/man1/slurmjwt.1 $(DESTDIR)$(MANDIR)/man5/slurmjwtd.toml.5 \
+	  $(DESTDIR)$(MANDIR)/man8/slurmjwtd.8 $(DESTDIR)$(MANDIR)/man8/pam_slurmjwt.8 \
+	  $(DESTDIR)$(BASHCOMPDIR)/slurmjwt $(DESTDIR)$(ZSHCOMPDIR)/_slurmjwt
+	@conf=$(DESTDIR)$(SYSCONFDIR)/slurmjwt; \
+	if cmp -s $$conf/slurmjwtd.toml $$conf/slurmjwtd.toml.example; then rm -f $$conf/slurmjwtd.toml; \
+	elif [ -e $$conf/slurmjwtd.toml ]; then echo "uninstall: $$conf/slurmjwtd.toml was changed: kept"; fi; \
+	rm -f $$conf/slurmjwtd.toml.example; rmdir $$conf 2>/dev/null || true
+	$(MAKE) -s -C pam uninstall DESTDIR=$(DESTDIR)
+
+# `make deb`: slurmjwt_<version>_<arch>.deb here, built by dpkg-buildpackage (debian/) in a copy
+# of this tree under DEB_BUILDDIR, then checked by lintian (LINTIAN= skips that)
+DEB_BUILDDIR ?= build/deb
+LINTIAN ?= lintian --fail-on error,warning --display-info
+deb:
+	$(call apt_ensure,$(RUNTIME_PACKAGES) $(BUILD_PACKAGES) $(DEB_PACKAGES))
+	rm -rf $(DEB_BUILDDIR) && mkdir -p $(DEB_BUILDDIR)/slurmjwt
+	tar -c --exclude=./build --exclude=./.git --exclude='./*.deb' --exclude=__pycache__ \
+	  --exclude=.pytest_cache . | tar -x -C $(DEB_BUILDDIR)/slurmjwt
+	cd $(DEB_BUILDDIR)/slurmjwt && dpkg-buildpackage -b -us -uc >../build.log 2>&1 || \
+	  { tail -40 ../build.log >&2; exit 1; }
+	@deb=slurmjwt_$$(dpkg-parsechangelog -S Version)_$$(dpkg-architecture -qDEB_HOST_ARCH).deb; \
+	cp $(DEB_BUILDDIR)/$$deb . && echo "built $$deb" && \
+	if [ -n "$(LINTIAN)" ]; then $(LINTIAN) $$deb; fi
 
 clean:
 	rm -rf build *.egg-info .pytest_cache
