@@ -11,11 +11,9 @@ from click.testing import CliRunner
 from slurmjwtd.cli import main
 from slurmjwtd.signer import HS256Signer
 
-NOW = int(time.time())
-
-
 def token(exp_in: int, user: str = "nobody") -> str:
-    return HS256Signer(b"k" * 32).mint(user, 600, NOW + exp_in - 600).jwt
+    """A token expiring EXP_IN seconds from now (the test runs: not from collection)."""
+    return HS256Signer(b"k" * 32).mint(user, 600, int(time.time()) + exp_in - 600).jwt
 
 
 def headers(env: dict[str, str]) -> str:
