@@ -514,6 +514,7 @@ import json, socket, sys, time
 import jwt
 key = open(sys.argv[1], "rb").read()
 srv = socket.create_server(("127.0.0.1", 6817))
+print("listening", flush=True)
 while True:
     conn, peer = srv.accept()
     with conn:
@@ -555,10 +556,13 @@ def test_scontrol_signer_drop_in_works_inside_the_sandbox(sd, users, leaders):
     alice = users["alice"].pw_name
     sd.write(f"{TESTLIB}/fake-ctld.py", FAKE_CTLD)
     sd.write(f"{TESTLIB}/scontrol", FAKE_SCONTROL, mode=0o755)
+    started = sd.journal("-u", "sjt-fake-ctld", "-o", "cat").count("listening")  # earlier runs'
+    sd.systemctl("reset-failed", "sjt-fake-ctld", check=False)
     sd.run("systemd-run", "--quiet", "--unit=sjt-fake-ctld", "-p", "User=slurm",
            *PY, f"{TESTLIB}/fake-ctld.py", KEY)
     try:
-        assert wait_for(lambda: sd.run("ss", "-Htln", "sport = :6817").stdout.strip(), 5)
+        assert wait_for(lambda: sd.journal("-u", "sjt-fake-ctld", "-o", "cat").count(
+            "listening") > started, 5)
         configure(sd, signer="scontrol", scontrol=f"{TESTLIB}/scontrol", scontrol_timeout=3)
         # the drop-in's account lines alone: SlurmUser, but the shipped unit's network rules
         account = "".join(line + "\n" for line in docs_dropin().splitlines()
