@@ -208,12 +208,23 @@ def _starttime(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
+CGROUP2_FALLBACK = Path("/var/tmp/slurmjwt-pid1-cgroup2")
+
+
 def _cgroup2_root() -> Path:
+    """Where the host's cgroup2 hierarchy is mounted. A host with none mounted (cgroup v1 only,
+    no systemd) gets it mounted at CGROUP2_FALLBACK, once: later runs find it there."""
     for line in open("/proc/self/mountinfo"):
         left, right = line.split(" - ", 1)
         if right.split()[0] == "cgroup2":
             return Path(left.split()[4])
-    raise Pid1Error("no cgroup2 hierarchy mounted on the host")
+    CGROUP2_FALLBACK.mkdir(mode=0o755, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "cgroup2", "-o", "nosuid,nodev,noexec", "cgroup2",
+                              str(CGROUP2_FALLBACK)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        raise Pid1Error(f"no cgroup2 hierarchy on the host, and mounting one failed: "
+                        f"{mounted.stderr.strip()}")
+    return CGROUP2_FALLBACK
 
 
 class Pid1:
@@ -527,7 +538,8 @@ class Pid1:
         if self.cgroup.exists():
             found.append(f"cgroup {self.cgroup} left")
         mounts = [line for line in open("/proc/self/mountinfo")
-                  if str(self.shared) in line or "/run/pid1" in line]
+                  if any(p == s or p.startswith(s + "/") for p in line.split()[3:5]
+                         for s in (str(self.shared), "/run/pid1"))]
         if mounts:
             found.append(f"host mounts left: {mounts}")
         root = next(line.split() for line in open("/proc/self/mountinfo") if line.split()[4] == "/")
