@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import time
 from pathlib import Path
 
@@ -430,10 +429,8 @@ def test_the_sandbox_is_in_effect(sd, users):
         free = probe(sd, ["User=slurmjwt", "Group=slurmjwt"], "sjt-probe-free")
 
         daemon_props = sd.show(UNIT, *keys)
-        probe_unit = sd.show("sjt-probe-sandbox.service", *keys)
-        # a transient unit is gone once it exited: compare with a live one
-        assert probe_unit.get("LoadState", "") in ("", "not-found", "loaded")
-        sd.run("systemd-run", "--quiet", f"--unit=sjt-probe-live",
+        # the probe's transient unit is gone once it exited: the same lines on a live one
+        sd.run("systemd-run", "--quiet", "--unit=sjt-probe-live",
                *(f"--property={k}={v}" for k, v in lines), "/bin/sleep", "30")
         try:
             live = sd.show("sjt-probe-live.service", *keys)
@@ -647,7 +644,7 @@ def test_ssh_login_through_sshd_as_a_unit_gets_its_token(sd, users):
                   f'{PY[0]} -I {TESTLIB}/call.py {SOCKET} STATUS')
         login = sd.run(*ssh, remote, timeout=30)
         env_token, path, file_token, status = login.stdout.splitlines()
-        assert env_token.startswith("SLURM_JWT=") is False and env_token.count(".") == 2
+        assert env_token.count(".") == 2  # the bare token, as Slurm's clients take it
         assert claims(sd, env_token)["sun"] == alice.pw_name
         assert path == f"/run/slurmjwt-tokens/{alice.pw_uid}/token"
         assert claims(sd, file_token.removeprefix("SLURM_JWT="))["sun"] == alice.pw_name
