@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from click.shell_completion import BashComplete, ZshComplete  # noqa: E402
 
 from slurmjwtd.cli import main as cli  # noqa: E402
+from tools.mkman import write_or_check  # noqa: E402  (the tools share one writer)
 
 VAR = "_SLURMJWT_COMPLETE"
 # click ends the zsh script with `compdef` (8.1.3), or with it unless autoloaded (later), which
@@ -49,24 +50,9 @@ def scripts() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    args = [a for a in argv if a != "--check"]
-    outdir = Path(args[0]) if args else ROOT / "completion"
-    stale = []
-    for name, text in scripts().items():
-        path = outdir / name
-        if check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(name)
-            continue
-        outdir.mkdir(exist_ok=True)
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-    if stale:
-        print(f"mkcompletion: not current in {outdir}: {', '.join(stale)} (run: make completion)",
-              file=sys.stderr)
-        return 1
-    return 0
+    texts = scripts()
+    return write_or_check("mkcompletion", {name: (lambda t=text: t) for name, text in texts.items()},
+                          argv, ROOT / "completion", "completion")
 
 
 if __name__ == "__main__":

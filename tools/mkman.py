@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,25 +234,34 @@ PAGES = {"slurmjwt.1": slurmjwt_1, "slurmjwtd.8": slurmjwtd_8, "pam_slurmjwt.8":
          "slurmjwtd.toml.5": slurmjwtd_toml_5}
 
 
-def main(argv: list[str]) -> int:
+def write_or_check(tool: str, files: dict[str, Callable[[], str]], argv: list[str],
+                   default_dir: Path, target: str) -> int:
+    """Write each of FILES (name: its maker) into OUTDIR (argv's, else DEFAULT_DIR), where it
+    differs; with --check write nothing and exit 1 naming those that are not current. Shared
+    with tools/mkcompletion.py."""
     check = "--check" in argv
     args = [a for a in argv if a != "--check"]
-    outdir = Path(args[0]) if args else ROOT / "man"
+    outdir = Path(args[0]) if args else default_dir
     stale = []
-    for name, make in PAGES.items():
+    for name, make in files.items():
         text = make()
         path = outdir / name
+        if path.exists() and path.read_text() == text:
+            continue
         if check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(name)
+            stale.append(name)
             continue
         outdir.mkdir(exist_ok=True)
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
+        path.write_text(text)
     if stale:
-        print(f"mkman: not current in {outdir}: {', '.join(stale)} (run: make man)", file=sys.stderr)
+        print(f"{tool}: not current in {outdir}: {', '.join(stale)} (run: make {target})",
+              file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return write_or_check("mkman", PAGES, argv, ROOT / "man", "man")
 
 
 if __name__ == "__main__":
