@@ -57,6 +57,10 @@ PAM_DIRS = [*sorted(glob.glob("/lib/*/security")), *sorted(glob.glob("/usr/lib/*
 SSH_DIR = "/etc/ssh"
 MUNGE_FILES = ("/run/munge/munged.pid", "/etc/munge/munge.key")
 MAX_DEPTH = 16  # include nesting, against loops
+# Whether this doctor is the Debian package's (/usr/lib/slurmjwt/slurmjwtd/doctor.py): its fixes
+# then say what the package offers, not what a source tree does
+PACKAGED = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) == "/usr/lib/slurmjwt"
+REINSTALL = "apt-get install --reinstall slurmjwt"
 
 
 @dataclass(frozen=True)
@@ -474,8 +478,8 @@ def check_pam(path: str) -> Finding:
     if missing:
         return Finding(PROBLEM, "pam", f"{missing[0].where}: {missing[0].module} is not installed",
                        "PAM skips the line: SSH logins get no token",
-                       "make install (in the slurmjwt source tree), or install -m 0644 "
-                       f"pam/{MODULE} into the PAM module directory")
+                       REINSTALL if PACKAGED else "make install (in the slurmjwt source tree), or "
+                       f"install -m 0644 pam/{MODULE} into the PAM module directory")
     return Finding(OK, "pam", f"{ours[0].where}: session {ours[0].control} {ours[0].module}")
 
 
@@ -577,6 +581,8 @@ def check_clock(clock: Callable[[], tuple[bool, str]]) -> Finding:
 EXEC = "slurmjwt-exec"
 SWITCH = "slurm_commands_use_token"
 LINK_DIR = "/usr/local/bin"  # where `make install` links Slurm's command names to slurmjwt-exec
+# The Debian package writes nothing in /usr/local: its helper makes those links (debian/README.Debian)
+PACKAGE_LINKS = "/usr/lib/slurmjwt/slurmjwt-exec-links"
 SSHD_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"  # Debian's OpenSSH, for users other than root
 ETC_ENVIRONMENT = "/etc/environment"  # pam_env in Debian's sshd stack reads it; its PATH wins
 RUN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C"}  # the whole environment of what doctor runs
@@ -689,7 +695,8 @@ def check_srun_on_path(where: str, search_path: str, path_source: str, srun: Sru
     if srun.error:
         return Finding(WARNING, "jobs", f"{where}: srun is {srun.path}, {EXEC} ({srun.real}), which "
                        f"does not say what it does: {srun.error}", "an old or broken copy may keep the "
-                       "token where it must not, or stop Slurm's commands", "make -C pam && make install")
+                       "token where it must not, or stop Slurm's commands",
+                       REINSTALL if PACKAGED else "make -C pam && make install")
     if srun.mode:
         return Finding(OK, "jobs", f"{where}: srun is {srun.path}, {EXEC}: the token is "
                        f"{srun.mode['token']}, then {srun.mode['slurm']}/srun runs")
@@ -700,7 +707,8 @@ def check_srun_on_path(where: str, search_path: str, path_source: str, srun: Sru
     return Finding(WARNING, "jobs", f"{where}: srun is {srun.path}, Slurm's own, not {EXEC} (PATH "
                    f"{search_path})", "Slurm's commands switch to auth/jwt whenever SLURM_JWT is set: "
                    "srun fails (slurmd accepts only MUNGE) and sbatch copies the token into every job",
-                   f"make install (it links Slurm's commands in {LINK_DIR} to {EXEC})" + (
+                   (f"{PACKAGE_LINKS} (it links Slurm's commands in {LINK_DIR} to {EXEC})" if PACKAGED
+                    else f"make install (it links Slurm's commands in {LINK_DIR} to {EXEC})") + (
                        "" if _searched_before(search_path, LINK_DIR, slurm_dir) else
                        f", and put {LINK_DIR} before {slurm_dir} in {path_source}"))
 
@@ -717,6 +725,8 @@ def check_exec_token(srun: Srun, config: Config, config_path: str, same_file: bo
                    "on a JWT-only node Slurm's commands then have no credential: they fail",
                    f"write `{SWITCH} = {value}` unquoted on a line of its own among the top-level keys "
                    f"(before any [table]) in {config_path}: {EXEC} reads only that form" if same_file
+                   else f"the package's {EXEC} reads /etc/slurmjwt/slurmjwtd.toml: keep slurmjwtd's "
+                   "configuration there" if PACKAGED
                    else f"rebuild it to read {config_path}: make CONFIG_FILE={config_path} install")
 
 

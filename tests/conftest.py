@@ -319,6 +319,16 @@ def slurm(daemon, workdir):
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def packages():
+    """The Debian packages (tests/packages.py), each built on first use, once per run."""
+    from packages import Packages
+
+    made = Packages()
+    yield made
+    made.cleanup()
+
+
 class FakeDaemon:
     """A socket that misbehaves in one way: it never answers (ANSWER None), or answers every
     request with ANSWER. Connections stay open, as a hung daemon's would, until close()."""

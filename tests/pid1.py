@@ -1,8 +1,8 @@
 """A real systemd as PID 1, booted for the tests inside new namespaces (no VM, no container
-runtime), with the checkout installed inside it.
+runtime), with the project's Debian package installed inside it.
 
     with Pid1() as sd:                   # boot (well under a second), tolerate a crashed run
-        sd.install_checkout()            # `make install` into the namespace, never the host
+        sd.install_deb(path)             # apt-get install inside the namespace, never the host
         sd.run("systemctl", "start", "slurmjwtd.socket")
         sd.systemctl("show", "-p", "StatusText", "slurmjwtd")
     # shut down: poweroff.target, then checks that no process, mount or cgroup is left
@@ -16,25 +16,23 @@ execs systemd):
   our own, CGROUP under the host's cgroup2 hierarchy, removed at shutdown.
 - files: every host mount but /, /proc, /sys and /dev is dropped (lazily, in the namespace
   only); / is read-only (a per-mount flag of the namespace's copy: the host's / is not
-  touched); /etc, /var and /usr are overlays whose writes land in a tmpfs, so `make install`,
-  systemd-sysusers and the tests' edits never reach the host's files; /run, /tmp, /var/tmp,
+  touched); /etc, /var and /usr are overlays whose writes land in a tmpfs, so dpkg, its maintainer
+  scripts and the tests' edits never reach the host's files (nor its dpkg database); /run, /tmp, /var/tmp,
   /dev and an empty /home are private; /proc/sys and /sys read-only. SHARED (a host directory) is bind-mounted
   at the same path, the way files come in.
 - units: systemd's search path holds a curated copy of the base units (journald, dbus,
   the targets, poweroff) and what the tests install into /etc/systemd/system; generators
-  are off. The project's units are installed by `make install` into the real unit directory
-  (/usr/lib/systemd/system, inside the namespace).
+  are off. The project's units are installed by its package into the real unit directory
+  (/lib/systemd/system, inside the namespace).
 - PID 1 has no CAP_SYS_MODULE, CAP_SYS_TIME, CAP_SYS_RAWIO, CAP_SYSLOG...: nothing inside
   can load modules, set the host's clock or read its kernel log.
 - the launcher is the only host process; PID 1 and the process between dies with it
   (PR_SET_PDEATHSIG). A crashed run's machine is found by the pid files in STATE and
   stopped before a new one boots.
 
-Installing: `install_checkout()` runs `make install DESTDIR=<stage>` on the host (which
-writes only under the stage and the checkout's build products) and copies the stage over /
-inside the namespace, where / is overlays; `install_deb(path)` is the hook for the Debian
-package once it exists: `apt-get install` of the .deb inside (no network needed when its
-dependencies are installed on the host, which the overlays show).
+Installing: `install_deb(path)` runs `apt-get install` of the .deb inside (no network: its
+dependencies are installed on the host, which the overlays show); its maintainer scripts run
+under this systemd, as on a booted Debian machine.
 """
 
 from __future__ import annotations
@@ -63,7 +61,7 @@ INSIDE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
               "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb", "SYSTEMD_PAGER": "cat",
               "PAGER": "cat", "SYSTEMD_COLORS": "0"}
 # host paths that nothing done inside may change (checked at shutdown)
-HOST_UNTOUCHED = ("/etc", "/usr")
+HOST_UNTOUCHED = ("/etc", "/usr", "/var/lib/dpkg")
 
 # PID 1 of the new PID namespace: makes the file system view, then execs systemd
 INNER = r"""#!/bin/bash
@@ -445,39 +443,18 @@ class Pid1:
         self.systemctl("daemon-reload")
 
     # -- installing the project --------------------------------------------------------------
-    def install_checkout(self) -> None:
-        """Install the checkout as `make install` does, into the machine only: make install
-        with DESTDIR on the host (nothing outside the stage is written), the stage copied
-        over / inside (overlays there), then what a package's postinst does: sysusers,
-        tmpfiles, daemon-reload. The units installed are the checkout's own."""
-        stage = self.shared / "stage"
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir()
-        result = subprocess.run(["make", "-s", "-C", str(REPO), "install", f"DESTDIR={stage}"],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise Pid1Error(f"make install DESTDIR={stage} failed:\n{result.stdout}{result.stderr}")
-        # tar, not cp: /lib, /bin and /sbin are links into /usr (merged /usr), kept as such
-        self.sh(f"cd {shlex.quote(str(stage))} && tar -cf - * | "
-                f"tar -C / -xf - --keep-directory-symlink --no-overwrite-dir")
-        shutil.rmtree(stage, ignore_errors=True)
-        self._postinst()
-
-    def install_deb(self, deb: Path) -> None:
-        """The hook for the Debian package: install DEB inside with apt-get (dependencies
-        from the host's installed packages, which the overlays show; no network). Its
-        maintainer scripts do sysusers, tmpfiles and daemon-reload; they are repeated here
-        in case they are conditional on a booted systemd."""
+    def install_deb(self, deb: Path, *options: str) -> None:
+        """apt-get install DEB inside (its dependencies are the host's installed packages,
+        which the overlays show): its maintainer scripts run under this systemd."""
         self.copy_in(Path(deb), f"/var/tmp/{Path(deb).name}")
-        self.run("apt-get", "install", "-y", "--no-download", "-o", "Debug::NoLocking=1",
-                 f"/var/tmp/{Path(deb).name}", env={"DEBIAN_FRONTEND": "noninteractive"},
-                 timeout=300)
-        self._postinst()
+        self.apt("install", *options, f"/var/tmp/{Path(deb).name}")
 
-    def _postinst(self) -> None:
-        self.run("systemd-sysusers")
-        self.run("systemd-tmpfiles", "--create")
-        self.daemon_reload()
+    def apt(self, *args: str) -> subprocess.CompletedProcess:
+        # a container image's /usr/sbin/policy-rc.d (exit 101: start nothing) would stop the
+        # maintainer scripts' deb-systemd-invoke; a booted Debian has none (removed inside only)
+        self.run("rm", "-f", "/usr/sbin/policy-rc.d")
+        return self.run("apt-get", "-y", *args, env={"DEBIAN_FRONTEND": "noninteractive"},
+                        timeout=300)
 
     # -- shutdown --------------------------------------------------------------------------
     def shutdown(self, check: bool = True, timeout: float = 20) -> None:
@@ -552,7 +529,7 @@ class Pid1:
         return found
 
     def host_files_changed(self) -> list[str]:
-        """Files and directories of the host's /etc and /usr modified or changed (content,
+        """Files and directories of the host's /etc, /usr and dpkg database modified or changed (content,
         owner, mode) since boot: must be none, everything inside goes to the overlays."""
         if not self.marker.exists():
             return []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import grp
+import json
 import os
 import pwd
 import re
@@ -29,13 +30,12 @@ import pam
 import pytest
 
 from conftest import make_key, run_as
+from packages import UPGRADE_SUFFIX
 from slurmjwtd.client import call
 
 REPO = Path(__file__).resolve().parent.parent
-ARCH = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
 MULTIARCH = subprocess.run(["dpkg-architecture", "-qDEB_HOST_MULTIARCH"], capture_output=True,
                            text=True).stdout.strip() or "x86_64-linux-gnu"
-UPGRADE_VERSION_SUFFIX = "+debtest1"
 WORK = Path("/tmp/slurmjwt-test-deb")
 PID_FILE = Path("/var/tmp/slurmjwt-test-deb.pid")  # the daemon this test started, if it crashed
 ACCOUNT_MARK = Path("/var/tmp/slurmjwt-test-deb-account")  # the account and group before the test
@@ -118,11 +118,6 @@ def restore_account(state: str) -> None:
         subprocess.run(["groupadd", "-r", "-g", gid, "slurmjwt"], capture_output=True)
 
 
-def build(tree: Path, lintian: bool, builddir: Path) -> subprocess.CompletedProcess:
-    return sh("make", "-s", "-C", str(tree), "deb", f"DEB_BUILDDIR={builddir}",
-              *([] if lintian else ["LINTIAN="]))
-
-
 class PackagedDaemon:
     """/usr/sbin/slurmjwtd as the unit runs it: as slurmjwt, with the package's sockets,
     session file and token directory; its own configuration names the test's key."""
@@ -161,9 +156,10 @@ class PackagedDaemon:
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory, users):
-    """Both versions built, the machine cleared of a crashed run's package and daemon;
-    afterwards the package purged and the account, PAM service and links as they were."""
+def deb(packages, users):
+    """Both versions built (tests/packages.py), the machine cleared of a crashed run's package
+    and daemon; afterwards the package purged and the account, PAM service and links as they
+    were."""
     stop_leftover_daemon()
     purge_package()
     PAM_FILE.unlink(missing_ok=True)
@@ -175,23 +171,9 @@ def deb(tmp_path_factory, users):
     WORK.mkdir(mode=0o755)
     os.chmod(WORK, 0o755)
 
-    first = build(REPO, lintian=True, builddir=WORK / "build1")
-    version = sh("dpkg-parsechangelog", "-S", "Version", cwd=REPO).stdout.strip()
-    # the upgrade: the same tree with one more changelog entry
-    tree = WORK / "slurmjwt"
-    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".git", "build", "*.deb", "__pycache__",
-                                                             ".pytest_cache"))
-    changelog = tree / "debian" / "changelog"
-    stamp = sh("date", "-uR").stdout.strip()
-    changelog.write_text(
-        f"slurmjwt ({version}{UPGRADE_VERSION_SUFFIX}) unstable; urgency=medium\n\n"
-        "  * Test upgrade.\n\n"
-        f" -- slurmjwt tests <root@localhost>  {stamp}\n\n" + changelog.read_text())
-    second = build(tree, lintian=False, builddir=WORK / "build2")
-    state = {"first": first, "version": version,
-             "v1": REPO / f"slurmjwt_{version}_{ARCH}.deb",
-             "v2": tree / f"slurmjwt_{version}{UPGRADE_VERSION_SUFFIX}_{ARCH}.deb",
-             "second": second, "key": WORK / "jwt_hs256.key"}
+    first, upgrade = packages.first(), packages.upgrade()
+    state = {"first": first.result, "version": first.version, "v1": first.path,
+             "v2": upgrade.path, "second": upgrade.result, "key": WORK / "jwt_hs256.key"}
     yield state
     daemon = state.get("daemon")
     if daemon is not None:
@@ -206,7 +188,6 @@ def deb(tmp_path_factory, users):
     restore_account(ACCOUNT_MARK.read_text())
     ACCOUNT_MARK.unlink(missing_ok=True)
     shutil.rmtree(WORK, ignore_errors=True)
-    (REPO / state["v1"].name).unlink(missing_ok=True)
 
 
 def test_make_deb_builds_a_lintian_clean_package(deb):
@@ -337,11 +318,23 @@ def test_a_login_through_the_packaged_module_gets_a_token_from_the_packaged_daem
     assert alice.pw_name in SESSIONS.read_text()  # the registry the unit keeps across restarts
 
 
+def srun_findings(path: str) -> list[dict]:
+    """The packaged doctor's findings on `srun` in this shell, with PATH."""
+    result = sh("/usr/bin/slurmjwt", "doctor", "--json", env={"PATH": path, "LANG": "C.UTF-8"})
+    return [f for f in json.loads(result.stdout) if f["what"].startswith("this shell: srun")]
+
+
 def test_exec_links_helper_links_slurm_commands_and_removes_them(deb):
     links = WORK / "links"
+    # the package's doctor gives the package's fix, not the source tree's `make install`
+    [before] = srun_findings(f"{links}:/usr/bin:/bin")
+    assert before["level"] == "WARNING" and before["fix"].startswith(
+        "/usr/lib/slurmjwt/slurmjwt-exec-links (it links Slurm's commands"), before
     made = sh("/usr/lib/slurmjwt/slurmjwt-exec-links", str(links))
     assert made.returncode == 0, made.stderr
     assert os.readlink(links / "srun") == EXEC
+    [after] = srun_findings(f"{links}:/usr/bin:/bin")
+    assert after["level"] == "ok" and f"srun is {links}/srun, slurmjwt-exec" in after["what"], after
     mode = sh(EXEC, "--mode")
     assert mode.stdout.strip() == "token=removed config=/etc/slurmjwt/slurmjwtd.toml slurm=/usr/bin", mode
     refused = sh("/usr/lib/slurmjwt/slurmjwt-exec-links", "/usr/bin")
@@ -358,7 +351,7 @@ def test_upgrade_keeps_open_sessions_and_a_changed_configuration(deb, users):
     result = sh("apt-get", "install", "-y", str(deb["v2"]), env=APT_ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     version = sh("dpkg-query", "-W", "-f=${Version}", "slurmjwt").stdout
-    assert version == deb["version"] + UPGRADE_VERSION_SUFFIX
+    assert version == deb["version"] + UPGRADE_SUFFIX
     assert conffile.read_text() == changed
     assert not list(conffile.parent.glob("*.dpkg-*"))
     # the package left the runtime directories alone; systemd's try-restart is SIGTERM and a start

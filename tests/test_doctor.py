@@ -860,6 +860,16 @@ def test_srun_fix_names_the_path_order_only_when_wrong(path):
     assert reorder is not path.startswith("/usr/local")
 
 
+@pytest.mark.parametrize("packaged, fix", [
+    (False, "make install (it links Slurm's commands in /usr/local/bin to slurmjwt-exec)"),
+    (True, "/usr/lib/slurmjwt/slurmjwt-exec-links (it links Slurm's commands in /usr/local/bin "
+           "to slurmjwt-exec)")])
+def test_srun_fix_is_the_packages_helper_when_doctor_is_the_packages(monkeypatch, packaged, fix):
+    monkeypatch.setattr(doctor, "PACKAGED", packaged)
+    srun = Srun("/usr/bin/srun", "/usr/bin/srun")
+    assert check_srun_on_path("x", "/usr/local/bin:/usr/bin", "PATH", srun, keep=False).fix == fix
+
+
 SBATCH_CASES = {
     "22.05": ('echo "slurm 22.05.8"', OK, "Slurm 22.05.8 ({slurm}/sbatch) does not scrub SLURM_JWT"),
     "debian": ('echo "slurm-wlm 25.11.2"', OK, "Slurm 25.11.2 ({slurm}/sbatch) does not scrub SLURM_JWT"),

@@ -1,10 +1,11 @@
-"""slurmjwtd under a real systemd as PID 1 (tests/pid1.py boots one in new namespaces, with
-the checkout installed inside by `make install`): socket activation, Type=notify and its
-STATUS, reload, the watchdog, Restart=, a clean stop with requests in flight, the journal's
-fields, the sandbox really in effect and every request path working inside it, the scontrol
-signer's drop-in, and an SSH login through sshd running as a unit of the same systemd.
+"""slurmjwtd under a real systemd as PID 1 (tests/pid1.py boots one in new namespaces), with
+the Debian package installed inside by apt-get: its maintainer scripts under systemd (install,
+upgrade, remove), socket activation, Type=notify and its STATUS, reload, the watchdog,
+Restart=, a clean stop with requests in flight, the journal's fields, the sandbox really in
+effect and every request path working inside it, the scontrol signer's drop-in, and an SSH
+login through sshd running as a unit of the same systemd.
 
-The units used are the ones `make install` installs from systemd/; the tests add drop-ins
+The units used are the ones the package installs from systemd/; the tests add drop-ins
 only where a test needs a different value (a 2-second watchdog instead of 30 s, and the
 scontrol drop-in of docs/signers.md, taken from that file). No sandbox option is changed.
 """
@@ -35,7 +36,7 @@ PY = ("/usr/bin/python3", "-I")  # Debian's, as the installed daemon and CLI use
 # it sends the request but its last byte only once a line arrives on stdin: a request in flight.
 CALL = r"""
 import json, socket, sys
-sys.path.insert(0, "/usr/local/lib/slurmjwt")
+sys.path.insert(0, "/usr/lib/slurmjwt")
 from slurmjwtd.client import call
 path, op, *args = sys.argv[1:]
 hold = "--hold" in args
@@ -57,25 +58,26 @@ print(s.recv(4096).decode().strip(), flush=True)
 
 # A root process that OPENs a session and lives until told to CLOSE it: sshd's privileged
 # child, as tests/leader.py is on the host
-LEADER = "import sys\nsys.path.insert(0, '/usr/local/lib/slurmjwt')\n" + (
+LEADER = "import sys\nsys.path.insert(0, '/usr/lib/slurmjwt')\n" + (
     REPO / "tests" / "leader.py").read_text()
 
 
 # -- the machine ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def machine(users):
-    """One systemd for the module, the checkout installed, a key, the test helpers. Users are
-    made on the host first: the overlays show them inside. At the end, the shutdown checks
-    that nothing is left and that no host file in /etc or /usr changed."""
+def machine(users, packages):
+    """One systemd for the module, the package installed (its postinst enables and starts the
+    sockets), a key, the test helpers. Users are made on the host first: the overlays show
+    them inside. At the end, the shutdown checks that nothing is left and that no host file in
+    /etc, /usr or dpkg's database changed."""
+    deb = packages.first().path
     sd = Pid1()
     sd.boot()
     try:
-        sd.install_checkout()
+        sd.install_deb(deb)
         sd.sh(f"install -d -m 0755 /var/lib/slurm && head -c 32 /dev/urandom > {KEY} && "
               f"chown slurm:slurmjwt {KEY} && chmod 0640 {KEY}")
         sd.write(f"{TESTLIB}/call.py", CALL)
         sd.write(f"{TESTLIB}/leader.py", LEADER)
-        sd.systemctl("enable", "--now", "slurmjwtd.socket")  # WantedBy=sockets.target, root's too
         yield sd
     finally:
         sd.shutdown()
@@ -187,19 +189,34 @@ def main_pid(sd: Pid1) -> int:
 
 
 # -- installation ----------------------------------------------------------------------------
-def test_the_installed_units_are_the_checkouts_and_the_host_is_untouched(machine):
+def packaged(source: str) -> str:
+    """A unit of systemd/ as debian/rules installs it (Debian's paths for the daemon and docs)."""
+    return source.replace("/usr/local/sbin/", "/usr/sbin/").replace(
+        "/usr/local/share/doc/", "/usr/share/doc/")
+
+
+def test_the_package_installs_and_starts_the_sockets_under_systemd(machine):
+    """apt-get alone, with nothing done by the test: the account made (sysusers), the runtime
+    and state directories (tmpfiles), both sockets enabled and listening, the service neither
+    enabled nor started (the first connection starts it), and the host untouched."""
+    assert machine.run("dpkg-query", "-W", "-f=${db:Status-Abbrev}", "slurmjwt").stdout == "ii "
     for unit in (UNIT, "slurmjwtd.socket", "slurmjwtd-root.socket"):
-        shown = machine.show(unit, "FragmentPath", "DropInPaths", "LoadState", "UnitFileState")
+        shown = machine.show(unit, "FragmentPath", "DropInPaths", "LoadState")
         assert shown["LoadState"] == "loaded" and shown["DropInPaths"] == "", shown
+        assert shown["FragmentPath"] == f"/lib/systemd/system/{unit}"
         installed = machine.path(shown["FragmentPath"]).read_text()
-        source = (REPO / "systemd" / unit).read_text()
-        assert installed == source, unit  # make install's sed changes nothing at PREFIX=/usr/local
-    assert machine.show("slurmjwtd.socket", "UnitFileState")["UnitFileState"] == "enabled"
+        assert installed == packaged((REPO / "systemd" / unit).read_text()), unit
+    for unit in ("slurmjwtd.socket", "slurmjwtd-root.socket"):
+        assert machine.show(unit, "UnitFileState", "ActiveState") == {
+            "UnitFileState": "enabled", "ActiveState": "active"}, unit
+    assert machine.show(UNIT, "UnitFileState", "ActiveState") == {
+        "UnitFileState": "disabled", "ActiveState": "inactive"}  # --no-enable
     assert machine.run("getent", "passwd", "slurmjwt").stdout.endswith(
-        ":/nonexistent:/usr/sbin/nologin\n")  # sysusers ran inside
-    assert machine.host_files_changed() == []
-    assert not Path("/usr/local/sbin/slurmjwtd").exists() or \
-        Path("/usr/local/sbin/slurmjwtd").stat().st_mtime < machine.marker.stat().st_mtime
+        ":/nonexistent:/usr/sbin/nologin\n")
+    assert machine.run("stat", "-c", "%U %a", "/run/slurmjwt", "/run/slurmjwt-tokens",
+                       "/var/lib/slurmjwt").stdout.split("\n")[:3] == [
+        "slurmjwt 755", "slurmjwt 755", "slurmjwt 700"]
+    assert machine.host_files_changed() == []  # dpkg's database included
 
 
 # -- socket activation, Type=notify, STATUS ----------------------------------------------------
@@ -614,7 +631,7 @@ X11Forwarding no
 LogLevel VERBOSE
 """
 # key logins: no PAM auth; pam_unix's account check; the module by its bare name, from where
-# `make install` put it (the system's PAM module directory)
+# the package put it (the system's PAM module directory)
 PAM_SSHD = """\
 account  required pam_unix.so
 session  required pam_permit.so
@@ -656,3 +673,34 @@ def test_ssh_login_through_sshd_as_a_unit_gets_its_token(sd, users):
         sd.systemctl("stop", "ssh.service", check=False)
         sd.run("rm", "-f", "/etc/systemd/system/ssh.service")
         sd.daemon_reload()
+
+
+# -- upgrade and remove -------------------------------------------------------------------------
+def test_upgrade_restarts_the_daemon_keeping_sessions_and_remove_stops_it(sd, users, leaders,
+                                                                          packages):
+    """Under systemd, what debian/rules asks of it: an upgrade try-restarts the running daemon
+    (a new PID) and the login opened before still counts; remove stops the daemon and both
+    sockets. The first package is put back after (a downgrade), as the other tests expect."""
+    alice = users["alice"].pw_name
+    leader = leaders(sd, alice)  # socket activation starts the daemon
+    pid = main_pid(sd)
+    upgrade = packages.upgrade()
+    assert upgrade.result.returncode == 0, upgrade.result.stderr[-3000:]
+    try:
+        sd.install_deb(upgrade.path)
+        assert sd.run("dpkg-query", "-W", "-f=${Version}", "slurmjwt").stdout == upgrade.version
+        shown = sd.show(UNIT, "ActiveState", "MainPID")
+        assert shown["ActiveState"] == "active" and shown["MainPID"] not in ("0", str(pid)), shown
+        assert call(sd, "STATUS")["fields"]["sessions"] == "1"
+        assert call(sd, "MINT", alice)["ok"]  # the login from before the upgrade
+        assert leader.close().endswith("OK")
+
+        sd.apt("remove", "slurmjwt")
+        for unit in (UNIT, "slurmjwtd.socket", "slurmjwtd-root.socket"):
+            assert sd.show(unit, "ActiveState")["ActiveState"] == "inactive", unit
+        assert sd.run("test", "-e", SOCKET, check=False).returncode != 0
+        assert sd.run("pgrep", "-u", "slurmjwt", check=False).stdout == ""
+    finally:
+        sd.install_deb(packages.first().path, "--allow-downgrades")
+    for unit in ("slurmjwtd.socket", "slurmjwtd-root.socket"):
+        assert sd.show(unit, "ActiveState")["ActiveState"] == "active", unit
