@@ -8,7 +8,6 @@ The registry is written atomically after each change so it survives a restart.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 import time
@@ -64,7 +63,7 @@ class SessionRegistry:
 
     def _add(self, session: Session) -> None:
         self._sessions[session.id] = session
-        self._json[session.id] = json.dumps(dataclasses.asdict(session))
+        self._json[session.id] = json.dumps(vars(session))  # its fields are flat: no deep copy
         self._by_uid.setdefault(session.uid, {})[session.id] = session
 
     def _remove(self, session: Session) -> None:
