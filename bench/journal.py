@@ -1,0 +1,126 @@
+"""The tokens section as a login node runs it: slurmjwtd as its systemd unit, its audit lines in
+the journal (one sd_journal_send each, with its SLURMJWT_* fields), against munged in the same
+run. A benchmark, not a test.
+
+It boots systemd as PID 1 in new namespaces (tests/pid1.py: overlays, the host's files are not
+written), installs this checkout's Debian package in it (`make deb`, lintian off), gives the
+daemon a fresh key and `min_uid = 0` (root mints for root: the root-request path, as bench.py's
+tokens section), and then, in turn, with 1 and 8 client threads and a new connection per
+operation:
+
+- loadgen inside the machine, on the unit's root socket /run/slurmjwt/slurmjwtd-root.sock;
+- remunge on the host, on a throwaway munged (bench.py's).
+
+CPU is utime+stime of all threads (10 ms ticks), of slurmjwtd and, apart, of systemd-journald,
+which stores each audit line: the daemon's cost and the cost it puts on the journal. munged
+writes no line per credential. At the end it counts the journal's `op=mint` entries: every
+token has its line (the unit sets LogRateLimitIntervalSec=0), or the figures would flatter.
+
+    /opt/slurmjwt/venv/bin/python bench/journal.py [--count N] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+import bench  # noqa: E402  (bench.py: munged, remunge, loadgen's output, the table)
+from pid1 import Pid1  # noqa: E402
+
+UNIT = "slurmjwtd.service"
+ROOT_SOCKET = "/run/slurmjwt/slurmjwtd-root.sock"
+KEY = "/var/lib/slurm/jwt_hs256.key"
+
+
+def build_deb(tmp: Path) -> Path:
+    """This checkout's package, built under TMP (lintian off: test_deb.py runs it)."""
+    result = subprocess.run(["make", "-s", "-C", str(HERE.parent), "deb", "LINTIAN=",
+                             f"DEB_BUILDDIR={tmp}/deb"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"make deb failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    deb = next(HERE.parent.glob("slurmjwt_*.deb"))
+    return Path(shutil.move(deb, tmp / deb.name))
+
+
+def cpu_inside(sd: Pid1, pid: str) -> float:
+    """utime + stime (seconds) of PID, a process of the machine (its own PID namespace)."""
+    data = sd.run("cat", f"/proc/{pid}/stat").stdout
+    fields = data[data.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / bench.CLK_TCK
+
+
+def loadgen_inside(sd: Pid1, count: int, threads: int) -> dict[str, float]:
+    daemon = sd.show(UNIT, "MainPID")["MainPID"]
+    journald = sd.show("systemd-journald.service", "MainPID")["MainPID"]
+    before = cpu_inside(sd, daemon), cpu_inside(sd, journald)
+    out = sd.run(bench.LOADGEN, "-S", ROOT_SOCKET, "-n", str(count), "-t", str(threads),
+                 timeout=600).stdout
+    after = cpu_inside(sd, daemon), cpu_inside(sd, journald)
+    fields = {k: float(v) for k, v in (w.split("=", 1) for w in out.strip().splitlines()[-1].split())}
+    ops = fields["tokens"]
+    return {"ops": ops, "rate": fields["rate"], "cpu_us": (after[0] - before[0]) * 1e6 / ops,
+            "journald_us": (after[1] - before[1]) * 1e6 / ops,
+            "p50_us": fields["p50_us"], "p99_us": fields["p99_us"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=30000, help="operations per run [30000]")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds [3]")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("journal.py: run as root (it boots a systemd in namespaces, starts munged)",
+              file=sys.stderr)
+        return 2
+    subprocess.run(["make", "-s", "-C", str(HERE), "all"], check=True)  # loadgen
+    tmp = Path(tempfile.mkdtemp(prefix="sjwt-bench-journal-", dir=bench.runtime_dir()))
+    os.chmod(tmp, 0o755)
+    munged = None
+    try:
+        deb = build_deb(tmp)
+        munged, msock = bench.start_munged(tmp)
+        with Pid1() as sd:
+            sd.install_deb(deb)
+            sd.sh(f"install -d -m 0755 /var/lib/slurm && head -c 32 /dev/urandom > {KEY} && "
+                  f"chown slurm:slurmjwt {KEY} && chmod 0640 {KEY}")
+            sd.write("/etc/slurmjwt/slurmjwtd.toml", "min_uid = 0\n")
+            sd.systemctl("start", UNIT)  # as the first connection would
+            runners = {"slurmjwtd": lambda n, t: loadgen_inside(sd, n, t),
+                       "munged": lambda n, t: bench.remunge(munged.pid, msock, n, t)}
+            print(f"tokens under systemd 252 as PID 1 (namespaces): slurmjwtd as its unit, audit "
+                  f"to the journal; {args.count} operations per run, {args.repeat} round(s), "
+                  f"one connection per operation; load average {os.getloadavg()[0]:.2f}\n")
+            for run in runners.values():
+                run(min(args.count, 2000), 1)  # warm-up
+            results: dict[tuple[str, int], list[dict[str, float]]] = {}
+            for _ in range(args.repeat):
+                for threads in bench.THREADS:
+                    for name, run in runners.items():
+                        results.setdefault((name, threads), []).append(run(args.count, threads))
+            bench.report(results)
+            for threads in bench.THREADS:
+                journald = statistics.median(r["journald_us"] for r in results[("slurmjwtd", threads)])
+                print(f"systemd-journald's CPU per token, {threads} client thread(s): "
+                      f"{journald:.0f} us (munged writes no line per credential)")
+            minted = min(args.count, 2000) + sum(
+                r["ops"] for threads in bench.THREADS for r in results[("slurmjwtd", threads)])
+            lines = sd.sh(f"journalctl -u {UNIT} -o cat SLURMJWT_OP=mint | wc -l").stdout.strip()
+            print(f"journal: {lines} op=mint entries for {minted:.0f} tokens minted")
+        return 0
+    finally:
+        bench.stop(munged)
+        subprocess.run(["rm", "-rf", str(tmp)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
