@@ -213,7 +213,7 @@ class Revocations:
         except RevocationError as exc:
             self._set_problem(str(exc))
             return Diff()
-        change = diff(self._by_uid, by_uid)
+        change = Diff() if by_uid is self._by_uid else diff(self._by_uid, by_uid)
         self._by_uid, self._stamp = by_uid, stamp
         self._set_problem("")
         return change

@@ -50,7 +50,7 @@ _AUDIT_FLUSH = 0.5  # seconds between writing the counts of refusal summaries th
 # that follows another (cold caches): bench.py's `renewals`.
 _RENEW_CHECK = 1.0
 # The revocation file, which other login nodes may write, is looked at once a second (an open
-# and an fstat, about 3 us; read only when it changed): a revocation on any node is in force
+# and an fstat, about 8 us; read only when it changed): a revocation on any node is in force
 # on this one within a second or so. Not per request: on a share, that would put the file
 # server on every login's path for no fresher answer than the timer's.
 _REVOCATIONS_CHECK = 1.0
