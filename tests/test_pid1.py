@@ -99,7 +99,8 @@ def sd(machine):
 def reset(sd: Pid1, **settings: object) -> None:
     sd.systemctl("stop", UNIT)
     sd.systemctl("reset-failed", UNIT, check=False)
-    sd.run("rm", "-rf", "/run/slurmjwt/sessions.json", "/var/lib/slurmjwt/revoked.json")
+    sd.run("rm", "-rf", "/run/slurmjwt/sessions.json", "/var/lib/slurmjwt/revoked.json",
+           "/var/lib/slurmjwt/revoked.json.lock")  # both: a lock without the file stops the daemon
     sd.sh("rm -rf /run/slurmjwt-tokens/*")
     configure(sd, **settings)
     sd.systemctl("start", "slurmjwtd.socket", "slurmjwtd-root.socket")
