@@ -2,7 +2,7 @@
 two lists, the health of the file (logged once when it breaks, once when it recovers), the
 last good list kept while the file cannot be read, the missing file at start, the writers'
 lock, and Operations putting another node's change in force. Two real daemons sharing one
-file: tests/test_fleet.py."""
+file: tests/test_fleet_revoke.py."""
 
 from __future__ import annotations
 
