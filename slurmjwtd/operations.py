@@ -513,7 +513,7 @@ class Operations:
         for r in change.revoked:
             self._drop_file(r.uid)
             self.state.audit(decision="granted", op="revoke", caller_uid=r.by_uid, user=r.user,
-                             uid=r.uid, reason="revocation-file", node=r.node or None,
+                             uid=r.uid, reason="revocation-file", revoked_on=r.node or None,
                              detail=r.reason or None)
         for r in change.lifted:
             self.state.audit(decision="granted", op="unrevoke", user=r.user, uid=r.uid,

@@ -103,7 +103,7 @@ def test_a_revocation_on_one_node_holds_on_the_other_and_an_unrevoke_there_lifts
     lines = audit(b, "op=revoke", f"user={name}")
     assert len(lines) == 1, b.log
     assert "reason=revocation-file" in lines[0] and 'detail="laptop stolen"' in lines[0]
-    assert f"node={socket.gethostname()}" in lines[0]
+    assert f"revoked_on={socket.gethostname()}" in lines[0]
     explained = cli(b, "policy", name)
     assert explained.returncode == 4
     assert f"by uid 0 on {socket.gethostname()}: laptop stolen" in explained.stdout

@@ -243,9 +243,9 @@ def test_another_nodes_revocation_stops_renewal_removes_the_file_and_is_audited(
     ops.revocations_changed(state.revocations.refresh())
     assert state.files.read(UID) is None and UID not in state.schedule
     line = state.audit_log.lines[-1]
-    assert {k: line.get(k) for k in ("decision", "op", "uid", "reason", "node", "detail")} == {
+    assert {k: line.get(k) for k in ("decision", "op", "uid", "reason", "revoked_on", "detail")} == {
         "decision": "granted", "op": "revoke", "uid": UID, "reason": "revocation-file",
-        "node": "login7", "detail": "laptop stolen"}
+        "revoked_on": "login7", "detail": "laptop stolen"}
     refused = ask(ops, "SJWT/1 MINT user=nobody")
     assert not refused.ok and refused.code == "revoked"
     explained = ask(ops, "SJWT/1 EXPLAIN user=nobody").fields
