@@ -17,7 +17,7 @@ from typing import Callable
 
 AUDIT_FIELDS = ("decision", "op", "caller_uid", "caller_pid", "user", "uid", "slurm_user", "reason",
                 "rule", "code", "lifetime", "exp", "jti", "session", "tty", "rhost", "service",
-                "count", "seconds", "detail")
+                "count", "seconds", "detail", "revoked_on")
 _FIELD_SET = frozenset(AUDIT_FIELDS)
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+,-]+\Z")
 

@@ -384,8 +384,9 @@ def policy(ctx: click.Context, user: str, lifetime: int | None) -> None:
             click.echo(f"  {label + ':':<14}{printable(f[key])}")
     if f.get("revoked") == "yes":
         since = local_time(parse_number(f.get("revoked_since", "")))
-        click.echo(printable(f"  {'revoked:':<14}since {since} by uid {f.get('revoked_by')}: "
-                             f"{f.get('revoked_reason')}"))
+        node = f.get("revoked_node", "-")
+        click.echo(printable(f"  {'revoked:':<14}since {since} by uid {f.get('revoked_by')}"
+                             f"{'' if node == '-' else ' on ' + node}: {f.get('revoked_reason')}"))
     if not granted:
         sys.exit(EXIT_REFUSED)
 
@@ -416,6 +417,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
         f"up {fields.get('uptime', '?')} s; {fields.get('token_files', '?')} token file(s) kept "
         f"fresh, {fields.get('renewed', '?')} renewal(s), {fields.get('revoked', '?')} user(s) "
         f"revoked"))
+    trouble = fields.get("revocation_file", "ok")
+    if trouble != "ok":
+        click.echo(printable(f"revocation file: {trouble}; the daemon keeps its last good list "
+                             f"(see journalctl -u slurmjwtd, slurmjwt doctor)"))
 
 
 def _pairs(text: str) -> list[tuple[str, str]]:

@@ -45,7 +45,8 @@ class Config:
         path=True, restart=True))
     revocation_file: str = field(default="/var/lib/slurmjwt/revoked.json", metadata=_doc(
         "The users root revoked (slurmjwt revoke), kept across restarts and reboots (a state "
-        "directory the daemon owns).", path=True, restart=True))
+        "directory the daemon owns); on many login nodes, one file on a share they all mount "
+        "(next to slurm.conf), watched by each node's daemon.", path=True, restart=True))
     signer: str = field(default="hs256", metadata=_doc(
         "How tokens are signed: hs256 (key_file), rs256 (rs256_key_file, checked by slurmctld's "
         "jwks=) or scontrol (`scontrol token`; no key on this node).",

@@ -274,6 +274,14 @@ def check_daemon(socket: str, config: Config | None = None) -> Finding:
         return Finding(PROBLEM, "daemon", f"slurmjwtd on {socket} refused STATUS ({answer.code}): "
                        f"{answer.message}", why, "journalctl -u slurmjwtd")
     fields = answer.fields
+    trouble = fields.get("revocation_file", "ok")
+    if trouble != "ok":
+        return Finding(PROBLEM, "daemon", f"slurmjwtd on {socket} cannot read its revocation "
+                       f"file: {trouble}", "it keeps the last list it read, so it lifts no "
+                       "revocation, but it sees no new one (another node's `slurmjwt revoke`) "
+                       "until it can read the file again",
+                       "see journalctl -u slurmjwtd; restore the file, mount its share, or, to "
+                       "clear every revocation, write [] to it (never delete it)")
     return Finding(OK, "daemon", f"slurmjwtd {fields.get('version', '?')} answers on {socket} "
                    f"(signer {fields.get('signer', '?')})")
 

@@ -29,7 +29,7 @@ from .policy import (Account, Caller, Decision, decide_mint, decide_session_chan
 from .protocol import (Code, ProtocolError, Refusal, Request, encode_error, encode_ok,
                        parse_number, parse_request)
 from .renewal import RETRY_MIN
-from .revocation import Revocation, RevocationError
+from .revocation import Diff, Revocation, RevocationError
 from .sessions import Session
 from .signer import SignerError, Token, unverified_claims
 from .state import LATENCY_BUCKETS, DaemonState
@@ -462,7 +462,7 @@ class Operations:
                        "revoked": "yes" if revoked else "no"}
         if revoked is not None:
             answer |= {"revoked_since": revoked.since, "revoked_by": revoked.by_uid,
-                       "revoked_reason": revoked.reason or "-"}
+                       "revoked_node": revoked.node or "-", "revoked_reason": revoked.reason or "-"}
         if decision.granted:
             answer |= {"lifetime": decision.lifetime, "max_lifetime": decision.max_lifetime}
         return answer
@@ -486,6 +486,7 @@ class Operations:
                 "refused": state.counters.refused, "renewed": state.counters.renewed,
                 "token_files": len(state.schedule) + len(self._renewing),
                 "revoked": len(state.revocations),
+                "revocation_file": state.revocations.problem or "ok",
                 "uptime": int(time.monotonic() - state.started)}
 
     def _op_metrics(self, caller: Caller, request: Request) -> Fields:
@@ -504,6 +505,22 @@ class Operations:
                 "latency_sum": f"{counters.latency_sum:.6f}",
                 "uptime": int(time.monotonic() - state.started)}
 
+    def revocations_changed(self, change: Diff) -> None:
+        """Put in force here what the revocation file says changed, written by another node
+        (or by hand): as a local REVOKE, a newly revoked user's file goes (no renewal); as a
+        local UNREVOKE, a lifted user still logged in has one again within a second. Each is
+        audited on this node (`reason=revocation-file`, with who revoked, where and why)."""
+        for r in change.revoked:
+            self._drop_file(r.uid)
+            self.state.audit(decision="granted", op="revoke", caller_uid=r.by_uid, user=r.user,
+                             uid=r.uid, reason="revocation-file", revoked_on=r.node or None,
+                             detail=r.reason or None)
+        for r in change.lifted:
+            self.state.audit(decision="granted", op="unrevoke", user=r.user, uid=r.uid,
+                             reason="revocation-file")
+            if self.state.registry.has_live_session(r.uid):
+                self.state.schedule.overdue(r.uid, time.time(), spread=0.0)
+
     def _revoked_account(self, request: Request) -> Account:
         name = request.args["user"]
         target = lookup_account(name, frozenset())
@@ -516,12 +533,15 @@ class Operations:
         user's token file goes (tokens already out die at their exp)."""
         target = self._revoked_account(request)
         reason = request.args.get("reason", "")[:_MAX_REASON]
-        revocation = Revocation(target.name, target.uid, int(time.time()), caller.uid, reason)
+        revocations = self.state.revocations
+        revocation = Revocation(target.name, target.uid, int(time.time()), caller.uid, reason,
+                                revocations.node)
         try:
-            self.state.revocations.revoke(revocation)
+            others = revocations.revoke(revocation)
         except RevocationError as exc:
             raise Refusal(Code.INTERNAL, "revocation-file", str(exc), user=target.name,
                           uid=target.uid) from None
+        self.revocations_changed(others.without(target.uid))
         self._drop_file(target.uid)
         self.state.audit(decision="granted", op="revoke", caller_uid=caller.uid,
                          caller_pid=caller.pid, user=target.name, uid=target.uid,
@@ -535,10 +555,11 @@ class Operations:
         turn of the loop. Lifting one that is not there is not an error."""
         target = self._revoked_account(request)
         try:
-            lifted = self.state.revocations.unrevoke(target.uid)
+            lifted, others = self.state.revocations.unrevoke(target.uid)
         except RevocationError as exc:
             raise Refusal(Code.INTERNAL, "revocation-file", str(exc), user=target.name,
                           uid=target.uid) from None
+        self.revocations_changed(others.without(target.uid) if lifted else others)
         if lifted is not None:
             self.state.audit(decision="granted", op="unrevoke", caller_uid=caller.uid,
                              caller_pid=caller.pid, user=target.name, uid=target.uid,

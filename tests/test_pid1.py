@@ -99,7 +99,8 @@ def sd(machine):
 def reset(sd: Pid1, **settings: object) -> None:
     sd.systemctl("stop", UNIT)
     sd.systemctl("reset-failed", UNIT, check=False)
-    sd.run("rm", "-rf", "/run/slurmjwt/sessions.json", "/var/lib/slurmjwt/revoked.json")
+    sd.run("rm", "-rf", "/run/slurmjwt/sessions.json", "/var/lib/slurmjwt/revoked.json",
+           "/var/lib/slurmjwt/revoked.json.lock")  # both: a lock without the file stops the daemon
     sd.sh("rm -rf /run/slurmjwt-tokens/*")
     configure(sd, **settings)
     sd.systemctl("start", "slurmjwtd.socket", "slurmjwtd-root.socket")
@@ -611,6 +612,52 @@ def test_scontrol_signer_drop_in_works_inside_the_sandbox(sd, users, leaders):
     finally:
         sd.run("rm", "-rf", f"/etc/systemd/system/{UNIT}.d")
         sd.systemctl("stop", "sjt-fake-ctld", check=False)
+        sd.daemon_reload()
+
+
+# -- a revocation file on the share (docs/policy.md, many login nodes) --------------------------
+SHARED = "/etc/slurm/slurmjwt"  # as on a share next to slurm.conf
+
+
+def revocation_dropin() -> str:
+    """The drop-in as docs/policy.md gives it."""
+    text = (REPO / "docs" / "policy.md").read_text()
+    block = re.search(r"slurmjwtd\.service\.d/revocation\.conf`\), then .*?```ini\n(.*?)```", text, re.S)
+    assert block, "docs/policy.md no longer shows the revocation drop-in"
+    return block.group(1)
+
+
+def test_a_shared_revocation_file_is_written_only_with_the_documented_drop_in(sd, users):
+    """revocation_file outside the unit's StateDirectory: with the shipped unit alone the
+    read-only system refuses the write (`internal`, nothing changed, the daemon serves on);
+    with the drop-in of docs/policy.md the REVOKE is saved there, its lock beside it, and a
+    change written there by another node (here: by hand) is in force within seconds."""
+    alice = users["alice"].pw_name
+    sd.sh(f"install -d -m 0755 /etc/slurm && install -d -o slurmjwt -g slurmjwt -m 0700 {SHARED}")
+    try:
+        configure(sd, revocation_file=f"{SHARED}/revoked.json")
+        sd.systemctl("restart", UNIT)
+        refused = call(sd, "REVOKE", user=alice)
+        assert refused["code"] == "internal" and "Read-only file system" in refused["message"], refused
+        assert "nothing changed" in refused["message"]
+        assert call(sd, "MINT", user=alice)["ok"]
+
+        dropin = revocation_dropin()
+        assert f"ReadWritePaths={SHARED}" in dropin and f"RequiresMountsFor={SHARED}" in dropin
+        sd.write(f"/etc/systemd/system/{UNIT}.d/revocation.conf", dropin)
+        sd.daemon_reload()
+        sd.systemctl("restart", UNIT)
+        revoked = call(sd, "REVOKE", user=alice, reason="fleet")
+        assert revoked["ok"], revoked
+        assert call(sd, "MINT", user=alice)["code"] == "revoked"
+        saved = json.loads(sd.path(f"{SHARED}/revoked.json").read_text())
+        assert [(r["user"], r["reason"], r["node"]) for r in saved] == [(alice, "fleet", sd.run("hostname").stdout.strip())]
+        assert sd.run("test", "-e", f"{SHARED}/revoked.json.lock", check=False).returncode == 0
+        sd.sh(f"echo [] > {SHARED}/revoked.json")  # another node lifted it
+        assert wait_for(lambda: call(sd, "MINT", user=alice)["ok"], 5)
+        assert "reason=revocation-file" in unit_log(sd, "op=unrevoke reason=revocation-file")
+    finally:
+        sd.run("rm", "-rf", f"/etc/systemd/system/{UNIT}.d", SHARED)
         sd.daemon_reload()
 
 

@@ -298,9 +298,9 @@ def test_status(ops, state):
     answer = ask(ops, USER, "SJWT/1 STATUS", root_socket=False)
     assert answer.ok and answer.fields.keys() == {"version", "protocol", "signer", "sessions",
                                                   "granted", "refused", "renewed", "token_files",
-                                                  "revoked", "uptime"}
-    assert [answer.fields[k] for k in ("protocol", "signer", "sessions", "granted", "refused")] == [
-        "1", "hs256", "0", "1", "1"]
+                                                  "revoked", "revocation_file", "uptime"}
+    assert [answer.fields[k] for k in ("protocol", "signer", "sessions", "granted", "refused",
+                                       "revocation_file")] == ["1", "hs256", "0", "1", "1", "ok"]
     assert len(state.audit_log.lines) == audited
 
 

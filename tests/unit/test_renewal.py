@@ -147,7 +147,7 @@ def test_revocations_are_saved_before_they_count_and_read_back(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = Revocations(str(path))
     assert again.load() == 1 and again.of(UID) == Revocation("nobody", UID, 10, 0, "why")
-    assert again.unrevoke(UID) is not None and again.unrevoke(UID) is None
+    assert again.unrevoke(UID)[0] is not None and again.unrevoke(UID)[0] is None
     assert Revocations(str(path)).load() == 0
 
 
