@@ -34,12 +34,20 @@ prompt: bench/prompt.py times the shell integration's prompt hook in bash, zsh a
 takes the token from the token file, and counts the processes it starts; against the goal:
 under 1 ms per prompt and no process while the file is unchanged.
 
+cli: times `slurmjwt token` and `refresh` through the installed launcher (its fast path, no
+click) and through click's group, a new process each, against `/usr/bin/python3 -I -c pass`;
+against the goal: at most 1.5x.
+
+memory: a fresh slurmjwtd's RSS (VmRSS) over 1,000,000 tokens and then 100,000 sessions opened
+and closed, after a warm-up; against the goal: flat within 2 MiB over each.
+
 Everything started is stopped by PID; everything made (files, user) is removed afterwards.
 
     /opt/slurmjwt/venv/bin/python bench/bench.py [--count N] [--repeat R] [--quick] [--profile]
         [--skip-tokens] [--skip-logins] [--skip-munged] [--alone N] [--storm T]
         [--storm-logins N] [--burst] [--sessions N] [--skip-jobs] [--job-runs N] [--skip-pieces]
-        [--skip-renewals] [--renew-users N] [--skip-prompt]
+        [--skip-renewals] [--renew-users N] [--skip-prompt] [--skip-cli] [--cli-runs N]
+        [--skip-memory] [--memory-tokens N] [--memory-sessions N]
 """
 
 from __future__ import annotations

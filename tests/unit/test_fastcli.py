@@ -129,6 +129,7 @@ ARGVS = [
     ["token", "--user", "nobody"], ["token", "--user=a b\u00e9"], ["token", "--user", "x" * 1100],
     ["token", "--lifetime", "60", "--user", "root"], ["refresh"], ["refresh", "--csh"],
     ["refresh", "--lifetime", "900", "--csh", "--timeout", "2.5"], ["refresh", "--timeout=3"],
+    ["refresh", "--timeout", "1"], ["refresh", "--csh", "--timeout", "1"],  # the shells' own
 ]
 
 
