@@ -199,7 +199,9 @@ def _number(kind: str, value: str, bounds: tuple[float, float]) -> int | float |
     if len(value) > 20:
         return None  # int() refuses over 4300 digits; no bound here needs 20
     whole, dot, fraction = value.partition(".") if kind == FLOAT else (value, "", "")
-    if not whole or not _DIGITS.issuperset(whole) or (dot and not (fraction and _DIGITS.issuperset(fraction))):
+    if not whole or not _DIGITS.issuperset(whole):
+        return None
+    if dot and not (fraction and _DIGITS.issuperset(fraction)):
         return None
     number = float(value) if kind == FLOAT else int(value)
     return number if bounds[0] <= number <= bounds[1] else None
@@ -252,7 +254,8 @@ def echo(text: str, err: bool = False) -> None:
 def run_fast(command: str, values: dict[str, object]) -> int:
     """Run COMMAND with VALUES as click's standalone main would: its exit status, and a
     Failure, ^C, or a closed stdout reported as click reports them."""
-    socket_path = socket_of(values.pop("socket_path", None) or os.environ.get(SOCKET_VARIABLE))  # type: ignore[arg-type]
+    given = values.pop("socket_path", None)  # never empty: parse hands an empty value to click
+    socket_path = socket_of(given or os.environ.get(SOCKET_VARIABLE))  # type: ignore[arg-type]
     try:
         RUN[command](socket_path, echo, **values)  # type: ignore[operator]
     except Failure as exc:

@@ -277,11 +277,11 @@ def test_plain_answers_are_read_as_protocol_reads_them():
     lines = [b"SJWT/1 OK", b"SJWT/1 OK ", b"SJWT/1 OK token=a.b.c", b"SJWT/1 OKtoken=x",
              b"SJWT/1 OK  token=x", b"SJWT/1 OK =x", b"SJWT/1 OK Token=x", b"SJWT/1 OK t=1 t=2",
              b"SJWT/1 OK a=" + b"\xff"]
+    keys, values = ["token", "user", "uid", "x_y", "A"], ["v", "a.b", "", "%2F", "é", "="]
     for _ in range(20000):
         lines.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))).encode())
-        lines.append(("SJWT/1 OK " + " ".join(
-            f"{rng.choice(['token', 'user', 'uid', 'x_y', 'A'])}={rng.choice(['v', 'a.b', '', '%2F', 'é', '='])}"
-            for _ in range(rng.randint(0, 4)))).encode())
+        pairs = (f"{rng.choice(keys)}={rng.choice(values)}" for _ in range(rng.randint(0, 4)))
+        lines.append(("SJWT/1 OK " + " ".join(pairs)).encode())
     for line in lines:
         got = wire.plain_ok(line)
         if got is None:
