@@ -111,7 +111,7 @@ sys.path.insert(0, "$(LIBDIR)")
 from slurmjwtd.$(1) import main
 main()
 endef
-export LAUNCHER_CLI := $(call launcher,cli)
+export LAUNCHER_CLI := $(call launcher,fastcli)
 export LAUNCHER_DAEMON := $(call launcher,main)
 
 install-deps:

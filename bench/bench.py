@@ -34,12 +34,20 @@ prompt: bench/prompt.py times the shell integration's prompt hook in bash, zsh a
 takes the token from the token file, and counts the processes it starts; against the goal:
 under 1 ms per prompt and no process while the file is unchanged.
 
+cli: times `slurmjwt token` and `refresh` through the installed launcher (its fast path, no
+click) and through click's group, a new process each, against `/usr/bin/python3 -I -c pass`;
+against the goal: at most 1.5x.
+
+memory: a fresh slurmjwtd's RSS (VmRSS) over 1,000,000 tokens and then 100,000 sessions opened
+and closed, after a warm-up; against the goal: flat within 2 MiB over each.
+
 Everything started is stopped by PID; everything made (files, user) is removed afterwards.
 
     /opt/slurmjwt/venv/bin/python bench/bench.py [--count N] [--repeat R] [--quick] [--profile]
         [--skip-tokens] [--skip-logins] [--skip-munged] [--alone N] [--storm T]
         [--storm-logins N] [--burst] [--sessions N] [--skip-jobs] [--job-runs N] [--skip-pieces]
-        [--skip-renewals] [--renew-users N] [--skip-prompt]
+        [--skip-renewals] [--renew-users N] [--skip-prompt] [--skip-cli] [--cli-runs N]
+        [--skip-memory] [--memory-tokens N] [--memory-sessions N]
 """
 
 from __future__ import annotations
@@ -87,6 +95,10 @@ THREADS = (1, 8)
 RENEW_FROM, RENEW_TO = 0.50, 0.75  # slurmjwtd/renewal.py: when in a token's life it is renewed
 GOAL_USERS, GOAL_LIFETIME, GOAL_RENEW_SHARE = 10_000, 900, 0.02  # issue 12: under 2 % of a core
 IDLE_SESSIONS = 10_000
+SYSTEM_PYTHON = "/usr/bin/python3"  # what the installed launchers run (Makefile's `launcher`)
+CLI_COMMANDS = ("token", "refresh")
+GOAL_CLI_RATIO = 1.5  # issue 15: token and refresh at most 1.5x a bare `python3 -I -c pass`
+GOAL_RSS_GROWTH_MIB = 2  # issue 15: RSS within 2 MiB over 1,000,000 tokens and 100,000 sessions
 
 # Runs slurmjwtd's own entry point under cProfile; cProfile.run swallows the SystemExit.
 PROFILED_DAEMON = """
@@ -476,6 +488,137 @@ def report_logins(results: dict[tuple[str, str], list[dict[str, float]]],
     return verdict
 
 
+# -- cli ------------------------------------------------------------------------------------
+def write_launcher(path: Path, module: str) -> str:
+    """PATH: the installed `slurmjwt` launcher (the Makefile's `launcher`: Debian's python3 -I,
+    the package's directory first on sys.path), entering through slurmjwtd.MODULE of this
+    checkout."""
+    path.write_text(f"#!{SYSTEM_PYTHON} -I\nimport sys\nsys.path.insert(0, {str(HERE.parent)!r})\n"
+                    f"from slurmjwtd.{module} import main\nmain()\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def run_cli(tmp: Path, sock: str, runs: int) -> dict[str, float]:
+    """Median wall time (us) of RUNS runs of each command line, a new process each, in turn;
+    against SOCK (root mints for root there, as for a user on the public socket)."""
+    d = tmp / "cli"
+    d.mkdir()
+    fast, slow = write_launcher(d / "slurmjwt", "fastcli"), write_launcher(d / "slurmjwt-click", "cli")
+    venv = str(VENV / "bin" / "slurmjwt")
+    argvs = {"pass": [SYSTEM_PYTHON, "-I", "-c", "pass"]}
+    for command in CLI_COMMANDS:
+        argvs |= {(command, "fast"): [fast, command], (command, "click"): [slow, command],
+                  (command, "venv"): [venv, command]}
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "SLURMJWT_SOCKET": sock}
+    times: dict[object, list[float]] = {key: [] for key in argvs}
+    for argv in argvs.values():  # they work (spawn_us raises if not); byte-compiled, cached
+        spawn_us(argv, env)
+    for _ in range(runs):  # in turn: other load on the machine hits all alike
+        for key, argv in argvs.items():
+            times[key].append(spawn_us(argv, env))
+    return {key: statistics.median(t) for key, t in times.items()}  # type: ignore[misc]
+
+
+def report_cli(r: dict[object, float], runs: int) -> bool:
+    """Print the table; return whether token and refresh meet the goal."""
+    base = r["pass"]
+    print(f"{'command':<18} {'fast path':>9} {'x pass':>7}   {'click path':>10} {'x pass':>7}   "
+          f"{'venv script':>11} {'x pass':>7}")
+    print(f"{'python3 -I -c pass':<18} {base / 1000:>9.1f} {1:>7.2f}")
+    worst = 0.0
+    for command in CLI_COMMANDS:
+        cells = [(r[(command, v)] / 1000, r[(command, v)] / base) for v in ("fast", "click", "venv")]
+        worst = max(worst, cells[0][1])
+        print(f"{'slurmjwt ' + command:<18} {cells[0][0]:>9.1f} {cells[0][1]:>7.2f}   "
+              f"{cells[1][0]:>10.1f} {cells[1][1]:>7.2f}   {cells[2][0]:>11.1f} {cells[2][1]:>7.2f}")
+    print(f"ms, median of {runs} runs (posix_spawn to waitpid, a new process each, stdout to "
+          f"/dev/null), against this bench's slurmjwtd;\nfast path: the installed launcher "
+          f"(#!{SYSTEM_PYTHON} -I, entry slurmjwtd.fastcli); click path: the same with the entry "
+          f"slurmjwtd.cli (before the fast path);\nvenv script: {VENV}/bin/slurmjwt (pip's "
+          f"console script, site-packages scanned)\n")
+    met = worst <= GOAL_CLI_RATIO
+    print(f"goal: slurmjwt token and refresh at most x{GOAL_CLI_RATIO} a bare python3 -I -c pass: "
+          f"{'met' if met else 'NOT met'} (x{worst:.2f})")
+    return met
+
+
+# -- memory ---------------------------------------------------------------------------------
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        return int(re.search(r"VmRSS:\s*(\d+) kB", fh.read()).group(1))
+
+
+def open_close(root_sock: str, user: str, count: int, batch: int = 50) -> None:
+    """COUNT sessions for USER opened and closed again on ROOT_SOCK, BATCH at a time: led by this
+    process, which lives, as sshd leads a login; each OPEN also writes the user's token file
+    and each last CLOSE removes it."""
+    done = 0
+    while done < count:
+        ids = []
+        for op in ("OPEN", "CLOSE"):
+            socks = []
+            for i in range(min(batch, count - done) if op == "OPEN" else len(ids)):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(10)
+                s.connect(root_sock)
+                s.sendall(f"SJWT/1 OPEN user={user} tty=mem service=bench\n".encode() if op == "OPEN"
+                          else f"SJWT/1 CLOSE session={ids[i]}\n".encode())
+                socks.append(s)
+            for s in socks:
+                with s:
+                    answer = s.recv(4096).decode()
+                if not answer.startswith("SJWT/1 OK"):
+                    raise RuntimeError(f"{op} failed: {answer[:120]!r}")
+                if op == "OPEN":
+                    ids.append(re.search(r" session=(\S+)", answer).group(1))
+        done += len(ids)
+
+
+def run_memory(tmp: Path, tokens: int, sessions: int, steps: int = 10) -> dict[str, list[int]]:
+    """A fresh slurmjwtd's RSS (KiB): after a warm-up (a tenth of each load), then after each
+    STEPS-th of TOKENS tokens (loadgen, 8 threads, root minting for root), then after each
+    STEPS-th of SESSIONS sessions of root opened and closed. All along one session of the bench
+    user stays open, as other users' logins do on a login node: the renewal schedule's earliest
+    entry is then a live one, and stale entries behind it are not dropped from the top."""
+    proc, sock = start_slurmjwtd(tmp, name="memory")
+    root = root_socket_of(sock)
+    try:
+        with bench_user() as user:
+            hold_sessions(root, user, 1)
+            loadgen(proc.pid, sock, max(tokens // 10, 1), 8)
+            open_close(root, "root", max(sessions // 10, 1))
+            out = {"tokens": [rss_kib(proc.pid)], "sessions": []}
+            for i in range(steps):
+                loadgen(proc.pid, sock, tokens * (i + 1) // steps - tokens * i // steps, 8)
+                out["tokens"].append(rss_kib(proc.pid))
+            out["sessions"].append(out["tokens"][-1])
+            for i in range(steps):
+                open_close(root, "root", sessions * (i + 1) // steps - sessions * i // steps)
+                out["sessions"].append(rss_kib(proc.pid))
+            if status_field(sock, "sessions") != 1:
+                raise RuntimeError("the memory section left sessions open besides the held one")
+    finally:
+        stop(proc)
+    return out
+
+
+def report_memory(r: dict[str, list[int]], tokens: int, sessions: int) -> bool:
+    """Print each load's RSS series and growth; return whether both stay within the goal."""
+    met = True
+    for load, count in (("tokens", tokens), ("sessions", sessions)):
+        series = r[load]
+        growth = (series[-1] - series[0]) / 1024
+        met &= growth <= GOAL_RSS_GROWTH_MIB
+        what = "tokens" if load == "tokens" else "sessions opened and closed"
+        print(f"{count:,} {what}: RSS {series[0] / 1024:.1f} -> {series[-1] / 1024:.1f} MiB, "
+              f"growth {growth:+.2f} MiB (peak {max(series) / 1024:.1f}); "
+              f"each tenth: {' '.join(f'{x / 1024:.1f}' for x in series[1:])}")
+    print(f"goal: RSS flat (within {GOAL_RSS_GROWTH_MIB} MiB) over each load: "
+          f"{'met' if met else 'NOT met'}")
+    return met
+
+
 # -- jobs -----------------------------------------------------------------------------------
 def spawn_us(argv: list[str], env: dict[str, str]) -> float:
     """Wall time of one run of ARGV (posix_spawn to waitpid, stdout to /dev/null), in us."""
@@ -691,6 +834,19 @@ def main() -> int:
                         help="leave out the pieces section (bench/pieces.py)")
     parser.add_argument("--skip-prompt", action="store_true",
                         help="leave out the prompt section (bench/prompt.py)")
+    parser.add_argument("--skip-cli", action="store_true",
+                        help="leave out the cli section (slurmjwt token and refresh)")
+    parser.add_argument("--cli-runs", type=int, default=None, metavar="N",
+                        help="runs of each command line in the cli section [100, or 20 with "
+                             "--quick]")
+    parser.add_argument("--skip-memory", action="store_true",
+                        help="leave out the memory section (daemon RSS over many tokens and "
+                             "sessions)")
+    parser.add_argument("--memory-tokens", type=int, default=None, metavar="N",
+                        help="tokens in the memory section [1000000, or 50000 with --quick]")
+    parser.add_argument("--memory-sessions", type=int, default=None, metavar="N",
+                        help="sessions opened and closed in the memory section [100000, or "
+                             "5000 with --quick]")
     parser.add_argument("--profile", action="store_true",
                         help="instead: run slurmjwtd under cProfile with 1 client; print the top")
     args = parser.parse_args()
@@ -698,9 +854,13 @@ def main() -> int:
     alone = args.alone or (100 if args.quick else 1000)
     storm_logins = args.storm_logins or (3 if args.quick else 50)
     job_runs = args.job_runs or (30 if args.quick else 300)
-    if min(count, repeat, alone, args.storm, storm_logins, job_runs) < 1 or args.sessions < 0:
-        parser.error("--count, --repeat, --alone, --storm, --storm-logins and --job-runs must "
-                     "be 1 or more")
+    cli_runs = args.cli_runs or (20 if args.quick else 100)
+    memory_tokens = args.memory_tokens or (50_000 if args.quick else 1_000_000)
+    memory_sessions = args.memory_sessions or (5_000 if args.quick else 100_000)
+    if (min(count, repeat, alone, args.storm, storm_logins, job_runs, cli_runs, memory_tokens,
+            memory_sessions) < 1 or args.sessions < 0):
+        parser.error("--count, --repeat, --alone, --storm, --storm-logins, --job-runs, "
+                     "--cli-runs, --memory-tokens and --memory-sessions must be 1 or more")
     scenarios = {"alone": (1, alone), "storm": (args.storm, storm_logins)}
     if os.geteuid() != 0:
         print("bench.py: run as root (it starts munged as the munge user, writes /etc/pam.d, "
@@ -768,6 +928,18 @@ def main() -> int:
                   f"--quick)")
             report_renewals(run_renewals(tmp, renew_users, lifetime, window, IDLE_SESSIONS,
                                          idle_window), renew_users, lifetime)
+            print()
+        if not args.skip_cli:
+            print(f"cli: slurmjwt {' and '.join(CLI_COMMANDS)}, {cli_runs} runs of each, against "
+                  f"{SYSTEM_PYTHON} -I -c pass in turn")
+            report_cli(run_cli(tmp, sock, cli_runs), cli_runs)
+            print()
+        if not args.skip_memory:
+            print(f"memory: a fresh slurmjwtd's RSS (VmRSS) over {memory_tokens:,} tokens (loadgen, "
+                  f"8 threads), then {memory_sessions:,} sessions opened and closed (50 at a "
+                  f"time), after a warm-up of a tenth of each")
+            report_memory(run_memory(tmp, memory_tokens, memory_sessions), memory_tokens,
+                          memory_sessions)
             print()
         if not args.skip_pieces:
             subprocess.run([str(VENV / "bin" / "python"), str(PIECES),

@@ -13,6 +13,10 @@ exit status (docs/cli.md):
 
 Text that comes from the daemon (or from whatever listens on $SLURMJWT_SOCKET) is printed as
 printable ASCII only (printable()): a fake daemon cannot send escape sequences to a terminal.
+
+The `slurmjwt` launcher enters through fastcli.main, which runs `token` and `refresh` without
+click when their options allow and hands everything else to the group here; what those two
+commands do, the exit statuses and Failure live in fastcli.py, for both paths.
 """
 
 from __future__ import annotations
@@ -34,45 +38,38 @@ import click
 
 from . import __version__
 from .atomicfile import write_atomic
+from .config import DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET
+# the exit statuses, exit_status and Failure are fastcli.py's, for both paths (re-exported)
+from .fastcli import (EXIT_CURL, EXIT_DAEMON, EXIT_ERROR, EXIT_KEYGEN, EXIT_NO_SESSION,  # noqa: F401
+                      EXIT_NO_TOKEN, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, LIFETIME_RANGE,
+                      SOCKET_VARIABLE, TIMEOUT_DEFAULT, TIMEOUT_RANGE, Failure, exit_status,
+                      printable, run_refresh, run_token, site_config, socket_of, token_file,
+                      variable_name)
+from .fastcli import ask as ask_socket
 from .nss import nss
-from .client import BadAnswer, DaemonUnreachable, call
-from .config import (DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config, ConfigError,
-                     load_config)
-from .protocol import REFUSALS, Code, Response, parse_number
+from .protocol import Code, parse_number
 from .signer import rs256_kid, unverified_claims
-from .tokenfile import FILE_VARIABLE, read_token_file, token_path
+from .tokenfile import read_token_file
 
-EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NO_SESSION = 1, 2, 3, 4, 5
-EXIT_DAEMON, EXIT_NO_TOKEN, EXIT_KEYGEN, EXIT_CURL = 6, 7, 8, 9
-MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path (108) less the terminating NUL
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2: help, not an error
-_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 
 
-def printable(text: object) -> str:
-    """TEXT with everything but printable ASCII shown as \\xNN (\\uNNNN above 0xff): what a daemon
-    or a token says reaches a terminal as plain characters, never as escape sequences."""
-    return "".join(c if " " <= c <= "~" and c != "\\" else
-                   "\\\\" if c == "\\" else
-                   f"\\x{ord(c):02x}" if ord(c) <= 0xff else f"\\u{ord(c):04x}" for c in str(text))
+class Shown(click.ClickException):
+    """A Failure (fastcli.py) as click shows an error: its one line on stderr, its exit status."""
 
-
-class Failure(click.ClickException):
-    """One line on stderr, one exit status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.exit_code = status
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.exit_code = failure.status
+        self.failure = failure
 
     def show(self, file: object = None) -> None:
-        click.echo(f"slurmjwt: {printable(self.message)}", err=True)
+        click.echo(self.failure.line(), err=True)
 
 
-def usage_failure(exc: click.UsageError) -> Failure:
+def usage_failure(exc: click.UsageError) -> Shown:
     """Click's usage error as one line: `slurmjwt: MESSAGE (see slurmjwt [COMMAND] --help)`."""
     where = exc.ctx.command_path if exc.ctx is not None else "slurmjwt"
-    return Failure(EXIT_USAGE, f"{exc.format_message().rstrip('.')} (see {where} --help)")
+    return Shown(Failure(EXIT_USAGE, f"{exc.format_message().rstrip('.')} (see {where} --help)"))
 
 
 class OneLineUsage(click.Group):
@@ -94,65 +91,14 @@ class OneLineUsage(click.Group):
             raise
         except click.UsageError as exc:
             raise usage_failure(exc) from None
-
-
-def socket_path_error(path: str) -> str | None:
-    """Why PATH cannot be a Unix socket's address, or None: connect(2) would only say
-    "AF_UNIX path too long" (and Python's OSError then has no strerror)."""
-    size = len(os.fsencode(path))
-    if size <= MAX_SOCKET_PATH:
-        return None
-    shown = path if len(path) <= 60 else path[:57] + "..."
-    return f"socket path {shown} is {size} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket allows"
-
-
-def variable_name() -> str:
-    """The variable the site keeps the token in: $SLURMJWT_VARIABLE, else SLURM_JWT."""
-    name = os.environ.get("SLURMJWT_VARIABLE", "")
-    return name if _NAME.match(name) else "SLURM_JWT"
+        except Failure as exc:  # raised by the commands and by fastcli.py's pieces they call
+            raise Shown(exc) from None
 
 
 def ask(ctx: click.Context, op: str, args: dict[str, object] | None = None,
-        timeout: float = 5.0) -> Response:
-    too_long = socket_path_error(ctx.obj)
-    if too_long:
-        raise Failure(EXIT_USAGE, f"{too_long} (give a shorter --socket or SLURMJWT_SOCKET)")
-    try:
-        answer = call(ctx.obj, op, args, timeout=timeout)
-    except DaemonUnreachable as exc:
-        raise Failure(EXIT_UNREACHABLE, f"{exc} (is slurmjwtd running? systemctl status slurmjwtd)")
-    except BadAnswer as exc:
-        raise Failure(EXIT_DAEMON, str(exc))
-    if not answer.ok:
-        raise Failure(exit_status(answer.code), f"refused ({answer.code}): {answer.message}")
-    return answer
-
-
-def exit_status(code: str) -> int:
-    """The exit status for an ERR answer's CODE, by its class in protocol.Code: a refusal 4 (5
-    for no-session: log in again), a fault, or a code not in the table, 6."""
-    if code not in REFUSALS:
-        return EXIT_DAEMON
-    return EXIT_NO_SESSION if code == "no-session" else EXIT_REFUSED
-
-
-def get_token(ctx: click.Context, user: str | None, lifetime: int | None,
-              timeout: float = 5.0) -> str:
-    """A new token from the daemon (the token file is the daemon's: it keeps it fresh)."""
-    args: dict[str, object] = {}
-    if user is not None:
-        args["user"] = user
-    if lifetime is not None:
-        args["lifetime"] = lifetime
-    token = ask(ctx, "MINT", args, timeout).fields.get("token", "")
-    if not _JWT.match(token):  # refresh output is eval'd by shells: accept nothing else
-        raise Failure(EXIT_DAEMON, "slurmjwtd answered without a well-formed token")
-    return token
-
-
-def token_file() -> str:
-    """This user's token file: $SLURMJWT_TOKEN_FILE (the login's), else token_dir/<uid>/token."""
-    return os.environ.get(FILE_VARIABLE) or token_path(site_config().token_dir, os.getuid())
+        timeout: float = 5.0) -> dict[str, str]:
+    """The fields of the daemon's OK answer (fastcli.ask, on the socket the group chose)."""
+    return ask_socket(ctx.obj, op, args, timeout)
 
 
 def expiry(token: str) -> int:
@@ -181,7 +127,7 @@ def current_token(explicit: str | None = None) -> str:
 
 
 @click.group(cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--socket", "socket_path", envvar="SLURMJWT_SOCKET", default=None, metavar="PATH",
+@click.option("--socket", "socket_path", envvar=SOCKET_VARIABLE, default=None, metavar="PATH",
               help=f"slurmjwtd's socket [env: SLURMJWT_SOCKET; default: {DEFAULT_SOCKET}, "
                    f"as root {DEFAULT_ROOT_SOCKET}].")
 @click.version_option(__version__, prog_name="slurmjwt")
@@ -190,11 +136,11 @@ def main(ctx: click.Context, socket_path: str | None) -> None:
     """Get and inspect short-lived Slurm JWTs from slurmjwtd.
 
     The token's variable is $SLURMJWT_VARIABLE, else SLURM_JWT."""
-    # root's own socket has its own queue, which users flooding the public one cannot fill
-    ctx.obj = socket_path or (DEFAULT_ROOT_SOCKET if os.geteuid() == 0 else DEFAULT_SOCKET)
+    ctx.obj = socket_of(socket_path)
 
 
-lifetime_option = click.option("--lifetime", type=click.IntRange(min=1, max=999_999_999),
+# token's and refresh's options: fastcli.FAST_OPTIONS is their table, for the fast path too
+lifetime_option = click.option("--lifetime", type=click.IntRange(*LIFETIME_RANGE),
                                metavar="SECONDS",
                                help="Token lifetime [default: the daemon's].")
 
@@ -207,25 +153,18 @@ lifetime_option = click.option("--lifetime", type=click.IntRange(min=1, max=999_
 @click.pass_context
 def token(ctx: click.Context, lifetime: int | None, user: str | None, show_file: bool) -> None:
     """Print SLURM_JWT=<token>, as `scontrol token` does."""
-    if show_file:
-        path = token_file()
-        click.echo(path)
-        if not os.path.exists(path):
-            raise Failure(EXIT_NO_TOKEN, f"{path} does not exist (it is made at login)")
-        return
-    click.echo(f"{variable_name()}={get_token(ctx, user, lifetime)}")
+    run_token(ctx.obj, click.echo, lifetime, user, show_file)
 
 
 @main.command()
 @lifetime_option
 @click.option("--csh", is_flag=True, help="Print `setenv NAME <token>` for csh and tcsh.")
-@click.option("--timeout", type=click.FloatRange(min=0.01, max=60), default=5.0, show_default=True,
-              metavar="SECONDS", help="Give up after this long.")
+@click.option("--timeout", type=click.FloatRange(*TIMEOUT_RANGE), default=TIMEOUT_DEFAULT,
+              show_default=True, metavar="SECONDS", help="Give up after this long.")
 @click.pass_context
 def refresh(ctx: click.Context, lifetime: int | None, csh: bool, timeout: float) -> None:
     """Print `export SLURM_JWT=<token>`, for eval "$(slurmjwt refresh)"."""
-    token = get_token(ctx, None, lifetime, timeout)
-    click.echo(f"setenv {variable_name()} {token}" if csh else f"export {variable_name()}={token}")
+    run_refresh(ctx.obj, click.echo, lifetime, csh, timeout)
 
 
 def describe_span(seconds: int) -> str:
@@ -331,14 +270,6 @@ def curl(args: tuple[str, ...]) -> None:
                                  f"unless -s, is above; see man curl, EXIT CODES)")
 
 
-def site_config() -> Config:
-    path = os.environ.get("SLURMJWT_CONFIG") or DEFAULT_CONFIG
-    try:
-        return load_config(path, required=False)
-    except ConfigError as exc:
-        raise Failure(EXIT_ERROR, str(exc))
-
-
 @main.command()
 @click.option("--config", "config_path", default=DEFAULT_CONFIG, metavar="PATH",
               help="slurmjwtd's configuration.")
@@ -363,7 +294,7 @@ def doctor(ctx: click.Context, config_path: str, slurm_conf: str, pam_file: str,
 
 @main.command()
 @click.argument("user")
-@click.option("--lifetime", type=click.IntRange(min=1, max=999_999_999), metavar="SECONDS",
+@click.option("--lifetime", type=click.IntRange(*LIFETIME_RANGE), metavar="SECONDS",
               help="Ask about this lifetime rather than the default.")
 @click.pass_context
 def policy(ctx: click.Context, user: str, lifetime: int | None) -> None:
@@ -371,7 +302,7 @@ def policy(ctx: click.Context, user: str, lifetime: int | None) -> None:
 
     Exit 0 if a token would be granted, 4 if refused."""
     args: dict[str, object] = {"user": user} | ({"lifetime": lifetime} if lifetime else {})
-    f = ask(ctx, "EXPLAIN", args).fields
+    f = ask(ctx, "EXPLAIN", args)
     granted = f.get("decision") == "granted"
     click.echo(printable(f"{user}: {'granted' if granted else 'refused'} ({f.get('reason')}, "
                          f"rule {f.get('rule')})"))
@@ -406,7 +337,7 @@ def json_value(value: str) -> object:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Say whether slurmjwtd answers, its version and signer."""
-    fields = ask(ctx, "STATUS").fields
+    fields = ask(ctx, "STATUS")
     if as_json:
         click.echo(json.dumps({"socket": ctx.obj} | {k: json_value(v) for k, v in fields.items()}))
         return
@@ -497,7 +428,7 @@ def metrics(ctx: click.Context, output: str | None) -> None:
     daemon error)."""
     failure = None
     try:
-        fields: dict[str, str] | None = ask(ctx, "METRICS").fields
+        fields: dict[str, str] | None = ask(ctx, "METRICS")
     except Failure as exc:
         fields, failure = None, exc
     text = prometheus_text(fields)
@@ -522,7 +453,7 @@ def revoke(ctx: click.Context, user: str, reason: str) -> None:
 
     The user's token file goes and their logins get no token; tokens already out die at their
     exp (at most one lifetime). `slurmjwt unrevoke USER` lifts it."""
-    f = ask(ctx, "REVOKE", {"user": user} | ({"reason": reason} if reason else {})).fields
+    f = ask(ctx, "REVOKE", {"user": user} | ({"reason": reason} if reason else {}))
     click.echo(printable(f"{f.get('user')} (uid {f.get('uid')}) revoked; "
                          f"{f.get('sessions')} live session(s) keep no token"))
 
@@ -533,7 +464,7 @@ def revoke(ctx: click.Context, user: str, reason: str) -> None:
 def unrevoke(ctx: click.Context, user: str) -> None:
     """Lift USER's revocation (root): their next login, and their live sessions' token
     file, get tokens again."""
-    f = ask(ctx, "UNREVOKE", {"user": user}).fields
+    f = ask(ctx, "UNREVOKE", {"user": user})
     click.echo(printable(f"{f.get('user')} (uid {f.get('uid')}) "
                          + ("unrevoked" if f.get("was_revoked") == "yes" else "was not revoked")))
 

@@ -14,9 +14,9 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from .wire import DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET  # noqa: F401  (there for the CLI's fast path)
+
 DEFAULT_CONFIG = "/etc/slurmjwt/slurmjwtd.toml"
-DEFAULT_SOCKET = "/run/slurmjwt/slurmjwtd.sock"
-DEFAULT_ROOT_SOCKET = "/run/slurmjwt/slurmjwtd-root.sock"
 
 
 class ConfigError(Exception):

@@ -256,7 +256,7 @@ def unreachable_fix(socket: str, config: Config | None) -> str:
 def check_daemon(socket: str, config: Config | None = None) -> Finding:
     """The daemon answers STATUS on SOCKET; CONFIG (None: invalid or unread) says where it listens."""
     why = "without the daemon no login gets a token and `slurmjwt refresh` fails"
-    from .cli import MAX_SOCKET_PATH, socket_path_error  # doctor runs from the CLI: loaded already
+    from .fastcli import MAX_SOCKET_PATH, socket_path_error  # doctor runs from the CLI: loaded already
     too_long = socket_path_error(socket)
     if too_long:
         return Finding(PROBLEM, "daemon", too_long,

@@ -17,12 +17,8 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 
-MAGIC = "SJWT/1"
-MAX_REQUEST = 1024  # bytes, newline included
-MAX_RESPONSE = 4096  # bytes, newline included
+from .wire import MAGIC, MAX_REQUEST, MAX_RESPONSE, SAFE  # noqa: F401  (the constants' one place)
 
-# docs/protocol.md's `safe`: the bytes a value carries as they are (pam/sjwt_client.c's SAFE_CHARS)
-SAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@+,"
 # urllib.parse.quote always keeps letters, digits and "-._~"; it is told the rest of SAFE
 _QUOTE_SAFE = SAFE.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _SAFE_TEXT = re.compile(f"[{re.escape(SAFE)}]+\\Z")  # fast path: a value needing no escapes
