@@ -41,12 +41,17 @@ against the goal: at most 1.5x.
 memory: a fresh slurmjwtd's RSS (VmRSS) over 1,000,000 tokens and then 100,000 sessions opened
 and closed, after a warm-up; against the goal: flat within 2 MiB over each.
 
+journal: bench/journal.py runs the tokens section as a login node does, slurmjwtd as its unit
+under a real systemd (tests/pid1.py) with its audit in the journal, against munged in the same
+run; it also reports systemd-journald's CPU per token.
+
 Everything started is stopped by PID; everything made (files, user) is removed afterwards.
 
     /opt/slurmjwt/venv/bin/python bench/bench.py [--count N] [--repeat R] [--quick] [--profile]
         [--skip-tokens] [--skip-logins] [--skip-munged] [--alone N] [--storm T]
         [--storm-logins N] [--burst] [--sessions N] [--skip-jobs] [--job-runs N] [--skip-pieces]
-        [--skip-renewals] [--renew-users N] [--skip-prompt] [--skip-cli] [--cli-runs N]
+        [--skip-renewals] [--renew-users N] [--skip-prompt] [--skip-journal]
+        [--skip-cli] [--cli-runs N]
         [--skip-memory] [--memory-tokens N] [--memory-sessions N]
 """
 
@@ -80,6 +85,7 @@ MODULE = PAM_SRC / "pam_slurmjwt.so"
 EXEC = PAM_SRC / "slurmjwt-exec"
 PIECES = HERE / "pieces.py"
 PROMPT_BENCH = HERE / "prompt.py"
+JOURNAL_BENCH = HERE / "journal.py"
 JOB_COMMANDS = ("srun", "sbatch", "squeue")  # each run as `CMD --version`
 PAM_D = Path("/etc/pam.d")
 BENCH_USER = "sjwt-bench"
@@ -834,6 +840,9 @@ def main() -> int:
                         help="leave out the pieces section (bench/pieces.py)")
     parser.add_argument("--skip-prompt", action="store_true",
                         help="leave out the prompt section (bench/prompt.py)")
+    parser.add_argument("--skip-journal", action="store_true",
+                        help="leave out the journal section (bench/journal.py: tokens under "
+                        "systemd, audit to the journal)")
     parser.add_argument("--skip-cli", action="store_true",
                         help="leave out the cli section (slurmjwt token and refresh)")
     parser.add_argument("--cli-runs", type=int, default=None, metavar="N",
@@ -949,6 +958,10 @@ def main() -> int:
             subprocess.run([sys.executable, str(PROMPT_BENCH),
                             *(["--prompts", "200", "--rounds", "1"] if args.quick else [])],
                            check=True)
+            print()
+        if not args.skip_journal and not args.skip_tokens:
+            subprocess.run([sys.executable, str(JOURNAL_BENCH), "--count", str(count),
+                            "--repeat", str(repeat)], check=True)
         return 0
     finally:
         for proc in procs:

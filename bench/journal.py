@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -73,6 +74,19 @@ def loadgen_inside(sd: Pid1, count: int, threads: int) -> dict[str, float]:
             "p50_us": fields["p50_us"], "p99_us": fields["p99_us"]}
 
 
+def journal_lines(sd: Pid1, expected: int, settle: float = 3.0) -> int:
+    """The journal's op=mint entries of the unit, once there are EXPECTED or the count has not
+    grown for SETTLE seconds (journald stores what the daemon sent a moment later)."""
+    count, last_change = -1, time.monotonic()
+    while True:
+        now = int(sd.sh(f"journalctl -u {UNIT} -o cat SLURMJWT_OP=mint | wc -l").stdout)
+        if now != count:
+            count, last_change = now, time.monotonic()
+        if count >= expected or time.monotonic() - last_change > settle:
+            return count
+        time.sleep(0.5)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=30000, help="operations per run [30000]")
@@ -94,6 +108,10 @@ def main() -> int:
             sd.sh(f"install -d -m 0755 /var/lib/slurm && head -c 32 /dev/urandom > {KEY} && "
                   f"chown slurm:slurmjwt {KEY} && chmod 0640 {KEY}")
             sd.write("/etc/slurmjwt/slurmjwtd.toml", "min_uid = 0\n")
+            # room for every line (the default, 10 % of the machine's small /run, would rotate
+            # the first ones away and the count below would miss them)
+            sd.write("/etc/systemd/journald.conf.d/bench.conf", "[Journal]\nRuntimeMaxUse=1G\n")
+            sd.systemctl("restart", "systemd-journald.service")
             sd.systemctl("start", UNIT)  # as the first connection would
             runners = {"slurmjwtd": lambda n, t: loadgen_inside(sd, n, t),
                        "munged": lambda n, t: bench.remunge(munged.pid, msock, n, t)}
@@ -114,7 +132,7 @@ def main() -> int:
                       f"{journald:.0f} us (munged writes no line per credential)")
             minted = min(args.count, 2000) + sum(
                 r["ops"] for threads in bench.THREADS for r in results[("slurmjwtd", threads)])
-            lines = sd.sh(f"journalctl -u {UNIT} -o cat SLURMJWT_OP=mint | wc -l").stdout.strip()
+            lines = journal_lines(sd, int(minted))
             print(f"journal: {lines} op=mint entries for {minted:.0f} tokens minted")
         return 0
     finally:
