@@ -622,8 +622,6 @@ def jwks(path: str | None, kid: str | None, jwks_file: str | None, adds: tuple[s
                                       f"JWKS; name slurmctld's JWKS file with --file")
         edit_jwks(jwks_file, adds, removes, kid)
         return
-    if kid is not None and not KID.match(kid):
-        raise Failure(EXIT_USAGE, f"--kid {kid[:40]!r} is not 1 to 128 of A-Z a-z 0-9 . _ : @ + = -")
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -638,8 +636,12 @@ def jwks(path: str | None, kid: str | None, jwks_file: str | None, adds: tuple[s
         raise Failure(EXIT_KEYGEN, f"{path} is not an unencrypted PEM private key")
     if not isinstance(key, RSAPrivateKey):
         raise Failure(EXIT_KEYGEN, f"{path} is not an RSA key (make one: slurmjwt keygen --rs256)")
+    kid = kid or rs256_kid(config)
+    if not KID.match(kid):  # slurmjwt jwks --add would refuse it
+        raise Failure(EXIT_USAGE, f"kid {kid[:40]!r} is not 1 to 128 of A-Z a-z 0-9 . _ : @ + = - "
+                                  f"(give --kid, or set rs256_kid)")
     numbers = key.public_key().public_numbers()
-    entry = public_entry(kid or rs256_kid(config), numbers.n, numbers.e)
+    entry = public_entry(kid, numbers.n, numbers.e)
     click.echo(json.dumps({"keys": [entry]}, indent=2))
 
 

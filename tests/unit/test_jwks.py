@@ -324,3 +324,17 @@ def test_cli_default_file_is_slurm_conf_jwks(tmp_path, keys):
     run = CliRunner().invoke(main, ["jwks", "--list"],
                              env={"SLURMJWT_CONFIG": "/nonexistent", "SLURM_CONF": str(conf)})
     assert run.exit_code == 2 and "has no jwks=" in run.output
+
+
+def test_cli_prints_the_node_entry_and_refuses_a_kid_add_would_refuse(tmp_path, keys):
+    pem = tmp_path / "rs256.pem"
+    pem.write_bytes(keys[0].private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    printed = cli("jwks", str(pem), "--kid", "login01")
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.output) == {"keys": [entry(keys[0], "login01")]}
+    # what it prints is what --add takes
+    assert jwks.parse_input(printed.output.encode(), "out")[0].entry == entry(keys[0], "login01")
+    bad = cli("jwks", str(pem), "--kid", "login 01")
+    assert bad.exit_code == 2 and "is not 1 to 128" in bad.output
