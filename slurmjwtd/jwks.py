@@ -256,13 +256,14 @@ def read_set(path: str) -> tuple[dict, list[Key], os.stat_result | None]:
     """PATH's JWKS, checked, and its stat; a missing file is an empty set (stat None).
     OSError for an unreadable one, JwksError for a flawed one."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang it
     except FileNotFoundError:
         return {"keys": []}, [], None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise JwksError(f"{path}: not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise JwksError(f"{path}: not a regular file")
         data = fh.read(MAX_FILE + 1)
     doc, keys = parse_set(data, path)
     return doc, keys, st

@@ -338,3 +338,11 @@ def test_cli_prints_the_node_entry_and_refuses_a_kid_add_would_refuse(tmp_path, 
     assert jwks.parse_input(printed.output.encode(), "out")[0].entry == entry(keys[0], "login01")
     bad = cli("jwks", str(pem), "--kid", "login 01")
     assert bad.exit_code == 2 and "is not 1 to 128" in bad.output
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_jwks_path_that_is_no_regular_file_is_refused_without_hanging(tmp_path, keys, kind):
+    path = tmp_path / "jwks.json"
+    path.mkdir() if kind == "directory" else os.mkfifo(path)
+    with pytest.raises(JwksError, match="not a regular file"):
+        jwks.update(str(path), adding(keys, 0, "a"), [])
