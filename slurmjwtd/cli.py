@@ -46,6 +46,8 @@ from .fastcli import (EXIT_CURL, EXIT_DAEMON, EXIT_ERROR, EXIT_KEYGEN, EXIT_NO_S
                       printable, run_refresh, run_token, site_config, socket_of, token_file,
                       variable_name)
 from .fastcli import ask as ask_socket
+from .jwks import (KID, MAX_FILE, RESTART, JwksError, parse_input, public_entry, read_set,
+                   update)
 from .nss import nss
 from .protocol import Code, parse_number
 from .signer import rs256_kid, unverified_claims
@@ -512,8 +514,10 @@ def keygen(path: str | None, rs256: bool, kid: str | None, owner: str | None, gr
     what = "an RSA-2048 key" if rs256 else "a 32-byte key"
     click.echo(f"wrote {what} to {path} ({owner}:{grp.getgrgid(gid).gr_name} {mode:04o})")
     if rs256:
-        click.echo(f"add its public key to slurmctld's JWKS: slurmjwt jwks {path} "
-                   f"--kid {kid or socket.gethostname()}")
+        kid = kid or socket.gethostname()
+        click.echo(f"add its public key to slurmctld's JWKS: slurmjwt jwks {path} --kid {kid} "
+                   f"> {kid}.jwks.json, then on the controller: slurmjwt jwks --add "
+                   f"{kid}.jwks.json (docs/fleet.md)")
     else:
         click.echo("restart slurmctld and slurmrestd to use it")
 
@@ -529,12 +533,33 @@ def rsa_private_pem() -> bytes:
 
 @main.command()
 @click.argument("path", required=False)
-@click.option("--kid", metavar="NAME", help="The key id [default: rs256_kid, else this host's name].")
-def jwks(path: str | None, kid: str | None) -> None:
-    """Print the JWKS with the public half of the rs256 key, to merge into slurmctld's jwks= file."""
+@click.option("--kid", metavar="NAME", help="The key id [default: rs256_kid, else this host's "
+              "name]; with --add, the kid of a PEM public key.")
+@click.option("--file", "jwks_file", metavar="JWKS", help="slurmctld's JWKS file to change or "
+              "list [default: jwks= in slurm.conf's AuthAltParameters ($SLURM_CONF, else "
+              "/etc/slurm/slurm.conf)].")
+@click.option("--add", "adds", multiple=True, metavar="FILE|-", help="Add a node's key to "
+              "the JWKS file: what `slurmjwt jwks` prints on the node, or a PEM public key "
+              "with --kid; - reads stdin. Repeatable.")
+@click.option("--remove", "removes", multiple=True, metavar="KID", help="Remove KID from the "
+              "JWKS file: that node's tokens are refused once slurmctld restarts. Repeatable.")
+@click.option("--list", "listing", is_flag=True, help="Check the JWKS file and list its kids "
+              "(implied by --file alone).")
+def jwks(path: str | None, kid: str | None, jwks_file: str | None, adds: tuple[str, ...],
+         removes: tuple[str, ...], listing: bool) -> None:
+    """Print the JWKS with the public half of the rs256 key at PATH; or, with --add, --remove,
+    --list or --file, check and change slurmctld's JWKS file (one kid per node).
+
+    Changes are checked whole, under a lock, and written atomically; a refused change leaves
+    the file as it was (exit 8). Then restart slurmctld, which reads the file only at start."""
+    if adds or removes or listing or jwks_file:
+        if path is not None:
+            raise Failure(EXIT_USAGE, f"PATH ({path}) is a node's private key, for printing its "
+                                      f"JWKS; name slurmctld's JWKS file with --file")
+        edit_jwks(jwks_file, adds, removes, kid)
+        return
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    from jwt.algorithms import RSAAlgorithm
 
     config = site_config()
     path = path or config.rs256_key_file
@@ -547,9 +572,69 @@ def jwks(path: str | None, kid: str | None) -> None:
         raise Failure(EXIT_KEYGEN, f"{path} is not an unencrypted PEM private key")
     if not isinstance(key, RSAPrivateKey):
         raise Failure(EXIT_KEYGEN, f"{path} is not an RSA key (make one: slurmjwt keygen --rs256)")
-    entry = {"kid": kid or rs256_kid(config), "alg": "RS256", "use": "sig",
-             **RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)}
+    kid = kid or rs256_kid(config)
+    if not KID.match(kid):  # slurmjwt jwks --add would refuse it
+        raise Failure(EXIT_USAGE, f"kid {kid[:40]!r} is not 1 to 128 of A-Z a-z 0-9 . _ : @ + = - "
+                                  f"(give --kid, or set rs256_kid)")
+    numbers = key.public_key().public_numbers()
+    entry = public_entry(kid, numbers.n, numbers.e)
     click.echo(json.dumps({"keys": [entry]}, indent=2))
+
+
+def slurm_conf_jwks() -> str:
+    """The jwks= of slurm.conf's AuthAltParameters ($SLURM_CONF, else /etc/slurm/slurm.conf)."""
+    from .doctor import alt_parameters, parse_slurm_conf
+
+    conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    try:
+        found = alt_parameters(parse_slurm_conf(conf).get("authaltparameters", "")).get("jwks")
+    except OSError as exc:
+        raise Failure(EXIT_USAGE, f"cannot read {exc.filename}: {exc.strerror} (name the JWKS "
+                                  f"file with --file)")
+    if not found:
+        raise Failure(EXIT_USAGE, f"{conf}: AuthAltParameters has no jwks= (name the JWKS file "
+                                  f"with --file, and add jwks=FILE to AuthAltParameters)")
+    return found
+
+
+def read_input(name: str) -> bytes:
+    """--add's FILE, or stdin for -, bounded."""
+    try:
+        if name == "-":
+            return sys.stdin.buffer.read(MAX_FILE + 1)
+        with open(name, "rb") as fh:
+            return fh.read(MAX_FILE + 1)
+    except OSError as exc:
+        raise Failure(EXIT_KEYGEN, f"cannot read {name}: {exc.strerror}")
+
+
+def edit_jwks(jwks_file: str | None, adds: tuple[str, ...], removes: tuple[str, ...],
+              kid: str | None) -> None:
+    if kid is not None and len(adds) != 1:
+        raise Failure(EXIT_USAGE, "--kid names the key of one --add PEM public key")
+    path = jwks_file or slurm_conf_jwks()
+    try:
+        keys = [key for name in adds
+                for key in parse_input(read_input(name), "stdin" if name == "-" else name, kid)]
+        if not adds and not removes:
+            _, listed, st = read_set(path)
+            if st is None:
+                raise Failure(EXIT_KEYGEN, f"{path}: no such file")
+            click.echo(f"{path}: a valid JWKS, {len(listed)} key{'s' * (len(listed) != 1)}")
+            for key in listed:
+                click.echo(printable(f"  {key.kid}  RSA-{key.bits}  {key.fingerprint}"))
+            return
+        change = update(path, keys, list(removes))
+    except JwksError as exc:
+        raise Failure(EXIT_KEYGEN, str(exc))
+    except OSError as exc:
+        raise Failure(EXIT_KEYGEN, f"cannot update {exc.filename or path}: {exc.strerror}")
+    done = [f"removed kid {k}" for k in change.removed] + [f"added kid {k}" for k in change.added]
+    done += [f"kid {k} was already there with this key" for k in change.unchanged]
+    kids = [e["kid"] for e in change.doc["keys"]]
+    click.echo(printable(f"{os.path.realpath(path)}: {'; '.join(done)}; it holds {len(kids)} "
+                         f"key{'s' * (len(kids) != 1)}: {', '.join(kids) or 'none'}"))
+    click.echo(f"next: {RESTART}" if change.changed else "nothing changed: no restart needed")
 
 
 def write_key(path: str, key: bytes, uid: int, gid: int, mode: int, force: bool) -> None:

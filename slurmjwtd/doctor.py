@@ -4,7 +4,8 @@ Checks, in order: the daemon answers; its configuration is valid; every user and
 policy names is known to NSS (a warning if not); its key file passes the
 daemon's own checks (signer.load); its token files' directory (the daemon's, with POSIX
 ACLs) and revocation file can be used; slurm.conf has AuthAltTypes=auth/jwt and a jwt_key
-holding the same bytes as the daemon's key; sshd's PAM stack runs pam_slurmjwt.so in its session
+holding the same bytes as the daemon's key (rs256: a jwks= file, valid, whose entry under this
+node's kid is this node's public key, when that file is readable here); sshd's PAM stack runs pam_slurmjwt.so in its session
 phase, no other stack in its directory runs it (su, cron, ... through common-session), and sshd
 has UsePAM yes; the clock is synchronised; and how Slurm's commands treat the
 login's token (`jobs`): slurm_commands_use_token against MUNGE on the host; whether `srun` is
@@ -43,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from .client import BadAnswer, DaemonUnreachable, call
 from .config import Config, ConfigError, load_config, toml_value
 from . import signer as signers
+from . import jwks as jwks_file
 from .keyfile import MAX_KEY_BYTES, FileCheckError
 from .nss import nss
 from .policy import unknown_names
@@ -404,7 +406,7 @@ def check_slurm_conf(path: str, config: Config | None, config_path: str) -> list
         "without it any user can run `scontrol token` and get a token around slurmjwtd's policy",
         f"add disable_token_creation to AuthAltParameters, then {restart}")]
     if config is not None and config.signer != "hs256":
-        return check_other_signer(path, params, config, restart) + advice
+        return check_other_signer(path, params, config, restart, config_path) + advice
     return check_jwt_key(path, params.get("jwt_key"), config, config_path, restart) + advice
 
 
@@ -445,8 +447,10 @@ def check_jwt_key(path: str, jwt_key: str | None, config: Config | None, config_
 
 
 def check_other_signer(path: str, params: dict[str, str], config: Config,
-                       restart: str) -> list[Finding]:
-    """rs256: slurmctld's JWKS must hold this node's kid; scontrol: nothing to compare."""
+                       restart: str, config_path: str = "slurmjwtd.toml") -> list[Finding]:
+    """rs256: slurmctld's JWKS must hold this node's kid with this node's public key (compared
+    when the JWKS is readable here, as with a shared /etc/slurm, and the key is: as root);
+    scontrol: nothing to compare."""
     if config.signer == "scontrol":
         return [Finding(OK, "slurm.conf", f"{path}: AuthAltTypes has auth/jwt; signer scontrol "
                         f"holds no key to compare")]
@@ -455,19 +459,66 @@ def check_other_signer(path: str, params: dict[str, str], config: Config,
     if not jwks:
         return [Finding(PROBLEM, "slurm.conf", f"{path}: AuthAltParameters has no jwks=",
                         "slurmctld checks RS256 tokens only against a JWKS file",
-                        f"add jwks=/etc/slurm/jwks.json to AuthAltParameters with the entry of "
-                        f"`slurmjwt jwks`, then {restart}")]
+                        f"add jwks=/etc/slurm/jwks.json to AuthAltParameters, add this node's key "
+                        f"to it (`slurmjwt jwks --add`, docs/fleet.md), then {restart}")]
+    add = (f"on the controller: slurmjwt jwks --file {jwks} --add NODE.jwks.json, NODE.jwks.json "
+           f"being what `slurmjwt jwks` prints here; then {restart}")
     try:
-        with open(jwks, encoding="utf-8") as fh:
-            kids = {k.get("kid") for k in json.load(fh).get("keys", [])}
-    except (OSError, ValueError, AttributeError) as exc:
-        return [Finding(PROBLEM, "slurm.conf", f"jwks={jwks}: unreadable ({exc.__class__.__name__})",
-                        "slurmctld cannot check this node's tokens", "regenerate it with `slurmjwt jwks`")]
-    if kid not in kids:
+        _, keys, st = jwks_file.read_set(jwks)
+    except jwks_file.JwksError as exc:
+        return [Finding(PROBLEM, "slurm.conf", str(exc), "slurmctld stops at start on a JWKS it "
+                        "cannot read, or skips the entry (and refuses that node's tokens)",
+                        f"correct the entry named (slurmjwt jwks --file {jwks} --list checks it)")]
+    except OSError as exc:
+        st, keys = None, []
+        reason = exc.strerror
+    else:
+        reason = "No such file or directory"
+    if st is None:
+        return [Finding(SKIP, "slurm.conf", f"jwks={jwks} not checked: not readable from this node "
+                        f"({reason}); on the controller: slurmjwt jwks --file {jwks} --list "
+                        f"should show kid {kid}")]
+    by_kid = {k.kid: k for k in keys}
+    ours = _rs256_public(config.rs256_key_file)
+    if kid not in by_kid:
+        elsewhere = next((k.kid for k in keys if ours and (k.n, k.e) == ours), None)
+        if elsewhere:
+            return [Finding(PROBLEM, "slurm.conf", f"jwks={jwks} has no key with kid {kid}; this "
+                            f"node's key is there as kid {elsewhere}",
+                            "slurmctld finds a token's key by its kid: it refuses every token "
+                            "this node signs", f"set rs256_kid = \"{elsewhere}\" in {config_path}, "
+                            f"then: systemctl reload slurmjwtd")]
         return [Finding(PROBLEM, "slurm.conf", f"jwks={jwks} has no key with kid {kid}",
-                        "slurmctld refuses every token this node signs",
-                        f"merge the output of `slurmjwt jwks` into {jwks}, then {restart}")]
-    return [Finding(OK, "slurm.conf", f"{path}: AuthAltTypes has auth/jwt and {jwks} holds kid {kid}")]
+                        "slurmctld refuses every token this node signs", add)]
+    if ours is None:
+        return [Finding(OK, "slurm.conf", f"{path}: AuthAltTypes has auth/jwt and {jwks} holds kid "
+                        f"{kid} (its key not compared: {config.rs256_key_file} unreadable here; "
+                        f"run slurmjwt doctor as root)")]
+    if (by_kid[kid].n, by_kid[kid].e) != ours:
+        return [Finding(PROBLEM, "slurm.conf", f"jwks={jwks}: kid {kid} holds another key than "
+                        f"{config.rs256_key_file}",
+                        "slurmctld checks this node's tokens against that key: it refuses every "
+                        "one", "a new key takes a new kid: set rs256_kid in "
+                        f"{config_path} to a new name, then {add}, "
+                        f"and systemctl reload slurmjwtd (docs/fleet.md, rotating a node's key)")]
+    return [Finding(OK, "slurm.conf", f"{path}: AuthAltTypes has auth/jwt and {jwks} holds kid "
+                    f"{kid} with this node's key")]
+
+
+def _rs256_public(path: str) -> tuple[int, int] | None:
+    """(n, e) of the RSA private key at PATH; None if it cannot be read or is not one."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        with open(path, "rb") as fh:
+            key = load_pem_private_key(fh.read(MAX_KEY_BYTES + 1), password=None)
+    except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(key, RSAPrivateKey):
+        return None
+    numbers = key.public_key().public_numbers()
+    return numbers.n, numbers.e
 
 
 def check_pam(path: str) -> Finding:

@@ -701,7 +701,7 @@ def test_rs256_signer_checks_its_key_and_the_jwks_kid(site):
     assert lines_of(out, "ok", "slurm.conf") and "holds kid login01" in out
     config.write_text(f'signer = "rs256"\nrs256_key_file = "{pem}"\nrs256_kid = "login02"\n')
     assert_problem(site.cli(config=str(config)), "slurm.conf", "has no key with kid login02",
-                   fix="slurmjwt jwks")
+                   "this node's key is there as kid login01", fix='rs256_kid = "login01"')
     os.chmod(pem, 0o644)
     assert_problem(site.cli(config=str(config)), "key", f"key file {pem}: mode 0644",
                    fix=f"chmod o-rwx {pem}")
