@@ -80,7 +80,8 @@ def write_config(path: Path, text: str, mode: int = 0o644, owner: str = "root",
 
 def runtime_lines(d: Path, **override: Path) -> str:
     paths = {"socket": d / "s.sock", "root_socket": d / "r.sock",
-             "session_file": d / "sessions.json", "token_dir": d / "tokens"} | override
+             "session_file": d / "sessions.json", "token_dir": d / "tokens",
+             "revocation_file": d / "revoked.json"} | override
     return "".join(f'{key} = "{path}"\n' for key, path in paths.items())
 
 

@@ -49,7 +49,7 @@ def test_keys_only_their_owner_reads_start_a_daemon_run_as_root(keydir, users, o
     config = keydir / "run.toml"
     config.write_text(f'key_file = "{key}"\nsocket = "{keydir}/run.sock"\n'
                       f'session_file = "{keydir}/sessions.json"\nroot_socket = "{keydir}/root.sock"\n'
-                      f'token_dir = "{keydir}/tokens"\n')
+                      f'token_dir = "{keydir}/tokens"\nrevocation_file = "{keydir}/revoked.json"\n')
     daemon = subprocess.Popen([SLURMJWTD, "--config", str(config)], stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(200):
