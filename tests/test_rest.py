@@ -12,9 +12,6 @@ from pathlib import Path
 import pytest
 
 from conftest import SLURMJWT, run_as
-from slurm_cluster import OPENAPI
-
-PING = f"/slurm/{OPENAPI}/ping"
 
 
 @pytest.fixture
@@ -62,15 +59,16 @@ def test_curl_reaches_slurmrestd_without_the_token_in_any_argv(slurm, users, ali
     watcher.start()
     env = {"SLURM_JWT": alice_token, "SLURMRESTD_URL": slurm.rest_url,
            "PATH": f"{spy_dir}:/usr/bin:/bin"}
+    ping = slurm.path("ping")
     try:
         results = [run_as(users["alice"].pw_name, SLURMJWT, "curl", "-s", "-o", "/dev/null",
-                          "-w", "%{http_code}", PING, env=env) for _ in range(5)]
+                          "-w", "%{http_code}", ping, env=env) for _ in range(5)]
     finally:
         stop.set()
         watcher.join()
     assert all(r.returncode == 0 and r.stdout == "200" for r in results), results[0].stderr
     recorded = argv_log.read_text()
-    assert recorded.count(slurm.rest_url + PING) == 5  # the spy saw every call
+    assert recorded.count(slurm.rest_url + ping) == 5  # the spy saw every call
     assert alice_token not in recorded and "X-SLURM-USER-TOKEN" not in recorded
     assert not seen_in_argv
 
@@ -79,7 +77,7 @@ def test_curl_with_an_expired_or_missing_token_fails_before_curl_runs(slurm, use
     spy_dir, argv_log = curl_spy
     env = {"SLURMRESTD_URL": slurm.rest_url, "PATH": f"{spy_dir}:/usr/bin:/bin",
            "SLURMJWT_TOKEN_DIR": "/nonexistent"}
-    missing = run_as(users["alice"].pw_name, SLURMJWT, "curl", PING, env=env)
+    missing = run_as(users["alice"].pw_name, SLURMJWT, "curl", slurm.path("ping"), env=env)
     assert missing.returncode == 7 and missing.stderr.count("\n") == 1
     not_a_path = run_as(users["alice"].pw_name, SLURMJWT, "curl", "http://elsewhere/", env=env)
     assert not_a_path.returncode == 2

@@ -54,7 +54,7 @@ def in_root(*argv: str, check: bool = True, timeout: float = 1800,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """ARGV as root inside ROOT, with a clean environment."""
     clean = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive"}
-    run = subprocess.run(["chroot", str(ROOT), "/usr/bin/env", "-i",
+    run = subprocess.run(["/usr/sbin/chroot", str(ROOT), "/usr/bin/env", "-i",
                           *(f"{k}={v}" for k, v in (clean | (env or {})).items()), *argv],
                          capture_output=True, text=True, timeout=timeout)
     if check and run.returncode != 0:
@@ -107,6 +107,20 @@ def processes() -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def kill_pid(pid: int, timeout: float = 10) -> None:
+    """SIGTERM PID if it is still rooted in ROOT; SIGKILL after TIMEOUT."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        if pid not in processes():
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while pid in processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def kill_processes(timeout: float = 10) -> None:
