@@ -81,6 +81,18 @@ def newest_api(apis: list[str] | tuple[str, ...]) -> str | None:
 
 
 _API_PATH = re.compile(r"/slurm/(v\d+\.\d+\.\d+)/")
+_API = re.compile(r"v\d+\.\d+\.\d+\Z")
+
+
+def versionless(path: str) -> bool:
+    """Whether PATH is under /slurm/ without an API version: /slurm/jobs, /slurm/job/12."""
+    parts = path.split("/")
+    return len(parts) > 2 and parts[1] == "slurm" and parts[2] != "" and not _API.match(parts[2])
+
+
+def api_path(path: str, api: str) -> str:
+    """/slurm/ENDPOINT as /slurm/API/ENDPOINT."""
+    return f"/slurm/{api}/{path[len('/slurm/'):]}"
 
 
 @dataclass(frozen=True)

@@ -328,7 +328,7 @@ def test_slurm_commands_work_with_a_login_token_and_no_job_holds_it(slurm, links
     for expected in ("srun rc=0", "typed", "exit rc=7", "jwt=none", "salloc rc=0", "sbatch rc=0"):
         assert expected in lines, f"{expected!r} missing:\n{run.stdout}\n{run.stderr}"
     assert lines.count(HOST) == 2, run.stdout  # srun, salloc
-    assert any(line.startswith("/dev/pts/") for line in lines), run.stdout  # srun --pty had a terminal
+    assert re.search(r"^\W*/dev/pts/\d+\s*$", run.stdout, re.MULTILINE), run.stdout  # --pty: a terminal
     job = slurm.read_file(out)
     assert job.startswith(HOST) and "SLURM_JOB_ID=" in job, job[:2000]  # srun inside the job ran
     assert_no_token(job, token)

@@ -35,7 +35,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from conftest import KEY_GROUP, SLURMJWT, SLURMJWTD, Daemon, run_as
+from conftest import KEY_GROUP, SLURMJWT, SLURMJWTD, Daemon
 from slurm_cluster import RestClient as SlurmCluster
 from slurmjwtd.client import call
 
