@@ -375,7 +375,7 @@ def doctor(ctx: click.Context, config_path: str, slurm_conf: str, pam_file: str,
     """Check this login node's setup (for admins); non-zero exit when something is wrong."""
     from .doctor import check_rest, run_checks
 
-    def rest(config: Config | None) -> list:
+    def rest(config: Config | None, here: object) -> list:
         """slurmrestd at $SLURMRESTD_URL or slurmrestd_url, with this login's token if it has one."""
         url = os.environ.get("SLURMRESTD_URL")
         where = "SLURMRESTD_URL" if url else f"slurmrestd_url in {config_path}"
@@ -385,7 +385,7 @@ def doctor(ctx: click.Context, config_path: str, slurm_conf: str, pam_file: str,
         except Failure:
             me = nss(pwd.getpwuid, os.geteuid())
             user, token = (me.pw_name if me else str(os.geteuid())), None
-        return check_rest(url, where, user, token)
+        return check_rest(url, where, user, token, here)
 
     sys.exit(run_checks(socket=ctx.obj, config=config_path, slurm_conf=slurm_conf,
                         pam_file=pam_file, sshd_config=sshd_config, pam_dir=pam_dir,

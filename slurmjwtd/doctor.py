@@ -828,13 +828,15 @@ def _asked(user: str, token: str) -> dict[str, str]:
 
 
 def check_rest(url: str, where: str, user: str, token: str | None,
+               local: slurm_versions.Version | None = None,
                ask: Callable[..., slurm_versions.Server] = slurm_versions.ask_server,
                probe: Probe = http_status) -> list[Finding]:
     """slurmrestd at URL (WHERE: which setting names it): the release and API versions its
     /openapi/v3 names; that it refuses a forged token with the status its release answers for a
     bad token (RELEASES' bad_token: 22.05 500, 24.11 511), on /diag, never /ping, which 24.11
     answers 200 whatever the token; and, given USER's TOKEN (doctor run in a login), that it
-    accepts that token. USER names the forged token's subject when there is no TOKEN."""
+    accepts that token. USER names the forged token's subject when there is no TOKEN. LOCAL,
+    the release of Slurm's commands here, stands in for a slurmrestd that names none (22.05)."""
     forged = forged_token(user)
     try:
         server = ask(url, _asked(user, token or forged))
@@ -846,12 +848,16 @@ def check_rest(url: str, where: str, user: str, token: str | None,
                         "check that it runs with -a rest_auth/jwt and -s openapi/slurmctld "
                         "(22.05: -s openapi/v0.0.38)")]
     api = slurm_versions.newest_api(server.api)
-    release = server.release
+    version = server.version or local
+    release = slurm_versions.release_of(version)
+    slurm = (server.describe() if server.version or not local else
+             f"Slurm {slurm_versions.format_version(local)} (as `scontrol --version` says here: "
+             f"slurmrestd names no release), API {', '.join(server.api) or 'none under /slurm/'}")
     if api is None:
         return [Finding(PROBLEM, "rest", f"slurmrestd at {url} serves no API under /slurm/ "
-                        f"({server.describe()})", "REST clients find no /slurm/ endpoint",
+                        f"({slurm})", "REST clients find no /slurm/ endpoint",
                         "run slurmrestd with -s openapi/slurmctld (22.05: -s openapi/v0.0.38)")]
-    findings = [Finding(OK, "rest", f"slurmrestd at {url}: {server.describe()}; "
+    findings = [Finding(OK, "rest", f"slurmrestd at {url}: {slurm}; "
                         f"`slurmjwt curl /slurm/PATH` uses {api}")]
     diag = f"{url.rstrip('/')}/slurm/{api}/diag"
     expected = release.bad_token if release else None
@@ -864,7 +870,7 @@ def check_rest(url: str, where: str, user: str, token: str | None,
     elif expected is not None and status != expected:
         findings.append(Finding(WARNING, "rest", f"slurmrestd answered a forged token with HTTP "
                                 f"{status} (GET {diag}), not the {expected} Slurm "
-                                f"{slurm_versions.format_version(server.version)} answers for a bad token",
+                                f"{slurm_versions.format_version(version)} answers for a bad token",
                                 "it refuses the token, but not as its release does: another service "
                                 "may answer at that URL", f"check what listens there: curl -sI {url}"))
     else:
@@ -884,10 +890,12 @@ def check_rest(url: str, where: str, user: str, token: str | None,
                                "node's kid in jwks=) in its slurm.conf, and a restart since the key changed")]
 
 
-def slurm_version(run: Runner = run_program) -> slurm_versions.Version | None:
-    """The release of Slurm's commands here (`scontrol --version`), or None."""
+def slurm_version(slurm_conf: str, run: Runner = run_program) -> slurm_versions.Version | None:
+    """The release of Slurm's commands here (`scontrol --version`, which reads SLURM_CONF first
+    before 23.02), or None."""
+    env = {**RUN_ENV, "SLURM_CONF": slurm_conf} if os.path.isfile(slurm_conf) else RUN_ENV
     try:
-        return slurm_versions.parse_version(run(["scontrol", "--version"], RUN_ENV))
+        return slurm_versions.parse_version(run(["scontrol", "--version"], env))
     except RunFailed:
         return None
 
@@ -896,20 +904,22 @@ def run_checks(socket: str, config: str, slurm_conf: str, pam_file: str, sshd_co
                pam_dir: str | None = None,
                clock: Callable[[], tuple[bool, str]] = read_clock,
                jobs: Callable[[Config | None, str, str], list[Finding]] = check_jobs,
-               rest: Callable[[Config | None], list[Finding]] | None = None,
-               version: Callable[[], slurm_versions.Version | None] = slurm_version,
+               rest: Callable[[Config | None, slurm_versions.Version | None], list[Finding]] | None = None,
+               version: Callable[[str], slurm_versions.Version | None] = slurm_version,
                as_json: bool = False) -> int:
     """Print one block per finding and a summary; 0 if nothing is wrong (warnings allowed), else 1.
     CLOCK and JOBS (called with the configuration, its path and slurm.conf's) can be replaced;
-    REST (called with the configuration: check_rest, as the CLI runs it) is left out if None;
-    VERSION gives Slurm's release here (`scontrol --version`) for the jwt_key check. PAM_DIR, where the other PAM stacks are looked for, defaults to PAM_FILE's directory.
+    REST (called with the configuration and Slurm's release here: check_rest, as the CLI runs
+    it) is left out if None; VERSION (called with slurm.conf's path) gives that release
+    (`scontrol --version`), for the jwt_key and slurmrestd checks. PAM_DIR, where the other PAM stacks are looked for, defaults to PAM_FILE's directory.
     AS_JSON: print the findings as one JSON list of {level, topic, what, why, fix} instead."""
     cfg, finding = check_config(config)  # first: check_daemon compares the socket with it
+    here = version(slurm_conf)
     findings = [check_daemon(socket, cfg)]
     findings += [finding, check_policy_names(cfg, config), check_key(cfg), check_tokens(cfg),
-                 *check_slurm_conf(slurm_conf, cfg, config, version())]
+                 *check_slurm_conf(slurm_conf, cfg, config, here)]
     findings += [check_pam(pam_file), check_pam_stacks(pam_file, pam_dir), check_sshd(sshd_config),
-                 check_clock(clock), *jobs(cfg, config, slurm_conf), *(rest(cfg) if rest else [])]
+                 check_clock(clock), *jobs(cfg, config, slurm_conf), *(rest(cfg, here) if rest else [])]
     problems = sum(f.level == PROBLEM for f in findings)
     warnings = sum(f.level == WARNING for f in findings)
     if as_json:

@@ -9,8 +9,8 @@ commands run inside the root as the same uid as on the host (chroot, then runuse
 user is written into the root's passwd and group with its host name, uid and gid.
 
 Files inside the root: /etc/slurm/slurm.conf (clients find it without SLURM_CONF), the HS256 key
-copied from the host's as /etc/slurm/jwt_hs256.key (slurm:slurmjwt 0640: 23.11+ refuses any
-bit for others), a JWKS copied as /etc/slurm/jwks.json, slurmjwt-exec of this checkout with its
+copied from the host's as /etc/slurm/jwt_hs256.key (slurm:slurmjwt, the host file's mode:
+23.11+ refuses any bit for others), a JWKS copied as /etc/slurm/jwks.json, slurmjwt-exec of this checkout with its
 links in /usr/local/bin (install_exec) and its configuration /etc/slurmjwt/slurmjwtd.toml.
 The daemon's scontrol signer runs `scontrol` through a wrapper (`scontrol_program`) that runs the
 root's: chroot as root, an unprivileged user namespace (unshare --root) as SlurmUser.
@@ -26,6 +26,7 @@ import grp
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -187,15 +188,17 @@ class Slurm24Cluster(RestClient):
                                 "-s", "/usr/sbin/nologin", "-G", group, user)
 
     def ensure_user(self, name: str) -> None:
-        """NAME in the root's passwd and group with the host's uid and gid (test users come and
-        go, so an entry with the same name or uid is replaced)."""
-        if name == "root":
-            return
+        """NAME in the root's passwd and group with the host's uid and gid. Test users (sjt-*)
+        come and go, so their entries are replaced; the root's own accounts (root, slurm, munge,
+        slurmrest) are its own."""
+        passwd, group = inside("/etc/passwd"), inside("/etc/group")
+        if not name.startswith("sjt-"):
+            if any(line.split(":")[0] == name for line in passwd.read_text().splitlines()):
+                return
         try:
             host = pwd.getpwnam(name)
         except KeyError:
-            return  # a user only the root has (slurm, slurmrest)
-        passwd, group = inside("/etc/passwd"), inside("/etc/group")
+            return  # runuser will say it knows no such user
         entry = f"{name}:x:{host.pw_uid}:{host.pw_gid}::/tmp:/bin/sh"
         lines = passwd.read_text().splitlines()
         if entry in lines:
@@ -252,11 +255,11 @@ class Slurm24Cluster(RestClient):
     def write_conf(self) -> None:
         self.conf.write_text(self.conf_text())
         os.chmod(self.conf, 0o644)
-        key = inside(KEY)
+        key = inside(KEY)  # slurm:slurmjwt, the host key's mode: 23.11+ checks it
         key.unlink(missing_ok=True)
         key.write_bytes(self.jwt_key.read_bytes())
         os.chown(key, _ids("slurm")[0], KEY_GID)
-        os.chmod(key, 0o640)
+        os.chmod(key, stat.S_IMODE(self.jwt_key.stat().st_mode))
         if self.jwks is not None:
             shutil.copyfile(self.jwks, inside(JWKS))
             os.chmod(inside(JWKS), 0o644)

@@ -248,7 +248,9 @@ def test_insecure_key_mode(site, capsys):
     make_key(copy, mode=0o644, key=site.key_file.read_bytes())
     config = site.dir / "open.toml"
     config.write_text(f'key_file = "{copy}"\n')
-    site.slurm_conf.write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={copy}\n")
+    # ClusterName and SlurmctldHost: enough for 22.05's `scontrol --version`, which reads slurm.conf
+    site.slurm_conf.write_text(f"ClusterName=sjt\nSlurmctldHost=localhost\nAuthAltTypes=auth/jwt\n"
+                               f"AuthAltParameters=jwt_key={copy}\n")
     out = assert_problem(site.cli(config=str(config)), "key", f"key file {copy}: mode 0644 gives other "
                          "users access", fix=f"chmod o-rwx {copy}")
     assert "mint a token for any user" in block(out, "key")

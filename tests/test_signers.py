@@ -37,6 +37,7 @@ import pytest
 
 from conftest import KEY_GROUP, SLURMJWT, SLURMJWTD, Daemon
 from slurm_cluster import RestClient as SlurmCluster
+from slurm_cluster import SlurmError
 from slurmjwtd.client import call
 
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "SLURMJWT_CONFIG": "/nonexistent/slurmjwtd.toml"}
@@ -293,6 +294,39 @@ def test_hs256_still_accepted_next_to_jwks(cluster, daemon, users):
     token = mint(daemon, bob, 300)["token"]
     assert header(token)["alg"] == "HS256"
     assert_accepted(cluster.slurm, bob, token)
+
+
+def test_keygen_makes_a_key_slurmctld_starts_with_as_its_release_checks_it(cluster, workdir, users):
+    """`slurmjwt keygen`'s key (slurm:slurmjwt 0640) is one slurmctld starts with and verifies
+    tokens by; the same key readable by others stops 24.11's slurmctld (23.11+), not 22.05's
+    (RELEASES' key_refused_for_others), which is why keygen and doctor give others nothing."""
+    slurm, alice = cluster.slurm, users["alice"].pw_name
+    path = workdir / "keygen-hs256.key"
+    path.unlink(missing_ok=True)
+    made = slurmjwt("keygen", str(path))
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    now = int(time.time())
+    token = jwt.encode({"sun": alice, "iat": now, "exp": now + 300}, path.read_bytes(), algorithm="HS256")
+    original = slurm.jwt_key
+    try:
+        slurm.jwt_key = path
+        slurm.restart()
+        assert_accepted(slurm, alice, token)
+        os.chmod(path, 0o644)
+        if slurm.release.key_refused_for_others:
+            with pytest.raises(SlurmError, match="exited"):
+                slurm.restart()
+        else:
+            slurm.restart()
+            assert_accepted(slurm, alice, token)
+    finally:
+        slurm.jwt_key = original
+        if slurm.running():
+            slurm.restart()
+        else:
+            slurm.start()
+    assert_refused(slurm, alice, token)  # the cluster's own key again
 
 
 @pytest.mark.parametrize("flaw", ["mode-0644", "symlink", "owner", "group-writable", "not-pem",

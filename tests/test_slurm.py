@@ -119,7 +119,8 @@ def test_slurmrestd_says_its_release_and_api_versions_as_the_table_has_them(slur
     alice = users["alice"].pw_name
     token = root_token(daemon, alice)
     server = ask_server(slurm.rest_url, {"X-SLURM-USER-NAME": alice, "X-SLURM-USER-TOKEN": token})
-    assert server.version == slurm.version
+    # 22.05 names no release there ("version": "0.0.38"); 24.11 does ("Slurm-24.11.5&openapi/slurmctld")
+    assert server.version == (slurm.version if slurm.version >= (23, 2, 0) else None)
     assert server.api == slurm.release.api, server.describe()
 
 

@@ -107,7 +107,7 @@ def rest(server: Server | Exception, forged: int, own: int | None, token: str | 
         asked.append(url)
         return forged if headers["X-SLURM-USER-TOKEN"] != token else own
 
-    return doctor.check_rest(URL, "slurmrestd_url", "alice", token, ask, probe), asked
+    return doctor.check_rest(URL, "slurmrestd_url", "alice", token, None, ask, probe), asked
 
 
 S22 = Server((22, 5, 8), ("v0.0.36", "v0.0.37", "v0.0.38"))
@@ -171,3 +171,34 @@ def test_doctor_jwt_key_readable_by_others(tmp_path, version, says):
     key.chmod(0o640)
     assert [f.level for f in doctor.check_jwt_key("slurm.conf", str(key), None, "cfg", "restart",
                                                   version)] == [doctor.SKIP]  # no config: not compared
+
+
+def test_doctor_rest_takes_the_release_from_scontrol_when_slurmrestd_names_none():
+    """22.05's /openapi/v3 names no release: the commands' own (`scontrol --version`) stands in."""
+    unnamed = Server(None, S22.api)
+    found = doctor.check_rest(URL, "slurmrestd_url", "alice", "a.b.c", (22, 5, 8),
+                                 lambda url, headers: unnamed,
+                                 lambda url, headers: 500 if headers["X-SLURM-USER-TOKEN"] != "a.b.c" else 200)
+    assert "Slurm 22.05.8 (as `scontrol --version` says here: slurmrestd names no release)" in found[0].what
+    assert "HTTP 500, as its release does" in found[1].what
+    found = doctor.check_rest(URL, "slurmrestd_url", "alice", None, None,
+                                 lambda url, headers: unnamed, lambda url, headers: 500)
+    assert "Slurm (release not named)" in found[0].what and found[1].what.endswith("HTTP 500)")
+
+
+def test_doctor_asks_scontrol_with_slurm_conf(tmp_path):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\n")
+    seen = []
+
+    def run(argv, env):
+        seen.append((argv, dict(env)))
+        return "slurm 24.11.5\n"
+
+    assert doctor.slurm_version(str(conf), run) == (24, 11, 5)
+    assert seen == [(["scontrol", "--version"], {**doctor.RUN_ENV, "SLURM_CONF": str(conf)})]
+
+    def fails(argv, env):
+        raise doctor.RunFailed("scontrol: fatal: Could not establish a configuration source")
+
+    assert doctor.slurm_version(str(conf), fails) is None
