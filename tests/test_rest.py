@@ -140,6 +140,14 @@ def test_curl_without_an_api_version_uses_the_newest_slurmrestd_serves(slurm, us
     assert argv_log.read_text().splitlines()[-1] == f"{slurm.rest_url}/slurm/{newest}/diag"
     assert alice_token not in argv_log.read_text()
 
+    # nothing answers there: one line naming the fix, and curl never runs
+    argv_log.write_text("")
+    gone = run_as(users["alice"].pw_name, SLURMJWT, "curl", "/slurm/diag",
+                  env=env | {"SLURMRESTD_URL": "http://127.0.0.1:9"})
+    assert gone.returncode == 9 and gone.stderr.count("\n") == 1, gone.stderr
+    assert "cannot reach http://127.0.0.1:9/openapi/v3" in gone.stderr
+    assert "/slurm/vX.Y.Z/diag" in gone.stderr and argv_log.read_text() == ""
+
 
 def rest_findings(user: str, token: str, slurm) -> list[dict]:
     run = run_as(user, SLURMJWT, "doctor", "--json", "--config", "/nonexistent/slurmjwtd.toml",
