@@ -324,7 +324,7 @@ def test_slurm_commands_work_with_a_login_token_and_no_job_holds_it(slurm, links
     out, after = fresh_paths(slurm, alice, "job.out", "after")
     run = slurm.shell_as(alice.pw_name, LOGIN_SCRIPT.format(out=out, after=after),
                          env={"SLURM_JWT": token}, timeout=120)
-    # the terminal script(1) makes echoes the end of its input as "^@" before the next line
+    # the terminal script(1) opens echoes the end of its input as "^@" before the next line
     lines = [re.sub(r"^(\^@|\0)+", "", line) for line in run.stdout.replace("\r", "").splitlines()]
     for expected in ("srun rc=0", "typed", "exit rc=7", "jwt=none", "salloc rc=0", "sbatch rc=0"):
         assert expected in lines, f"{expected!r} missing:\n{run.stdout}\n{run.stderr}"
