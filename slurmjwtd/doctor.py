@@ -809,7 +809,7 @@ def http_status(url: str, headers: Mapping[str, str]) -> int:
     """GET URL with HEADERS (in-process: a token there is in no argv); its HTTP status."""
     request = urllib.request.Request(url, headers=dict(headers))
     try:
-        with urllib.request.urlopen(request, timeout=RUN_TIMEOUT) as answer:
+        with slurm_versions.OPENER.open(request, timeout=RUN_TIMEOUT) as answer:
             return answer.status
     except urllib.error.HTTPError as exc:
         return exc.code

@@ -125,6 +125,17 @@ def parse_openapi(spec: dict) -> Server:
     return Server(version, tuple(sorted(found, key=_api_key)))
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as the HTTP error it is: urllib would send the token on to
+    wherever it points (curl, too, follows none unless told)."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+OPENER = urllib.request.build_opener(_NoRedirect)  # for every request that carries a token
+
+
 class ServerUnknown(Exception):
     """slurmrestd's description could not be had; the message says why."""
 
@@ -134,7 +145,7 @@ def ask_server(base_url: str, headers: dict[str, str] | None = None, timeout: fl
     url = base_url.rstrip("/") + "/openapi/v3"
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
+        with OPENER.open(request, timeout=timeout) as answer:
             body = answer.read()
     except urllib.error.HTTPError as exc:
         raise ServerUnknown(f"{url} answered HTTP {exc.code}") from None

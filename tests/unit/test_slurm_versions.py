@@ -10,8 +10,9 @@ import os
 import pytest
 
 from slurmjwtd import doctor
-from slurmjwtd.slurm_versions import (RELEASES, Server, ServerUnknown, api_path, newest_api,
-                                      parse_openapi, parse_version, release_of, versionless)
+from slurmjwtd.slurm_versions import (RELEASES, Server, ServerUnknown, api_path, ask_server,
+                                      newest_api, parse_openapi, parse_version, release_of,
+                                      versionless)
 
 
 @pytest.mark.parametrize("text, version", [
@@ -202,3 +203,32 @@ def test_doctor_asks_scontrol_with_slurm_conf(tmp_path):
         raise doctor.RunFailed("scontrol: fatal: Could not establish a configuration source")
 
     assert doctor.slurm_version(str(conf), fails) is None
+
+
+def test_a_redirect_never_carries_the_token_on(tmp_path):
+    """slurmrestd's description is asked with the login's token: a 3xx is refused, not followed."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(ServerUnknown, match="answered HTTP 302"):
+            ask_server(url, {"X-SLURM-USER-TOKEN": "a.b.c"})
+        assert doctor.http_status(url + "/slurm/v0.0.42/diag", {"X-SLURM-USER-TOKEN": "a.b.c"}) == 302
+    finally:
+        server.shutdown()
+    assert seen == ["/openapi/v3", "/slurm/v0.0.42/diag"]
