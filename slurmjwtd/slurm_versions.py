@@ -3,10 +3,14 @@ which release is running from Slurm itself: `scontrol --version` (or any client'
 or slurmrestd's OpenAPI description (/openapi/v3), which names the release and the API
 versions it serves.
 
-Rows marked "verified" were checked against a running Slurm by the tests (tests/test_slurm.py
-and tests/test_rest.py with Debian 12's 22.05 and, under `make test-slurm24`, Debian 13's 24.11);
-the others follow Slurm's release notes (field notes, docs/design.md). A release between two
-rows behaves as the earlier row.
+Rows marked "verified" were checked against a running Slurm by the tests (tests/test_slurm.py,
+test_rest.py, test_jobs.py and test_signers.py with Debian 12's 22.05 and, under
+`make test-slurm24`, Debian 13's 24.11). The others are not tested here: the bad-token statuses,
+Bearer, the key check, sbatch's scrubbing and the API ranges of 23.11 and 25.05 follow the
+project's field notes; the API ranges of 23.02, 24.05 and 25.11 and /ping in 23.02 to 24.05
+follow Slurm's release notes as remembered, and are the first thing to check when a site runs
+them (slurmjwt curl itself always asks slurmrestd). A release between two rows behaves as the
+earlier row.
 """
 
 from __future__ import annotations
