@@ -343,8 +343,11 @@ def test_slurms_own_commands_with_the_token_fail_or_leak_as_the_release_does(slu
     scrubs it (26.05)."""
     alice = users["alice"]
     token = login_token(daemon, leaders, alice.pw_name)
-    srun = slurm.client_as(alice.pw_name, "srun", "-n1", "hostname", env={"SLURM_JWT": token},
-                           timeout=60)
+    try:
+        srun = slurm.client_as(alice.pw_name, "srun", "-n1", "--job-name=sjt-test", "hostname",
+                               env={"SLURM_JWT": token}, timeout=60)
+    finally:  # the allocation srun got may outlive it (srun dies of SIGPIPE): not left behind
+        slurm.client_as("root", "scancel", "--name=sjt-test", f"--user={alice.pw_name}")
     assert srun.returncode != 0 and HOST not in srun.stdout.splitlines(), srun.stdout
     assert "Zero Bytes were transmitted or received" in srun.stderr, srun.stderr
     out, = fresh_paths(slurm, alice, "plain.out")
