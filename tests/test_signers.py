@@ -198,6 +198,7 @@ def scontrol(cluster) -> dict[str, str]:
 # -- rs256: the key and its JWKS entry -----------------------------------------------------
 def test_keygen_rs256_makes_a_root_owned_group_readable_pem_and_never_overwrites(keydir, users):
     path = keydir / "fresh.pem"
+    path.unlink(missing_ok=True)  # a repeated run's (pytest --count)
     run = slurmjwt("keygen", "--rs256", str(path), "--kid", "sjt-k")
     assert run.returncode == 0, run.stderr
     assert f"slurmjwt jwks {path} --kid sjt-k" in run.stdout  # says what to do next
@@ -333,6 +334,7 @@ def test_keygen_makes_a_key_slurmctld_starts_with_as_its_release_checks_it(clust
                                   "missing"])
 def test_insecure_rs256_key_stops_the_daemon(workdir, keydir, key_a, users, flaw):
     path = keydir / f"bad-{flaw}.pem"
+    path.unlink(missing_ok=True)  # a repeated run's (pytest --count)
     shutil.copy(key_a[0], path)
     shutil.chown(path, "root", KEY_GROUP)
     os.chmod(path, 0o640)
