@@ -83,7 +83,7 @@ test: venv module
 	exit $$status
 
 # the Slurm-facing tests against Debian 13's Slurm 24.11, run in a debootstrap root cached in
-# TRIXIE_ROOT (the first run downloads about 500 MB; the host's apt sources are never touched).
+# TRIXIE_ROOT (the first run downloads a few hundred MB; the host's apt sources are never touched).
 # Not part of `make test`. The tests that log in over SSH here use the host's Slurm (slurm_on_host).
 TRIXIE_ROOT ?= /var/cache/slurmjwt-tests/trixie
 SLURM24_TESTS := tests/test_slurm.py tests/test_rest.py tests/test_jobs.py tests/test_signers.py
