@@ -39,7 +39,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 # on Debian's zsh fpath: vendor-completions for a package (PREFIX=/usr), site-functions in /usr/local
 ZSHCOMPDIR  ?= $(if $(filter /usr,$(PREFIX)),/usr/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
 
-.PHONY: all deps venv module test demo bench fuzz install install-exec install-deps install-build-deps \
+.PHONY: all deps venv module test test-slurm24 demo bench fuzz install install-exec install-deps install-build-deps \
 	uninstall deb clean man completion
 
 all: venv module
@@ -80,6 +80,20 @@ test: venv module
 	@echo "test: pytest; the fixtures start slurmctld, slurmd, slurmrestd and sshd as needed (a few minutes)"
 	@SLURMJWT_VENV=$(VENV) $(PYTHON) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$status
+
+# the Slurm-facing tests against Debian 13's Slurm 24.11, run in a debootstrap root cached in
+# TRIXIE_ROOT (the first run downloads a few hundred MB; the host's apt sources are never touched).
+# Not part of `make test`. The tests that log in over SSH here use the host's Slurm (slurm_on_host).
+TRIXIE_ROOT ?= /var/cache/slurmjwt-tests/trixie
+SLURM24_TESTS := tests/test_slurm.py tests/test_rest.py tests/test_jobs.py tests/test_signers.py
+test-slurm24: venv module
+	$(call apt_ensure,debootstrap)
+	@SLURMJWT_TRIXIE_ROOT=$(TRIXIE_ROOT) $(PYTHON) tests/trixie_root.py build
+	@echo "test-slurm24: pytest against Slurm 24.11 in $(TRIXIE_ROOT)"
+	@SLURMJWT_VENV=$(VENV) SLURMJWT_SLURM=24.11 SLURMJWT_TRIXIE_ROOT=$(TRIXIE_ROOT) \
+	  $(PYTHON) -m pytest -m 'not slurm_on_host' $(PYTEST_ARGS) $(SLURM24_TESTS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test-slurm24: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
 
 demo: venv module

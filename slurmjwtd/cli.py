@@ -38,7 +38,7 @@ import click
 
 from . import __version__
 from .atomicfile import write_atomic
-from .config import DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET
+from .config import DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config
 # the exit statuses, exit_status and Failure are fastcli.py's, for both paths (re-exported)
 from .fastcli import (EXIT_CURL, EXIT_DAEMON, EXIT_ERROR, EXIT_KEYGEN, EXIT_NO_SESSION,  # noqa: F401
                       EXIT_NO_TOKEN, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, LIFETIME_RANGE,
@@ -51,6 +51,7 @@ from .jwks import (KID, MAX_FILE, RESTART, JwksError, parse_input, public_entry,
 from .nss import nss
 from .protocol import Code, parse_number
 from .signer import rs256_kid, unverified_claims
+from .slurm_versions import ServerUnknown, api_path, ask_server, newest_api, versionless
 from .tokenfile import read_token_file
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2: help, not an error
@@ -242,14 +243,18 @@ def curl(args: tuple[str, ...]) -> None:
     """curl [CURL ARGS] PATH against slurmrestd, with the headers filled in.
 
     The URL is $SLURMRESTD_URL, else slurmrestd_url in slurmjwtd.toml, followed by PATH.
+    A PATH without an API version (/slurm/jobs) gets the newest one slurmrestd serves
+    (its /openapi/v3 says which): /slurm/v0.0.42/jobs with Slurm 24.11, v0.0.38 with 22.05.
     The token reaches curl through a pipe (-H @/dev/fd/N), never its command line.
     Exit 9 if curl fails (curl's own status is in the message)."""
     *options, path = args
     if not path.startswith("/"):
         raise Failure(EXIT_USAGE, f"the last argument must be a path on slurmrestd, like "
-                                  f"/slurm/v0.0.38/ping (got {path!r})")
+                                  f"/slurm/ping or /slurm/v0.0.42/ping (got {path!r})")
     base = os.environ.get("SLURMRESTD_URL") or site_config().slurmrestd_url
     user, token = usable_token()
+    if versionless(path):
+        path = with_newest_api(path, base, user, token)
     read_end, write_end = os.pipe()
     os.write(write_end, f"X-SLURM-USER-NAME: {user}\nX-SLURM-USER-TOKEN: {token}\n".encode())
     os.close(write_end)
@@ -272,6 +277,19 @@ def curl(args: tuple[str, ...]) -> None:
                                  f"unless -s, is above; see man curl, EXIT CODES)")
 
 
+def with_newest_api(path: str, base: str, user: str, token: str) -> str:
+    """PATH (/slurm/ENDPOINT) in the newest API version slurmrestd at BASE says it serves."""
+    try:
+        server = ask_server(base, {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": token})
+    except ServerUnknown as exc:
+        raise Failure(EXIT_CURL, f"cannot learn slurmrestd's API versions for {path}: {exc}; "
+                                 f"name the version in the path: /slurm/vX.Y.Z{path[len('/slurm'):]}")
+    if not server.api:
+        raise Failure(EXIT_CURL, f"slurmrestd at {base} serves no API under /slurm/ "
+                                 f"({server.describe()}): is it run with -s openapi/slurmctld?")
+    return api_path(path, newest_api(server.api))
+
+
 @main.command()
 @click.option("--config", "config_path", default=DEFAULT_CONFIG, metavar="PATH",
               help="slurmjwtd's configuration.")
@@ -288,10 +306,23 @@ def curl(args: tuple[str, ...]) -> None:
 def doctor(ctx: click.Context, config_path: str, slurm_conf: str, pam_file: str,
            pam_dir: str | None, sshd_config: str, as_json: bool) -> None:
     """Check this login node's setup (for admins); non-zero exit when something is wrong."""
-    from .doctor import run_checks
+    from .doctor import check_rest, run_checks
+
+    def rest(config: Config | None, here: object) -> list:
+        """slurmrestd at $SLURMRESTD_URL or slurmrestd_url, with this login's token if it has one."""
+        url = os.environ.get("SLURMRESTD_URL")
+        where = "SLURMRESTD_URL" if url else f"slurmrestd_url in {config_path}"
+        url = url or (config or Config()).slurmrestd_url
+        try:
+            user, token = usable_token()
+        except Failure:
+            me = nss(pwd.getpwuid, os.geteuid())
+            user, token = (me.pw_name if me else str(os.geteuid())), None
+        return check_rest(url, where, user, token, here)
+
     sys.exit(run_checks(socket=ctx.obj, config=config_path, slurm_conf=slurm_conf,
                         pam_file=pam_file, sshd_config=sshd_config, pam_dir=pam_dir,
-                        as_json=as_json))
+                        rest=rest, as_json=as_json))
 
 
 @main.command()

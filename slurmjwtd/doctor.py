@@ -4,10 +4,13 @@ Checks, in order: the daemon answers; its configuration is valid; every user and
 policy names is known to NSS (a warning if not); its key file passes the
 daemon's own checks (signer.load); its token files' directory (the daemon's, with POSIX
 ACLs) and revocation file can be used; slurm.conf has AuthAltTypes=auth/jwt and a jwt_key
-holding the same bytes as the daemon's key (rs256: a jwks= file, valid, whose entry under this
-node's kid is this node's public key, when that file is readable here); sshd's PAM stack runs pam_slurmjwt.so in its session
+holding the same bytes as the daemon's key and giving others no access (slurmctld 23.11+ refuses
+to start otherwise) (rs256: a jwks= file, valid, whose entry under this node's kid is this node's
+public key, when that file is readable here); sshd's PAM stack runs pam_slurmjwt.so in its session
 phase, no other stack in its directory runs it (su, cron, ... through common-session), and sshd
-has UsePAM yes; the clock is synchronised; and how Slurm's commands treat the
+has UsePAM yes; the clock is synchronised; slurmrestd (`rest`: its release and API versions, from its
+/openapi/v3; that it refuses a forged token with its release's status and accepts the login's
+token; never judged by /ping, which 24.11 answers 200 whatever the token); and how Slurm's commands treat the
 login's token (`jobs`): slurm_commands_use_token against MUNGE on the host; whether `srun` is
 slurmjwt-exec, which removes the token unless that switch is true, both on this shell's PATH and
 on the PATH of `ssh HOST COMMAND` (sshd's, or /etc/environment's); whether each slurmjwt-exec
@@ -35,9 +38,13 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import stat
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -50,6 +57,7 @@ from .nss import nss
 from .policy import unknown_names
 from .atomicfile import ACL_XATTR
 from .revocation import RevocationError, Revocations
+from . import slurm_versions
 
 OK, WARNING, PROBLEM, SKIP = "ok", "WARNING", "PROBLEM", "skip"
 DAEMON_USER = "slurmjwt"  # the unit's User=, which may also own the key
@@ -386,7 +394,8 @@ def _read_key_bytes(path: str) -> bytes:
         return fh.read(MAX_KEY_BYTES + 1)
 
 
-def check_slurm_conf(path: str, config: Config | None, config_path: str) -> list[Finding]:
+def check_slurm_conf(path: str, config: Config | None, config_path: str,
+                     version: slurm_versions.Version | None = None) -> list[Finding]:
     restart = "restart slurmctld (and slurmrestd): Slurm reads these only at start"
     try:
         values = parse_slurm_conf(path)
@@ -407,18 +416,37 @@ def check_slurm_conf(path: str, config: Config | None, config_path: str) -> list
         f"add disable_token_creation to AuthAltParameters, then {restart}")]
     if config is not None and config.signer != "hs256":
         return check_other_signer(path, params, config, restart, config_path) + advice
-    return check_jwt_key(path, params.get("jwt_key"), config, config_path, restart) + advice
+    return check_jwt_key(path, params.get("jwt_key"), config, config_path, restart, version) + advice
+
+
+def _others_bits(path: str) -> int | None:
+    """PATH's mode if it gives others any access, else None (also if it cannot be read)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return mode if mode & 0o007 else None
 
 
 def check_jwt_key(path: str, jwt_key: str | None, config: Config | None, config_path: str,
-                  restart: str) -> list[Finding]:
-    """hs256: slurm.conf's jwt_key must hold the very bytes slurmjwtd signs with."""
+                  restart: str, version: slurm_versions.Version | None = None) -> list[Finding]:
+    """hs256: slurm.conf's jwt_key must hold the very bytes slurmjwtd signs with, and give others
+    no access (slurmctld 23.11+ refuses to start otherwise: VERSION, `scontrol --version`)."""
     key_file = config.key_file if config else "/var/lib/slurm/jwt_hs256.key"
     if not jwt_key:
         return [Finding(PROBLEM, "slurm.conf", f"{path}: AuthAltParameters has no jwt_key=",
                         "slurmctld has no HS256 key to verify slurmjwtd's tokens with",
                         f"add AuthAltParameters=jwt_key={key_file} to slurm.conf on every node, "
                         f"then {restart}")]
+    mode = _others_bits(jwt_key)
+    if mode is not None:
+        release = slurm_versions.release_of(version)
+        here = f"Slurm {slurm_versions.format_version(version)} here" if version else "Slurm's release not known here"
+        refuses = ("slurmctld refuses to start with it" if release and release.key_refused_for_others
+                   else "slurmctld 23.11 and later refuse to start with it")
+        return [Finding(PROBLEM, "slurm.conf", f"jwt_key={jwt_key}: mode {mode:04o} gives other users "
+                        "access", f"whoever reads it can mint a token for any user, root included; "
+                        f"{refuses} ({here})", f"chmod o-rwx {jwt_key}")]
     if config is None:
         return [Finding(SKIP, "slurm.conf", f"jwt_key={jwt_key} not compared: the configuration is invalid")]
     if os.geteuid() != 0:
@@ -646,7 +674,6 @@ SSHD_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"  # Debian's OpenSSH, for u
 ETC_ENVIRONMENT = "/etc/environment"  # pam_env in Debian's sshd stack reads it; its PATH wins
 RUN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C"}  # the whole environment of what doctor runs
 RUN_TIMEOUT = 5.0
-SCRUBBING_SLURM = (26, 5)  # the first Slurm whose sbatch leaves SLURM_JWT out of jobs itself (in part)
 _MODE = re.compile(r"token=(removed|kept) config=(\S.*) slurm=(\S.*)")
 
 
@@ -809,12 +836,13 @@ def check_slurm_version(srun: Srun, slurm_conf: str, run: Runner) -> Finding:
         answer = run([sbatch, "--version"], env)
     except RunFailed as exc:
         return Finding(SKIP, "jobs", f"Slurm's version not known: {exc}")
-    found = re.search(r"\b(\d+)\.(\d+)(\.\d+)?\b", answer)
-    if found is None:
+    version = slurm_versions.parse_version(answer)
+    if version is None:
         return Finding(SKIP, "jobs", f"Slurm's version not known: {sbatch} --version answered "
                        f"{answer.strip()[:100]!r}")
-    slurm = f"Slurm {found.group(0)} ({sbatch})"
-    if (int(found.group(1)), int(found.group(2))) < SCRUBBING_SLURM:
+    slurm = f"Slurm {slurm_versions.format_version(version)} ({sbatch})"
+    release = slurm_versions.release_of(version)
+    if release is None or not release.sbatch_scrubs_jwt:
         return Finding(OK, "jobs", f"{slurm} does not scrub SLURM_JWT from the environment sbatch "
                        f"copies into a job: {EXEC} is what keeps the token out of jobs")
     return Finding(OK, "jobs", f"{slurm} scrubs SLURM_JWT from sbatch's copy of the environment "
@@ -841,21 +869,126 @@ def check_jobs(config: Config | None, config_path: str, slurm_conf: str,
     return findings + ([check_slurm_version(found, slurm_conf, run)] if found.path else [])
 
 
+# -- slurmrestd ------------------------------------------------------------------------------
+
+Probe = Callable[[str, Mapping[str, str]], int]  # GET URL with HEADERS: the HTTP status
+
+
+def http_status(url: str, headers: Mapping[str, str]) -> int:
+    """GET URL with HEADERS (in-process: a token there is in no argv); its HTTP status."""
+    request = urllib.request.Request(url, headers=dict(headers))
+    try:
+        with slurm_versions.OPENER.open(request, timeout=RUN_TIMEOUT) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def forged_token(user: str) -> str:
+    """A well-formed HS256 token for USER signed with a random key: one slurmrestd must refuse."""
+    from .signer import HS256Signer
+
+    now = int(time.time())
+    return HS256Signer(secrets.token_bytes(32)).mint(user, 60, now).jwt
+
+
+def _asked(user: str, token: str) -> dict[str, str]:
+    return {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": token}
+
+
+def check_rest(url: str, where: str, user: str, token: str | None,
+               local: slurm_versions.Version | None = None,
+               ask: Callable[..., slurm_versions.Server] = slurm_versions.ask_server,
+               probe: Probe = http_status) -> list[Finding]:
+    """slurmrestd at URL (WHERE: which setting names it): the release and API versions its
+    /openapi/v3 names; that it refuses a forged token with the status its release answers for a
+    bad token (RELEASES' bad_token: 22.05 500, 24.11 511), on /diag, never /ping, which 24.11
+    answers 200 whatever the token; and, given USER's TOKEN (doctor run in a login), that it
+    accepts that token. USER names the forged token's subject when there is no TOKEN. LOCAL,
+    the release of Slurm's commands here, stands in for a slurmrestd that names none (22.05)."""
+    forged = forged_token(user)
+    try:
+        server = ask(url, _asked(user, token or forged))
+    except slurm_versions.ServerUnknown as exc:
+        if "cannot reach" in str(exc):
+            return [Finding(SKIP, "rest", f"no slurmrestd answers at {url} ({where}): not checked")]
+        return [Finding(WARNING, "rest", f"slurmrestd at {url} ({where}) does not describe itself: {exc}",
+                        "`slurmjwt curl /slurm/PATH` asks it which API versions it serves",
+                        "check that it runs with -a rest_auth/jwt and -s openapi/slurmctld "
+                        "(22.05: -s openapi/v0.0.38)")]
+    api = slurm_versions.newest_api(server.api)
+    version = server.version or local
+    release = slurm_versions.release_of(version)
+    slurm = (server.describe() if server.version or not local else
+             f"Slurm {slurm_versions.format_version(local)} (as `scontrol --version` says here: "
+             f"slurmrestd names no release), API {', '.join(server.api) or 'none under /slurm/'}")
+    if api is None:
+        return [Finding(PROBLEM, "rest", f"slurmrestd at {url} serves no API under /slurm/ "
+                        f"({slurm})", "REST clients find no /slurm/ endpoint",
+                        "run slurmrestd with -s openapi/slurmctld (22.05: -s openapi/v0.0.38)")]
+    findings = [Finding(OK, "rest", f"slurmrestd at {url}: {slurm}; "
+                        f"`slurmjwt curl /slurm/PATH` uses {api}")]
+    diag = f"{url.rstrip('/')}/slurm/{api}/diag"
+    expected = release.bad_token if release else None
+    status = probe(diag, _asked(user, forged))
+    if status == 200:
+        findings.append(Finding(PROBLEM, "rest", f"slurmrestd accepted a token signed with a random "
+                                f"key (GET {diag}: 200)", "it does not verify tokens: anyone can act as "
+                                "any user through it", "run slurmrestd with -a rest_auth/jwt and "
+                                "AuthAltTypes=auth/jwt, jwt_key= in its slurm.conf"))
+    elif expected is not None and status != expected:
+        findings.append(Finding(WARNING, "rest", f"slurmrestd answered a forged token with HTTP "
+                                f"{status} (GET {diag}), not the {expected} Slurm "
+                                f"{slurm_versions.format_version(version)} answers for a bad token",
+                                "it refuses the token, but not as its release does: another service "
+                                "may answer at that URL", f"check what listens there: curl -sI {url}"))
+    else:
+        findings.append(Finding(OK, "rest", f"slurmrestd refuses a forged token (GET {diag}: HTTP "
+                                f"{status}{', as its release does' if expected else ''})"))
+    if token is None:
+        return findings + [Finding(SKIP, "rest", "no token here: run doctor in a login to check that "
+                                   "slurmrestd accepts slurmjwtd's tokens")]
+    status = probe(diag, _asked(user, token))
+    if status == 200:
+        return findings + [Finding(OK, "rest", f"slurmrestd accepts {user}'s token (GET {diag}: 200)")]
+    refused = status == expected or status in (401, 500, 511)
+    return findings + [Finding(PROBLEM, "rest", f"slurmrestd {'refuses' if refused else 'answered'} "
+                               f"{user}'s token (GET {diag}: HTTP {status})",
+                               "REST clients and `slurmjwt curl` fail for users of this node",
+                               "slurmrestd must verify with slurmjwtd's key: the same jwt_key (or the "
+                               "node's kid in jwks=) in its slurm.conf, and a restart since the key changed")]
+
+
+def slurm_version(slurm_conf: str, run: Runner = run_program) -> slurm_versions.Version | None:
+    """The release of Slurm's commands here (`scontrol --version`, which reads SLURM_CONF first
+    before 23.02), or None."""
+    env = {**RUN_ENV, "SLURM_CONF": slurm_conf} if os.path.isfile(slurm_conf) else RUN_ENV
+    try:
+        return slurm_versions.parse_version(run(["scontrol", "--version"], env))
+    except RunFailed:
+        return None
+
+
 def run_checks(socket: str, config: str, slurm_conf: str, pam_file: str, sshd_config: str,
                pam_dir: str | None = None,
                clock: Callable[[], tuple[bool, str]] = read_clock,
                jobs: Callable[[Config | None, str, str], list[Finding]] = check_jobs,
+               rest: Callable[[Config | None, slurm_versions.Version | None], list[Finding]] | None = None,
+               version: Callable[[str], slurm_versions.Version | None] = slurm_version,
                as_json: bool = False) -> int:
     """Print one block per finding and a summary; 0 if nothing is wrong (warnings allowed), else 1.
     CLOCK and JOBS (called with the configuration, its path and slurm.conf's) can be replaced;
-    PAM_DIR, where the other PAM stacks are looked for, defaults to PAM_FILE's directory.
+    REST (called with the configuration and Slurm's release here: check_rest, as the CLI runs
+    it) is left out if None; VERSION (called with slurm.conf's path) gives that release
+    (`scontrol --version`), for the jwt_key and slurmrestd checks. PAM_DIR, where the other PAM stacks are looked for, defaults to PAM_FILE's directory.
     AS_JSON: print the findings as one JSON list of {level, topic, what, why, fix} instead."""
     cfg, finding = check_config(config)  # first: check_daemon compares the socket with it
+    here = version(slurm_conf)
     findings = [check_daemon(socket, cfg)]
     findings += [finding, check_policy_names(cfg, config), check_key(cfg), check_tokens(cfg),
-                 *check_slurm_conf(slurm_conf, cfg, config)]
+                 *check_slurm_conf(slurm_conf, cfg, config, here)]
     findings += [check_pam(pam_file), check_pam_stacks(pam_file, pam_dir), check_sshd(sshd_config),
-                 check_clock(clock), *jobs(cfg, config, slurm_conf)]
+                 check_clock(clock), *jobs(cfg, config, slurm_conf), *(rest(cfg, here) if rest else [])]
     problems = sum(f.level == PROBLEM for f in findings)
     warnings = sum(f.level == WARNING for f in findings)
     if as_json:

@@ -45,6 +45,7 @@ GROUP_MARK = Path("/var/tmp/slurmjwt-test-made-group")
 
 
 UNIT = Path(__file__).resolve().parent / "unit"  # tests that need neither root nor the build
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 _CONFIG: list[pytest.Config] = []  # pytest's, once it has started
@@ -307,13 +308,29 @@ def leaders():
             leader.die()
 
 
+# SLURMJWT_SLURM picks the Slurm the Slurm-facing tests run against: 22.05, Debian 12's on the
+# host (the default, `make test`), or 24.11, Debian 13's in a root (`make test-slurm24`)
+SLURM_RELEASE = os.environ.get("SLURMJWT_SLURM", "22.05")
+SLURM_RELEASES = ("22.05", "24.11")
+
+
 @pytest.fixture(scope="session")
 def slurm(daemon, workdir):
-    """slurmctld + slurmrestd verifying with the shared daemon's key."""
-    from slurm_cluster import SlurmCluster  # it imports run_as from here
+    """slurmctld, slurmd and slurmrestd verifying with the shared daemon's key: the release
+    SLURMJWT_SLURM names (tests/slurm_cluster.py, tests/slurm24_cluster.py)."""
+    if SLURM_RELEASE not in SLURM_RELEASES:
+        pytest.exit(f"SLURMJWT_SLURM={SLURM_RELEASE}: the tests know {' and '.join(SLURM_RELEASES)}", 2)
+    if SLURM_RELEASE == "24.11":
+        from slurm24_cluster import Slurm24Cluster as Cluster
+    else:
+        from slurm_cluster import SlurmCluster as Cluster  # it imports run_as from here
 
-    cluster = SlurmCluster(workdir / "slurm", daemon.key_file)
+    cluster = Cluster(workdir / "slurm", daemon.key_file)
     cluster.start()
+    running = ".".join(f"{n:02d}" for n in (cluster.version or (0, 0))[:2])
+    if running != SLURM_RELEASE:
+        cluster.stop()
+        pytest.exit(f"SLURMJWT_SLURM={SLURM_RELEASE} but the cluster runs Slurm {running}", 2)
     yield cluster
     cluster.scancel_all()
     cluster.stop()

@@ -34,7 +34,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import exec_links
 from conftest import progress, run_as
+from slurmjwtd.slurm_versions import parse_version, release_of
 
 SLURMCTLD = "/usr/sbin/slurmctld"
 SLURMRESTD = "/usr/sbin/slurmrestd"
@@ -50,7 +52,9 @@ MUNGE_MARK = MUNGE_DIR / "slurmjwt-test.started"
 SLURM_USER = "slurm"
 REST_USER = "slurmrest"
 KEY_GROUP = "slurmjwt"
-OPENAPI = "v0.0.38"
+OPENAPI = "v0.0.38"  # the newest API version 22.05 serves
+# every API version 22.05 serves (v0.0.36 to v0.0.38); without -s it wants slurmdbd's too, and dies
+REST_PLUGINS = "openapi/v0.0.36,openapi/v0.0.37,openapi/v0.0.38"
 CTLD_PORT, SLURMD_PORT, REST_PORT = 16817, 16818, 16820
 _OUR_BINARIES = {"slurmctld", "slurmscriptd", "slurmrestd", "slurmd", "slurmstepd"}
 
@@ -158,7 +162,95 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-class SlurmCluster:
+class RestClient:
+    """What the tests use of either cluster (this one, 22.05 on the host; slurm24_cluster.py's,
+    24.11 in a root): Slurm's commands as a user (`client_as`, by name), slurmrestd's paths
+    (`path`, in the newest API version the cluster's slurmrestd serves) and requests. Each
+    cluster sets rest_url, env, version and api, and defines client_as and shell_as."""
+
+    rest_url: str
+    env: dict[str, str]
+    api: str = OPENAPI
+
+    def path(self, endpoint: str) -> str:
+        """/slurm/<api>/ENDPOINT."""
+        return f"/slurm/{self.api}/{endpoint}"
+
+    @property
+    def release(self):
+        """This Slurm's row of slurmjwtd.slurm_versions.RELEASES."""
+        return release_of(self.version)
+
+    def tail(self, path: Path, lines: int = 30) -> str:
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return f"({path} unreadable)"
+
+    def wait_for_rest(self, proc: subprocess.Popen) -> None:
+        """Until slurmrestd (PROC) answers HTTP; its spec then names the API versions it serves."""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SlurmError(f"slurmrestd exited {proc.returncode}:\n{self.tail(self.rest_log)}")
+            try:
+                urllib.request.urlopen(f"{self.rest_url}/openapi/v3", timeout=2).close()
+                return
+            except urllib.error.HTTPError:
+                return  # it answers HTTP
+            except OSError:
+                time.sleep(0.1)
+        raise SlurmError(f"slurmrestd did not answer within 15 s:\n{self.tail(self.rest_log)}")
+
+    def client_env(self, token: str) -> dict[str, str]:
+        return {**self.env, "SLURM_JWT": token}
+
+    def squeue_as(self, user: str, token: str, *args: str) -> subprocess.CompletedProcess:
+        return self.client_as(user, "squeue", *args, env={"SLURM_JWT": token})
+
+    def sbatch_as(self, user: str, token: str, *args: str,
+                  wrap: str = "sleep 300") -> subprocess.CompletedProcess:
+        return self.client_as(user, "sbatch", "--parsable", "--chdir=/tmp", "--output=/dev/null",
+                              "--job-name=sjt-test", *args, "--wrap", wrap, env={"SLURM_JWT": token})
+
+    def scancel_as(self, user: str, token: str, *job_ids: str) -> subprocess.CompletedProcess:
+        return self.client_as(user, "scancel", *job_ids, env={"SLURM_JWT": token})
+
+    def scancel_all(self) -> None:
+        """Cancel every job the helpers submitted (as root, over munge)."""
+        if self.ctld is None or self.ctld.poll() is not None:
+            return
+        self.client_as("root", "scancel", "--full", "--quiet", "--name=sjt-test")
+
+    def rest_request(self, user_name: str | None, token: str | None, path: str | None = None,
+                     bearer: bool = False) -> tuple[int, bytes]:
+        """GET PATH (default: ping) with the slurmrestd headers, or with BEARER the token as
+        `Authorization: Bearer` (in-process: the token is in no argv)."""
+        headers = {}
+        if user_name is not None:
+            headers["X-SLURM-USER-NAME"] = user_name
+        if token is not None:
+            headers["Authorization" if bearer else "X-SLURM-USER-TOKEN"] = (
+                f"Bearer {token}" if bearer else token)
+        req = urllib.request.Request(self.rest_url + (path or self.path("ping")), headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=15) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def rest_get(self, user_name: str | None, token: str | None, path: str | None = None,
+                 bearer: bool = False) -> int:
+        return self.rest_request(user_name, token, path, bearer)[0]
+
+    def rest_json(self, user_name: str, token: str, path: str) -> dict:
+        status, body = self.rest_request(user_name, token, path)
+        if status != 200:
+            raise SlurmError(f"GET {path}: HTTP {status}: {body[:300]!r}")
+        return json.loads(body)
+
+
+class SlurmCluster(RestClient):
     """slurmctld + slurmrestd on 127.0.0.1, verifying tokens with JWT_KEY (and JWKS)."""
 
     def __init__(self, workdir: Path, jwt_key: Path, jwks: Path | None = None,
@@ -174,8 +266,11 @@ class SlurmCluster:
         self.spool_dir = self.workdir / "slurmd"
         self.ctld_log = self.log_dir / "slurmctld.log"
         self.rest_log = self.log_dir / "slurmrestd.log"
+        self.client_conf = str(self.conf)  # the path Slurm's commands are given
         self.env = {"SLURM_CONF": str(self.conf)}
         self.rest_url = f"http://127.0.0.1:{REST_PORT}"
+        self.scontrol_program = f"{SLURM_BIN}/scontrol"  # for the daemon's scontrol signer
+        self.version: tuple[int, int, int] | None = None  # `scontrol --version`, once started
         self.ctld: subprocess.Popen | None = None
         self.rest: subprocess.Popen | None = None
         self.slurmd: subprocess.Popen | None = None
@@ -202,6 +297,7 @@ class SlurmCluster:
             self._started_once = True
             self._start_slurmd()
             self._start_slurmrestd()
+            self.version = parse_version(self.client_as("root", "scontrol", "--version").stdout)
         except BaseException:
             self.stop()
             raise
@@ -414,74 +510,41 @@ class SlurmCluster:
         groups = os.getgrouplist(REST_USER, pw.pw_gid)
         log = open(self.rest_log, "ab")
         self.rest = subprocess.Popen(
-            [SLURMRESTD, "-f", str(self.conf), "-s", f"openapi/{OPENAPI}", "-a", "rest_auth/jwt",
+            [SLURMRESTD, "-f", str(self.conf), "-s", REST_PLUGINS, "-a", "rest_auth/jwt",
              f"127.0.0.1:{REST_PORT}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
             user=pw.pw_uid, group=pw.pw_gid, extra_groups=groups,
             env={"PATH": "/usr/bin:/bin", "SLURM_JWT": "daemon", "SLURM_CONF": str(self.conf)})
         log.close()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.rest.poll() is not None:
-                raise SlurmError(f"slurmrestd exited {self.rest.returncode}:\n{self.tail(self.rest_log)}")
-            try:
-                urllib.request.urlopen(f"{self.rest_url}/openapi", timeout=2).close()
-                return
-            except urllib.error.HTTPError:
-                return  # it answers HTTP
-            except OSError:
-                time.sleep(0.1)
-        raise SlurmError(f"slurmrestd did not answer within 15 s:\n{self.tail(self.rest_log)}")
+        self.wait_for_rest(self.rest)
 
-    # -- helpers for tests --------------------------------------------------------------
-    def tail(self, path: Path, lines: int = 30) -> str:
-        try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return f"({path} unreadable)"
+    # -- Slurm's commands -------------------------------------------------------------------
+    def client_as(self, user: str, command: str, *args: str, env: dict[str, str] | None = None,
+                  input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+        """Slurm's COMMAND (by name, from SLURM_BIN: never a slurmjwt-exec link) as USER, ENV in its
+        environment (never in argv)."""
+        return run_as(user, f"{SLURM_BIN}/{command}", *args, env={**self.env, **(env or {})},
+                      input=input, timeout=timeout)
 
-    def client_env(self, token: str) -> dict[str, str]:
-        return {**self.env, "SLURM_JWT": token}
+    def shell_as(self, user: str, script: str, env: dict[str, str] | None = None,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+        """SCRIPT (sh -c) as USER in a login's environment: PATH with /usr/local/bin first, where
+        install_exec links Slurm's commands to slurmjwt-exec."""
+        return run_as(user, "/bin/sh", "-c", script, env={**self.env, **(env or {})}, timeout=timeout)
 
-    def squeue_as(self, user: str, token: str, *args: str) -> subprocess.CompletedProcess:
-        return run_as(user, f"{SLURM_BIN}/squeue", *args, env=self.client_env(token))
+    def read_file(self, path: str) -> str:
+        """A file a job wrote."""
+        return Path(path).read_text(errors="replace")
 
-    def sbatch_as(self, user: str, token: str, *args: str,
-                  wrap: str = "sleep 300") -> subprocess.CompletedProcess:
-        return run_as(user, f"{SLURM_BIN}/sbatch", "--parsable", "--chdir=/tmp", "--output=/dev/null",
-                      "--job-name=sjt-test", *args, "--wrap", wrap, env=self.client_env(token))
+    def install_exec(self) -> None:
+        exec_links.install()
 
-    def scancel_as(self, user: str, token: str, *job_ids: str) -> subprocess.CompletedProcess:
-        return run_as(user, f"{SLURM_BIN}/scancel", *job_ids, env=self.client_env(token))
+    def remove_exec(self) -> None:
+        exec_links.remove()
 
-    def scancel_all(self) -> None:
-        """Cancel every job the helpers submitted (as root, over munge)."""
-        if self.ctld is None or self.ctld.poll() is not None:
-            return
-        subprocess.run([f"{SLURM_BIN}/scancel", "--full", "--quiet", "--name=sjt-test"], capture_output=True,
-                       env={"PATH": "/usr/bin:/bin", **self.env}, timeout=30)
-
-    def rest_request(self, user_name: str | None, token: str | None,
-                     path: str = f"/slurm/{OPENAPI}/ping") -> tuple[int, bytes]:
-        """GET PATH with the slurmrestd headers (in-process: the token is in no argv)."""
-        headers = {}
-        if user_name is not None:
-            headers["X-SLURM-USER-NAME"] = user_name
-        if token is not None:
-            headers["X-SLURM-USER-TOKEN"] = token
-        req = urllib.request.Request(self.rest_url + path, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=15) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    def rest_get(self, user_name: str | None, token: str | None,
-                 path: str = f"/slurm/{OPENAPI}/ping") -> int:
-        return self.rest_request(user_name, token, path)[0]
-
-    def rest_json(self, user_name: str, token: str, path: str) -> dict:
-        status, body = self.rest_request(user_name, token, path)
-        if status != 200:
-            raise SlurmError(f"GET {path}: HTTP {status}: {body[:300]!r}")
-        return json.loads(body)
+    def client_conf_variant(self, name: str, extra: str) -> str:
+        """A copy of slurm.conf with EXTRA lines, for Slurm's commands only: its path."""
+        path = self.workdir / f"{name}.conf"
+        path.write_text(self.conf_text() + extra)
+        os.chmod(path, 0o644)
+        return str(path)

@@ -248,11 +248,18 @@ def test_insecure_key_mode(site, capsys):
     make_key(copy, mode=0o644, key=site.key_file.read_bytes())
     config = site.dir / "open.toml"
     config.write_text(f'key_file = "{copy}"\n')
-    site.slurm_conf.write_text(f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={copy}\n")
+    # ClusterName and SlurmctldHost: enough for 22.05's `scontrol --version`, which reads slurm.conf
+    site.slurm_conf.write_text(f"ClusterName=sjt\nSlurmctldHost=localhost\nAuthAltTypes=auth/jwt\n"
+                               f"AuthAltParameters=jwt_key={copy}\n")
     out = assert_problem(site.cli(config=str(config)), "key", f"key file {copy}: mode 0644 gives other "
                          "users access", fix=f"chmod o-rwx {copy}")
     assert "mint a token for any user" in block(out, "key")
-    assert lines_of(out, "ok", "slurm.conf")  # same bytes: only the mode is wrong
+    # slurm.conf's jwt_key: the same file; slurmctld 23.11+ would not even start with it
+    text = block(out, "slurm.conf")
+    assert text.startswith(f"PROBLEM slurm.conf: jwt_key={copy}: mode 0644 gives other users access")
+    assert re.search(r"slurmctld 23\.11 and later refuse to start with it \(Slurm 22\.05\.\d+ here\)",
+                     text), text
+    assert f"fix: chmod o-rwx {copy}" in text
 
 
 def test_key_owned_by_someone_else(site, capsys, users):

@@ -10,6 +10,13 @@ shells on a terminal, `ssh host cmd`, a Python program, tmux and screen started 
 the login keeps its token, srun, srun --pty, salloc and sbatch --wait work, and no job's
 environment holds the token. On a JWT-only node (the switch in slurmjwtd.toml), Slurm's
 commands use the token instead, as slurmctld's record of the job shows.
+
+The same guarantees, for a login's token in a plain shell (no sshd), run against either Slurm
+the `slurm` fixture gives (22.05 on the host; 24.11 in its root under `make test-slurm24`, with
+slurmjwt-exec's links in the root's /usr/local/bin): srun, srun --pty, salloc and sbatch work
+and no job holds the token, while Slurm's own srun with the token still fails and its sbatch
+still copies it (as slurm_versions.RELEASES says of that release). The SSH tests
+(`slurm_on_host`) log in through this host's sshd, whose Slurm commands are 22.05's.
 """
 
 from __future__ import annotations
@@ -41,10 +48,11 @@ PROMPT_ONLY = {".profile": f"PS1='{PROMPT}'\n", ".zshrc": f"PS1='{PROMPT}'\n",
 
 
 @pytest.fixture(scope="module")
-def links():
-    exec_links.install()
+def links(slurm):
+    """slurmjwt-exec and its links where the cluster's Slurm commands run (exec_links on the host)."""
+    slurm.install_exec()
     yield
-    exec_links.remove()
+    slurm.remove_exec()
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +89,17 @@ def site_config():
             SITE_CONFIG.parent.rmdir()
 
 
+@pytest.fixture
+def exec_config(slurm, request):
+    """Write slurmjwt-exec's configuration where the cluster's Slurm commands run: the host's
+    /etc/slurmjwt/slurmjwtd.toml (site_config), or the root's."""
+    if hasattr(slurm, "write_exec_config"):
+        yield slurm.write_exec_config
+        slurm.write_exec_config("")
+    else:
+        yield request.getfixturevalue("site_config")
+
+
 def job_output(account: Account, name: str = "job.out") -> str:
     """A batch job's output: srun's hostname line inside the job, then the job's environment."""
     text = account.read(name)
@@ -110,6 +129,7 @@ def pty_step(term: Terminal) -> str:
     return term.screen[start:]
 
 
+@pytest.mark.slurm_on_host
 @pytest.mark.parametrize("shell", ["bash", "zsh", "tcsh"])
 def test_slurm_commands_work_in_a_login_shell_that_holds_the_token(shell, sshd, daemon, account,
                                                                   terminals):
@@ -136,6 +156,7 @@ def test_slurm_commands_work_in_a_login_shell_that_holds_the_token(shell, sshd, 
     assert account.read("after") == login
 
 
+@pytest.mark.slurm_on_host
 def test_ctrl_c_reaches_srun(sshd, slurm, account, terminals):
     account.make("bash", PROMPT_ONLY)
     term = terminals(sshd, account.user)
@@ -183,6 +204,7 @@ printenv SLURM_JWT > "$HOME/after"
 """.format(sbatch=SBATCH)
 
 
+@pytest.mark.slurm_on_host
 @pytest.mark.parametrize("shell", ["sh", "bash"])
 def test_slurm_commands_work_in_ssh_host_cmd(shell, sshd, daemon, account):
     alice = account.user
@@ -202,6 +224,7 @@ def test_slurm_commands_work_in_ssh_host_cmd(shell, sshd, daemon, account):
     assert_no_token(job_output(account, "tmux.out"), login)  # submitted from a tmux server
 
 
+@pytest.mark.slurm_on_host
 def test_srun_pty_in_ssh_host_cmd(sshd, account):
     account.make("sh", {})
     run = sshd.ssh(account.user, "srun -n1 --pty sh -c 'tty; echo job=$SLURM_JOB_ID jwt=${SLURM_JWT:-none}'",
@@ -211,6 +234,7 @@ def test_srun_pty_in_ssh_host_cmd(sshd, account):
 
 
 # -- a JWT-only login node ----------------------------------------------------------------
+@pytest.mark.slurm_on_host
 def test_jwt_only_switch_makes_slurm_commands_use_the_token(sshd, slurm, daemon, users, account,
                                                             site_config, workdir):
     """A login node without MUNGE (here: its slurm.conf points MUNGE at no socket), so a job
@@ -241,6 +265,7 @@ def test_jwt_only_switch_makes_slurm_commands_use_the_token(sshd, slurm, daemon,
 
 
 # -- slurmjwt doctor, as a user runs it in their session -------------------------------------
+@pytest.mark.slurm_on_host
 @pytest.mark.parametrize("keep", [False, True])
 def test_doctor_in_a_session_says_the_mode_and_that_srun_is_protected(keep, sshd, slurm, daemon,
                                                                      account, site_config):
@@ -261,3 +286,101 @@ def test_doctor_in_a_session_says_the_mode_and_that_srun_is_protected(keep, sshd
     mode = [line for line in jobs if "slurm_commands_use_token = " in line and "reads" not in line]
     assert mode and mode[0].startswith("WARNING" if keep else "ok"), run.stdout
     assert not [line for line in jobs if line.startswith("PROBLEM")], run.stdout
+
+
+# -- a login's token in a plain shell, against either Slurm ----------------------------------
+LOGIN_SCRIPT = """
+srun -n1 hostname; echo "srun rc=$?"
+printf 'typed\\n' | srun -n1 cat
+srun -n1 sh -c 'exit 7'; echo "exit rc=$?"
+script -qec "srun -n1 --pty sh -c 'tty; echo jwt=\\${{SLURM_JWT:-none}}'" /dev/null
+salloc -n1 srun -n1 hostname; echo "salloc rc=$?"
+sbatch --wait -o {out} --wrap 'srun -n1 hostname && env' >/dev/null; echo "sbatch rc=$?"
+printenv SLURM_JWT > {after}
+"""
+
+
+def login_token(daemon, leaders, user: str) -> str:
+    """USER's token as a login has it: a live session, then the user's own MINT."""
+    leaders(daemon.root_socket, user)
+    run = daemon.token_as(user)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip().removeprefix("SLURM_JWT=")
+
+
+def fresh_paths(slurm, user, *names: str) -> list[str]:
+    """Paths in /tmp (as Slurm's commands and jobs see it) for USER's files, none there yet."""
+    paths = [f"/tmp/sjt-{user.pw_name}-{name}" for name in names]
+    for path in paths:
+        slurm.shell_as("root", f"rm -f {path}")
+    return paths
+
+
+def test_slurm_commands_work_with_a_login_token_and_no_job_holds_it(slurm, links, exec_config,
+                                                                    daemon, users, leaders):
+    alice = users["alice"]
+    exec_config("")  # the default: Slurm's commands run without the token (MUNGE)
+    token = login_token(daemon, leaders, alice.pw_name)
+    out, after = fresh_paths(slurm, alice, "job.out", "after")
+    run = slurm.shell_as(alice.pw_name, LOGIN_SCRIPT.format(out=out, after=after),
+                         env={"SLURM_JWT": token}, timeout=120)
+    # the terminal script(1) opens echoes the end of its input as "^@" before the next line
+    lines = [re.sub(r"^(\^@|\0)+", "", line) for line in run.stdout.replace("\r", "").splitlines()]
+    for expected in ("srun rc=0", "typed", "exit rc=7", "jwt=none", "salloc rc=0", "sbatch rc=0"):
+        assert expected in lines, f"{expected!r} missing:\n{run.stdout}\n{run.stderr}"
+    assert lines.count(HOST) == 2, run.stdout  # srun, salloc
+    assert any(re.fullmatch(r"/dev/pts/\d+", line) for line in lines), run.stdout  # --pty: a terminal
+    job = slurm.read_file(out)
+    assert job.startswith(HOST) and "SLURM_JOB_ID=" in job, job[:2000]  # srun inside the job ran
+    assert_no_token(job, token)
+    assert slurm.read_file(after).strip() == token  # the login keeps its token for REST clients
+
+
+def test_slurms_own_commands_with_the_token_fail_or_leak_as_the_release_does(slurm, daemon, users,
+                                                                            leaders):
+    """Why slurmjwt-exec is there, on this release: Slurm's own srun with SLURM_JWT set fails
+    (slurmd takes only MUNGE), and its sbatch copies the token into the job unless the release
+    scrubs it (26.05)."""
+    alice = users["alice"]
+    token = login_token(daemon, leaders, alice.pw_name)
+    try:
+        srun = slurm.client_as(alice.pw_name, "srun", "-n1", "--job-name=sjt-test", "hostname",
+                               env={"SLURM_JWT": token}, timeout=60)
+    finally:  # the allocation srun got may outlive it (srun dies of SIGPIPE): not left behind
+        slurm.client_as("root", "scancel", "--name=sjt-test", f"--user={alice.pw_name}")
+    assert srun.returncode != 0 and HOST not in srun.stdout.splitlines(), srun.stdout
+    assert "Zero Bytes were transmitted or received" in srun.stderr, srun.stderr
+    out, = fresh_paths(slurm, alice, "plain.out")
+    sbatch = slurm.client_as(alice.pw_name, "sbatch", "--wait", "--chdir=/tmp", "-o", out,
+                             "--job-name=sjt-test", "--wrap", "env", env={"SLURM_JWT": token},
+                             timeout=60)
+    assert sbatch.returncode == 0, sbatch.stderr
+    copied = f"SLURM_JWT={token}" in slurm.read_file(out).splitlines()
+    assert copied == (not slurm.release.sbatch_scrubs_jwt)
+
+
+def test_jwt_only_switch_makes_slurm_commands_use_the_login_token(slurm, links, exec_config, daemon,
+                                                                  users, leaders):
+    """A login node without MUNGE (its slurm.conf points MUNGE at no socket): a job submitted
+    there can only have been authenticated by the token, which slurmjwt-exec keeps only when
+    slurm_commands_use_token = true."""
+    alice = users["alice"]
+    token = login_token(daemon, leaders, alice.pw_name)
+    node_conf = slurm.client_conf_variant("sjt-jwt-only-node",
+                                          "AuthInfo=socket=/nonexistent/munge.socket.2\n")
+    submit = "sbatch --parsable --hold -o /dev/null --job-name=sjt-test --wrap true; echo rc=$?"
+    env = {"SLURM_JWT": token, "SLURM_CONF": node_conf}
+
+    exec_config("slurm_commands_use_token = false\n")
+    without = slurm.shell_as(alice.pw_name, submit, env=env)
+    assert "rc=0" not in without.stdout, "a job was submitted without MUNGE and without the token"
+
+    exec_config("slurm_commands_use_token = true  # a JWT-only login node\n")
+    with_token = slurm.shell_as(alice.pw_name, submit, env=env)
+    assert with_token.stdout.strip().endswith("rc=0"), with_token.stdout + with_token.stderr
+    job = with_token.stdout.split()[0]
+    try:
+        shown = slurm.client_as("root", "scontrol", "show", "job", job)
+        assert f"UserId={alice.pw_name}({alice.pw_uid})" in shown.stdout, shown.stdout
+    finally:
+        slurm.client_as("root", "scancel", job)

@@ -1,4 +1,5 @@
-"""The three signers against the real slurmctld and slurmrestd (Debian 12, Slurm 22.05).
+"""The three signers against the real slurmctld and slurmrestd (Debian 12's Slurm 22.05, or
+Debian 13's 24.11 under `make test-slurm24`: the `slurm` fixture).
 
 - rs256: `slurmjwt keygen --rs256` and `slurmjwt jwks` make a key and its JWKS entry;
   slurmctld, given `jwks=`, accepts the daemon's tokens while the kid is in the JWKS and
@@ -10,8 +11,9 @@
 
 The suite's shared cluster (the `slurm` fixture) is reused: for this module it gets a
 `jwks=` file and `disable_token_creation` (what docs/signers.md recommends), and its
-configuration is put back when the module ends. slurmctld 22.05 reads its key files only
-at start, so each JWKS change is followed by `slurm.restart()` (about 0.3 s; state kept).
+configuration is put back when the module ends. slurmctld reads its key files only at start,
+so each JWKS change is followed by `slurm.restart()` (state kept). The scontrol signer runs
+the cluster's own scontrol (`slurm.scontrol_program`: 24.11's is inside its root).
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ from pathlib import Path
 import jwt
 import pytest
 
-from conftest import KEY_GROUP, SLURMJWT, SLURMJWTD, Daemon, run_as
-from slurm_cluster import OPENAPI, SlurmCluster
+from conftest import KEY_GROUP, SLURMJWT, SLURMJWTD, Daemon
+from slurm_cluster import RestClient as SlurmCluster
+from slurm_cluster import SlurmError
 from slurmjwtd.client import call
 
-JOBS = f"/slurm/{OPENAPI}/jobs"
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "SLURMJWT_CONFIG": "/nonexistent/slurmjwtd.toml"}
 
 
@@ -92,15 +94,15 @@ def user_token(d: Daemon, leaders, user: str) -> str:
 def assert_accepted(slurm: SlurmCluster, user: str, token: str) -> None:
     run = slurm.squeue_as(user, token)
     assert run.returncode == 0, f"squeue refused the token ({run.returncode}): {run.stderr}"
-    status, body = slurm.rest_request(user, token, JOBS)
+    status, body = slurm.rest_request(user, token, slurm.path("jobs"))
     assert status == 200, f"slurmrestd answered {status}: {body[:300]!r}"
 
 
 def assert_refused(slurm: SlurmCluster, user: str, token: str) -> None:
     run = slurm.squeue_as(user, token)
     assert run.returncode != 0, f"squeue accepted the token: {run.stdout}"
-    status = slurm.rest_get(user, token, JOBS)
-    assert status >= 400, f"slurmrestd answered {status}"
+    status = slurm.rest_get(user, token, slurm.path("jobs"))
+    assert status == slurm.release.bad_token, f"slurmrestd answered {status}"
 
 
 def verify_rs256(token: str, entry: dict) -> dict:
@@ -183,12 +185,20 @@ def key_b(keydir, users) -> tuple[Path, str]:
 
 @pytest.fixture
 def ctl_env(cluster) -> dict[str, str]:
-    return {"SLURM_CONF": str(cluster.slurm.conf)}
+    return {"SLURM_CONF": cluster.slurm.client_conf}
+
+
+@pytest.fixture
+def scontrol(cluster) -> dict[str, str]:
+    """The daemon's settings for the cluster's own scontrol (24.11's runs inside its root)."""
+    program = cluster.slurm.scontrol_program
+    return {} if program == "/usr/bin/scontrol" else {"scontrol": program}
 
 
 # -- rs256: the key and its JWKS entry -----------------------------------------------------
 def test_keygen_rs256_makes_a_root_owned_group_readable_pem_and_never_overwrites(keydir, users):
     path = keydir / "fresh.pem"
+    path.unlink(missing_ok=True)  # a repeated run's (pytest --count)
     run = slurmjwt("keygen", "--rs256", str(path), "--kid", "sjt-k")
     assert run.returncode == 0, run.stderr
     assert f"slurmjwt jwks {path} --kid sjt-k" in run.stdout  # says what to do next
@@ -287,10 +297,44 @@ def test_hs256_still_accepted_next_to_jwks(cluster, daemon, users):
     assert_accepted(cluster.slurm, bob, token)
 
 
+def test_keygen_makes_a_key_slurmctld_starts_with_as_its_release_checks_it(cluster, workdir, users):
+    """`slurmjwt keygen`'s key (slurm:slurmjwt 0640) is one slurmctld starts with and verifies
+    tokens by; the same key readable by others stops 24.11's slurmctld (23.11+), not 22.05's
+    (RELEASES' key_refused_for_others), which is why keygen and doctor give others nothing."""
+    slurm, alice = cluster.slurm, users["alice"].pw_name
+    path = workdir / "keygen-hs256.key"
+    path.unlink(missing_ok=True)
+    made = slurmjwt("keygen", str(path))
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    now = int(time.time())
+    token = jwt.encode({"sun": alice, "iat": now, "exp": now + 300}, path.read_bytes(), algorithm="HS256")
+    original = slurm.jwt_key
+    try:
+        slurm.jwt_key = path
+        slurm.restart()
+        assert_accepted(slurm, alice, token)
+        os.chmod(path, 0o644)
+        if slurm.release.key_refused_for_others:
+            with pytest.raises(SlurmError, match="exited"):
+                slurm.restart()
+        else:
+            slurm.restart()
+            assert_accepted(slurm, alice, token)
+    finally:
+        slurm.jwt_key = original
+        if slurm.running():
+            slurm.restart()
+        else:
+            slurm.start()
+    assert_refused(slurm, alice, token)  # the cluster's own key again
+
+
 @pytest.mark.parametrize("flaw", ["mode-0644", "symlink", "owner", "group-writable", "not-pem",
                                   "missing"])
 def test_insecure_rs256_key_stops_the_daemon(workdir, keydir, key_a, users, flaw):
     path = keydir / f"bad-{flaw}.pem"
+    path.unlink(missing_ok=True)  # a repeated run's (pytest --count)
     shutil.copy(key_a[0], path)
     shutil.chown(path, "root", KEY_GROUP)
     os.chmod(path, 0o640)
@@ -356,10 +400,10 @@ def test_policy_applies_with_rs256(cluster, make_daemon, key_a, users):
     assert d.token_as(alice).returncode != 0  # no session: require_session still holds
 
 
-def test_policy_applies_with_scontrol(cluster, make_daemon, users, ctl_env):
+def test_policy_applies_with_scontrol(cluster, make_daemon, users, ctl_env, scontrol):
     """Refusals never reach slurmctld; a granted lifetime is what slurmctld writes."""
     alice, bob = users["alice"].pw_name, users["bob"].pw_name
-    d = make_daemon(env=ctl_env, signer="scontrol", scontrol_timeout=5,
+    d = make_daemon(env=ctl_env, **scontrol, signer="scontrol", scontrol_timeout=5,
                     group_lifetime={alice: 900}, deny_users=[bob])
     token = mint(d, alice)["token"]
     body = claims(token)
@@ -371,11 +415,12 @@ def test_policy_applies_with_scontrol(cluster, make_daemon, users, ctl_env):
 
 # -- scontrol -------------------------------------------------------------------------------
 def test_scontrol_tokens_work_and_carry_the_lifetime_asked(cluster, make_daemon, users, leaders,
-                                                            ctl_env):
+                                                            ctl_env, scontrol):
     slurm = cluster.slurm
     alice = users["alice"].pw_name
     # a SLURM_JWT in the daemon's environment must not become scontrol's credential
-    d = make_daemon(env=ctl_env | {"SLURM_JWT": "not.a.token"}, signer="scontrol", scontrol_timeout=5)
+    d = make_daemon(env=ctl_env | {"SLURM_JWT": "not.a.token"}, **scontrol, signer="scontrol",
+                    scontrol_timeout=5)
     assert call(d.socket, "STATUS").fields["signer"] == "scontrol"
 
     leader = leaders(d.root_socket, alice)  # OPEN goes through scontrol too
@@ -398,11 +443,10 @@ def test_disable_token_creation_stops_users_not_the_daemon(cluster, users):
     """The recommended AuthAltParameters=disable_token_creation: a user's own
     `scontrol token` is refused, so the daemon (root or SlurmUser) is the only way."""
     alice = users["alice"].pw_name
-    run = run_as(alice, "scontrol", "token", env={"SLURM_CONF": str(cluster.slurm.conf)})
+    run = cluster.slurm.client_as(alice, "scontrol", "token")
     assert run.returncode != 0 and "SLURM_JWT=" not in run.stdout
     for caller in ("root", "slurm"):
-        ok = run_as(caller, "scontrol", "token", f"username={alice}", "lifespan=60",
-                    env={"SLURM_CONF": str(cluster.slurm.conf)})
+        ok = cluster.slurm.client_as(caller, "scontrol", "token", f"username={alice}", "lifespan=60")
         assert ok.returncode == 0 and ok.stdout.startswith("SLURM_JWT="), (caller, ok.stderr)
 
 
@@ -418,13 +462,13 @@ def _mint_in_thread(d: Daemon, user: str, results: list) -> threading.Thread:
 
 
 def test_scontrol_hung_controller_refused_in_time_others_served(cluster, make_daemon, users,
-                                                                 ctl_env):
+                                                                 ctl_env, scontrol):
     """slurmctld stopped in its tracks (SIGSTOP): it accepts connections and never answers,
     the worst case for a login. The refusal comes within scontrol_timeout; meanwhile the
     daemon answers STATUS and EXPLAIN at once; a burst of requests is bounded too."""
     slurm = cluster.slurm
     alice, bob = users["alice"].pw_name, users["bob"].pw_name
-    d = make_daemon(env=ctl_env, signer="scontrol", scontrol_timeout=1)
+    d = make_daemon(env=ctl_env, **scontrol, signer="scontrol", scontrol_timeout=1)
     assert_accepted(slurm, alice, mint(d, alice)["token"])
     os.kill(slurm.ctld.pid, signal.SIGSTOP)
     try:
@@ -457,11 +501,11 @@ def test_scontrol_hung_controller_refused_in_time_others_served(cluster, make_da
     assert "refused" in d.log and "signer-unavailable" in d.log
 
 
-def test_scontrol_controller_down_then_back(cluster, make_daemon, users, ctl_env):
+def test_scontrol_controller_down_then_back(cluster, make_daemon, users, ctl_env, scontrol):
     """slurmctld not running (scontrol retries a connect that fails for about 9 s)."""
     slurm = cluster.slurm
     alice = users["alice"].pw_name
-    d = make_daemon(env=ctl_env, signer="scontrol", scontrol_timeout=1)
+    d = make_daemon(env=ctl_env, **scontrol, signer="scontrol", scontrol_timeout=1)
     slurm.ctld.terminate()
     slurm.ctld.wait(10)
     try:
@@ -491,7 +535,7 @@ def test_scontrol_refusing_controller_says_why_at_once(cluster, make_daemon, wor
     wrapper = wrapper_dir / "scontrol"
     bob = users["bob"].pw_name
     wrapper.write_text(f"#!/bin/sh\nexec /usr/bin/setpriv --reuid={bob} --regid={bob} "
-                       f"--clear-groups /usr/bin/scontrol \"$@\"\n")
+                       f"--clear-groups {cluster.slurm.scontrol_program} \"$@\"\n")
     os.chmod(wrapper, 0o755)
     d = make_daemon(env=ctl_env, signer="scontrol", scontrol=str(wrapper), scontrol_timeout=5)
     answer, took = timed(call, d.socket, "MINT", {"user": users["alice"].pw_name}, timeout=10)
@@ -501,10 +545,11 @@ def test_scontrol_refusing_controller_says_why_at_once(cluster, make_daemon, wor
     assert took < 2, took
 
 
-def test_scontrol_signer_needs_root_or_slurmuser(cluster, workdir, users, ctl_env, leaders):
+def test_scontrol_signer_needs_root_or_slurmuser(cluster, workdir, users, ctl_env, leaders,
+                                                 scontrol):
     """Refused, with the reason, for any other account; SlurmUser runs it."""
     bob = users["bob"].pw_name
-    d = Daemon(workdir / "scontrol-as-bob", {"signer": "scontrol"}, env=ctl_env)
+    d = Daemon(workdir / "scontrol-as-bob", {"signer": "scontrol", **scontrol}, env=ctl_env)
     shutil.rmtree(d.dir, ignore_errors=True)
     run = start_fails(d, ("setpriv", f"--reuid={bob}", f"--regid={bob}", "--clear-groups"))
     assert run.returncode == 3
@@ -521,7 +566,7 @@ def test_scontrol_signer_needs_root_or_slurmuser(cluster, workdir, users, ctl_en
     shutil.chown(runtime, "slurm", "slurm")
     d.settings = {"signer": "scontrol", "socket": str(runtime / "s.sock"),
                   "session_file": str(runtime / "sessions.json"),
-                  "token_dir": str(runtime / "tokens")}
+                  "token_dir": str(runtime / "tokens"), **scontrol}
     d.start()
     try:
         status = Path(f"/proc/{d.proc.pid}/status").read_text()

@@ -1,7 +1,10 @@
 """The real thing: tokens from slurmjwtd against a real slurmctld and slurmrestd.
 
-Debian 12's Slurm 22.05 runs on loopback (tests/slurm_cluster.py) with the shared
-daemon's HS256 key. A token is good only if Slurm itself accepts it: squeue and
+Debian 12's Slurm 22.05 runs on loopback (tests/slurm_cluster.py), or under
+`make test-slurm24` Debian 13's 24.11 in a root (tests/slurm24_cluster.py), with the shared
+daemon's HS256 key. What differs between the two (the API versions, the HTTP status for a
+bad token, whether /ping checks the token at all, `Authorization: Bearer`) is read from
+slurmjwtd.slurm_versions.RELEASES, and these tests check that table against the Slurm running. A token is good only if Slurm itself accepts it: squeue and
 sbatch (auth/jwt, chosen by the client whenever SLURM_JWT is set) and slurmrestd
 (rest_auth/jwt). Every refusal is checked next to an acceptance on the same path,
 so that a refusal means the token was refused, not that the path is broken.
@@ -15,10 +18,8 @@ import subprocess
 import time
 
 from conftest import SLURMJWT
-from slurm_cluster import OPENAPI, SlurmCluster
-
-PING = f"/slurm/{OPENAPI}/ping"
-JOBS = f"/slurm/{OPENAPI}/jobs"
+from slurm_cluster import RestClient
+from slurmjwtd.slurm_versions import ask_server
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -76,24 +77,29 @@ def with_claims(token: str, **changes: object) -> str:
     return f"{head}.{b64e(json.dumps(body, separators=(',', ':')).encode())}.{sig}"
 
 
-def assert_refused(slurm: SlurmCluster, unix_user: str, name: str, token: str) -> None:
-    """squeue exits non-zero and slurmrestd does not answer 200 (22.05: 500)."""
+def assert_refused(slurm: RestClient, unix_user: str, name: str, token: str) -> None:
+    """squeue exits non-zero; slurmrestd answers /jobs and /diag with its release's status for a
+    bad token (22.05: 500, 24.11: 511). /ping refuses it only where it checks tokens at all
+    (24.11: 200 whatever the token), which is why rejection is never judged by /ping."""
     run = slurm.squeue_as(unix_user, token)
     assert run.returncode != 0, f"squeue accepted the token: {run.stdout}"
-    for path in (PING, JOBS):
+    release = slurm.release
+    for path in (slurm.path("jobs"), slurm.path("diag")):
         status = slurm.rest_get(name, token, path)
-        assert status != 200 and status >= 400, f"slurmrestd {path} answered {status}"
+        assert status == release.bad_token, f"slurmrestd {path} answered {status}"
+    ping = slurm.rest_get(name, token, slurm.path("ping"))
+    assert ping == (release.bad_token if release.ping_checks_token else 200), ping
 
 
-def assert_accepted(slurm: SlurmCluster, unix_user: str, name: str, token: str) -> None:
+def assert_accepted(slurm: RestClient, unix_user: str, name: str, token: str) -> None:
     run = slurm.squeue_as(unix_user, token)
     assert run.returncode == 0, f"squeue refused the token ({run.returncode}): {run.stderr}"
-    for path in (PING, JOBS):
+    for path in (slurm.path("ping"), slurm.path("jobs"), slurm.path("diag")):
         status, body = slurm.rest_request(name, token, path)
         assert status == 200, f"slurmrestd {path} answered {status}: {body[:300]!r}"
 
 
-def job_ids(slurm: SlurmCluster, unix_user: str, token: str) -> dict[str, tuple[str, str]]:
+def job_ids(slurm: RestClient, unix_user: str, token: str) -> dict[str, tuple[str, str]]:
     """{job id: (user name, uid)} as slurmctld reports them."""
     run = slurm.squeue_as(unix_user, token, "--noheader", "--format=%i|%u|%U")
     assert run.returncode == 0, run.stderr
@@ -103,7 +109,34 @@ def job_ids(slurm: SlurmCluster, unix_user: str, token: str) -> dict[str, tuple[
 # -- tests ------------------------------------------------------------------------------
 def test_cluster_is_up_and_refuses_without_a_token(slurm):
     assert slurm.ping()
-    assert slurm.rest_get("nobody", None) == 401  # 22.05: missing header -> 401
+    for path in (slurm.path("ping"), slurm.path("jobs"), "/openapi/v3"):
+        assert slurm.rest_get("nobody", None, path) == 401  # a missing header: 401 (22.05, 24.11)
+
+
+def test_slurmrestd_says_its_release_and_api_versions_as_the_table_has_them(slurm, daemon, users):
+    """What `slurmjwt curl` and doctor learn from slurmrestd (/openapi/v3) is the release
+    `scontrol --version` names, serving the API versions slurm_versions.RELEASES lists."""
+    alice = users["alice"].pw_name
+    token = root_token(daemon, alice)
+    server = ask_server(slurm.rest_url, {"X-SLURM-USER-NAME": alice, "X-SLURM-USER-TOKEN": token})
+    # 22.05 names no release there ("version": "0.0.38"); 24.11 does ("Slurm-24.11.5&openapi/slurmctld")
+    assert server.version == (slurm.version if slurm.version >= (23, 2, 0) else None)
+    assert server.api == slurm.release.api, server.describe()
+
+
+def test_bearer_header_as_the_release_takes_it(slurm, daemon, users):
+    """`Authorization: Bearer` is taken from 23.02 (RELEASES' bearer); 22.05 wants both
+    X-SLURM headers and answers 401 without them."""
+    alice = users["alice"].pw_name
+    token = root_token(daemon, alice)
+    jobs = slurm.path("jobs")
+    if slurm.release.bearer:
+        assert slurm.rest_get(None, token, jobs, bearer=True) == 200
+        assert slurm.rest_get(None, flip_signature_char(token), jobs, bearer=True) == \
+            slurm.release.bad_token
+    else:
+        assert slurm.rest_get(None, token, jobs, bearer=True) == 401
+    assert slurm.rest_get(alice, token, jobs) == 200
 
 
 def test_session_token_works_with_squeue_sbatch_and_slurmrestd(slurm, daemon, users, leaders):
@@ -120,11 +153,11 @@ def test_session_token_works_with_squeue_sbatch_and_slurmrestd(slurm, daemon, us
     job = sub.stdout.strip().split(";")[0]
     try:
         assert job.isdigit(), sub.stdout
-        for path in (PING, JOBS):
+        for path in (slurm.path("ping"), slurm.path("jobs")):
             status, body = slurm.rest_request(alice, token, path)
             assert status == 200, f"slurmrestd {path} answered {status}: {body[:300]!r}"
-        pings = slurm.rest_json(alice, token, PING)["pings"]
-        assert pings and pings[0]["ping"] == "UP"
+        pings = slurm.rest_json(alice, token, slurm.path("ping"))["pings"]
+        assert pings and pings[0].get("pinged", pings[0].get("ping")) == "UP"  # 24.11: pinged
     finally:
         slurm.scancel_as(alice, token, job)
 
@@ -138,7 +171,7 @@ def test_sbatch_job_belongs_to_the_token_user(slurm, daemon, users, leaders):
     try:
         seen = job_ids(slurm, alice.pw_name, token)
         assert seen.get(job) == (alice.pw_name, str(alice.pw_uid)), seen
-        rest_jobs = {str(j["job_id"]): j for j in slurm.rest_json(alice.pw_name, token, JOBS)["jobs"]}
+        rest_jobs = {str(j["job_id"]): j for j in slurm.rest_json(alice.pw_name, token, slurm.path("jobs"))["jobs"]}
         assert rest_jobs[job]["user_name"] == alice.pw_name
         assert rest_jobs[job]["user_id"] == alice.pw_uid
     finally:
