@@ -54,7 +54,8 @@ class TokenFiles:
     def __init__(self, base: str) -> None:
         self.base = base
         self._fd = -1
-        self._ready: set[int] = set()  # uids whose directory was made or checked this run
+        # uid -> (st_dev, st_ino) of its directory once its mode and ACL were set this run
+        self._ready: dict[int, tuple[int, int]] = {}
 
     def open(self) -> None:
         """Make BASE (0755) if it does not exist; refuse one the daemon does not own or that
@@ -84,21 +85,22 @@ class TokenFiles:
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
         except FileNotFoundError:  # the user's first login: make it
-            self._ready.discard(uid)
             try:
                 os.mkdir(name, 0o700, dir_fd=self._fd)
             except FileExistsError:
                 pass
             fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
         try:
-            if uid not in self._ready:  # made now, or met first in this run: check, set the ACL
-                st = os.fstat(fd)
-                if st.st_uid != os.geteuid():
-                    raise PermissionError(f"{self.base}/{name} is owned by uid {st.st_uid}, not "
-                                          f"the daemon; remove it (an older slurmjwt made it)")
+            # every time: the directory may have been replaced since (by root, or an older
+            # slurmjwt), and a check remembered by uid would then write through someone else's
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid():
+                raise PermissionError(f"{self.base}/{name} is owned by uid {st.st_uid}, not "
+                                      f"the daemon; remove it (an older slurmjwt made it)")
+            if self._ready.get(uid) != (st.st_dev, st.st_ino):  # made now, or new to this run
                 os.fchmod(fd, 0o700)
                 os.setxattr(fd, ACL_XATTR, acl(R | W | X, uid, R | X))
-                self._ready.add(uid)
+                self._ready[uid] = (st.st_dev, st.st_ino)
         except BaseException:
             os.close(fd)
             raise
@@ -142,7 +144,7 @@ class TokenFiles:
 
     def remove(self, uid: int) -> None:
         """Remove UID's token file and directory, if they are the daemon's; quietly if gone."""
-        self._ready.discard(uid)
+        self._ready.pop(uid, None)
         fd = self._own_dir(uid)
         if fd is None:
             return

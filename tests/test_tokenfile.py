@@ -129,7 +129,9 @@ def test_a_directory_the_daemon_does_not_own_is_not_written(daemon, users, servi
     through: the login still gets its token, and no SLURMJWT_TOKEN_FILE."""
     alice, bob = users["alice"], users["bob"]
     squatted = daemon.dir / "tokens" / str(alice.pw_uid)
-    shutil.rmtree(squatted, ignore_errors=True)
+    first = Login(service, alice.pw_name)  # the daemon has made and checked her directory
+    assert first.file == str(squatted / "token")
+    shutil.rmtree(squatted, ignore_errors=True)  # replaced while she is logged in
     squatted.mkdir(mode=0o777)
     shutil.chown(squatted, bob.pw_name)
     try:
@@ -139,6 +141,7 @@ def test_a_directory_the_daemon_does_not_own_is_not_written(daemon, users, servi
         assert f"{squatted} is owned by uid {bob.pw_uid}" in daemon.log
         login.logout()
     finally:
+        first.logout()
         shutil.rmtree(squatted, ignore_errors=True)
 
 
