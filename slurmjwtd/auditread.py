@@ -12,7 +12,6 @@ field on, parsed back by audit.parse_audit. Nothing here writes anywhere but std
 from __future__ import annotations
 
 import datetime
-import glob
 import json
 import os
 import re
@@ -213,28 +212,51 @@ def cannot_read(path: str, exc: OSError) -> str:
 
 
 # -- the journal -----------------------------------------------------------------------------
+def journal_files(place: str) -> tuple[list[str], list[str]]:
+    """(readable, denied): the *.journal files in PLACE and its subdirectories (one per machine
+    id) that this user can read, and the files and directories there it cannot."""
+    readable: list[str] = []
+    denied: list[str] = []
+    folders = [place]
+    for folder in folders:  # PLACE, then its subdirectories as they are found
+        try:
+            names = sorted(os.listdir(folder))
+        except PermissionError:
+            denied.append(folder)
+            continue
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            if folder == place and os.path.isdir(path):
+                folders.append(path)
+            elif name.endswith(".journal") and os.path.isfile(path):
+                (readable if os.access(path, os.R_OK) else denied).append(path)
+    return readable, denied
+
+
 def check_journal(directory: str | None) -> None:
     """AuditReadError unless some journal file of DIRECTORY (else of the system journal) can be
     read: the journal would otherwise show nothing and say nothing. Its permissions decide
     who may read it: root, systemd-journal and adm (Debian's ACLs)."""
-    if directory is not None:
-        if not os.path.isdir(directory):
-            raise AuditReadError(f"--journal-dir {directory}: not a directory")
-        places = [directory]
-    else:
-        places = JOURNAL_DIRS
-    files = [f for place in places for f in (glob.glob(os.path.join(place, "*.journal"))
-                                              + glob.glob(os.path.join(place, "*", "*.journal")))]
-    if directory is None:
-        files = [f for f in files if os.path.basename(f).startswith("system")]
-    if not files:
-        where = directory or " or ".join(JOURNAL_DIRS)
-        raise AuditReadError(f"no journal files in {where}" + (
-            "" if directory else " (is systemd-journald running? without systemd give --file, "
-                                 "or set audit_file in slurmjwtd.toml)"))
-    if not any(os.access(f, os.R_OK) for f in files):
-        raise AuditReadError(f"cannot read the journal files in {os.path.dirname(files[0])}: "
-                             f"run as root or as a member of systemd-journal or adm")
+    if directory is not None and not os.path.isdir(directory):
+        raise AuditReadError(f"--journal-dir {directory}: not a directory")
+    readable, denied = [], []
+    for place in [directory] if directory is not None else JOURNAL_DIRS:
+        files, refused = journal_files(place)
+        readable += files if directory else [f for f in files
+                                             if os.path.basename(f).startswith("system")]
+        denied += refused
+    if readable:
+        return
+    if denied:
+        where = os.path.dirname(denied[0]) if denied[0].endswith(".journal") else denied[0]
+        raise AuditReadError(f"cannot read the journal files in {where}: run as root or as a "
+                             f"member of systemd-journal or adm")
+    where = directory or " or ".join(JOURNAL_DIRS)
+    raise AuditReadError(f"no journal files in {where}" + (
+        "" if directory else " (is systemd-journald running? without systemd give --file, "
+                             "or set audit_file in slurmjwtd.toml)"))
 
 
 def _text(value: object) -> str:

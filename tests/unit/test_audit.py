@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from slurmjwtd import cli
 from slurmjwtd.audit import (AUDIT_FIELDS, MAX_QUOTED, AuditLog, _escape, format_audit, node_name,
                              parse_audit)
-from slurmjwtd.auditread import (DECISIONS, Entry, FileReader, Filters, journal_entry, parse_when,
+from slurmjwtd.auditread import (DECISIONS, AuditReadError, Entry, FileReader, Filters,
+                                 check_journal, journal_entry, journal_files, parse_when,
                                  prefix_time, split_line)
 
 HOSTILE = [
@@ -268,3 +269,31 @@ def test_an_unreadable_file_is_one_line(log_file):
     assert (status, out) == (1, "") and err == (
         f"slurmjwt: cannot read {log_file}: Permission denied (run as root, or as a user its "
         f"mode lets read)\n")
+
+
+def test_journal_files_are_found_in_a_directory_and_its_machine_ids(tmp_path):
+    (tmp_path / "0123abcd").mkdir()
+    for name in ("0123abcd/system.journal", "0123abcd/user-1000.journal", "remote-login1.journal",
+                 "0123abcd/notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "0123abcd" / "deeper").mkdir()
+    (tmp_path / "0123abcd" / "deeper" / "system.journal").write_bytes(b"")
+    readable, denied = journal_files(str(tmp_path))
+    assert sorted(os.path.relpath(f, tmp_path) for f in readable) == [
+        "0123abcd/system.journal", "0123abcd/user-1000.journal", "remote-login1.journal"]
+    assert denied == []
+    check_journal(str(tmp_path))  # something to read: no error
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+@pytest.mark.parametrize("locked", ["0123abcd", "0123abcd/system.journal"])
+def test_a_journal_this_user_may_not_read_is_one_line_not_an_empty_answer(tmp_path, locked):
+    (tmp_path / "0123abcd").mkdir()
+    (tmp_path / "0123abcd" / "system.journal").write_bytes(b"")
+    os.chmod(tmp_path / locked, 0)
+    try:
+        with pytest.raises(AuditReadError, match=r"^cannot read the journal files in .*/0123abcd: "
+                                                 r"run as root or as a member of systemd-journal or adm$"):
+            check_journal(str(tmp_path))
+    finally:
+        os.chmod(tmp_path / locked, 0o700)
