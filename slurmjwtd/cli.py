@@ -579,8 +579,8 @@ def audit(users: tuple[str, ...], jtis: tuple[str, ...], nodes: tuple[str, ...],
         raise Failure(EXIT_USAGE, "give --file or --journal-dir, not both (see slurmjwt audit --help)")
     filters = Filters({"user": users, "jti": jtis, "node": nodes, "decision": decisions,
                        "op": ops}, since, until)
-    if not files and not journal_dir and site_config().audit_file:
-        files = (site_config().audit_file,)
+    if not files and not journal_dir:
+        files = tuple(filter(None, [site_config().audit_file]))
     reader = FileReader(filters) if files else None
     entries = reader.read_paths(files) if reader else read_journal(filters, journal_dir)
     shown = False

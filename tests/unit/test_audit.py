@@ -297,3 +297,16 @@ def test_a_journal_this_user_may_not_read_is_one_line_not_an_empty_answer(tmp_pa
             check_journal(str(tmp_path))
     finally:
         os.chmod(tmp_path / locked, 0o700)
+
+
+@pytest.mark.parametrize("value,error", [("", None), ("/var/log/slurmjwtd.log", None),
+                                         ("slurmjwtd.log", "is not an absolute path"),
+                                         (3, "expected str")])
+def test_audit_file_is_empty_or_an_absolute_path(value, error):
+    from slurmjwtd.config import ConfigError, config_from_dict
+
+    if error is None:
+        assert config_from_dict({"audit_file": value}).audit_file == value
+    else:
+        with pytest.raises(ConfigError, match=f"key 'audit_file': .*{error}"):
+            config_from_dict({"audit_file": value})
