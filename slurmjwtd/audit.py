@@ -4,6 +4,10 @@ Fields are the caller as the kernel reports it, the account asked for, the
 operation, the rule that decided, and for grants the expiry and jti. Never a
 token, never a key: there is no field that could carry one.
 
+Every line ends with `node=`, this host's short name, so that lines gathered from many
+login nodes into one log (rsyslog, journal-remote) still say where each decision was made.
+`parse_audit` is the exact inverse of `format_audit`: `slurmjwt audit` reads lines back with it.
+
 Audit lines are written with one write(2) each, not through `logging`: they are
 the daemon's hot path, and the logging machinery cost more than minting a token.
 """
@@ -12,23 +16,38 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from typing import Callable
 
 AUDIT_FIELDS = ("decision", "op", "caller_uid", "caller_pid", "user", "uid", "slurm_user", "reason",
                 "rule", "code", "lifetime", "exp", "jti", "session", "tty", "rhost", "service",
-                "count", "seconds", "detail", "revoked_on")
+                "count", "seconds", "detail", "revoked_on", "node")
 _FIELD_SET = frozenset(AUDIT_FIELDS)
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+,-]+\Z")
+MAX_QUOTED = 200  # characters of a quoted value, escapes included; the rest is cut off
+
+
+def _escape(c: str) -> str:
+    if " " <= c < "\x7f":
+        return "\\" + c if c in '"\\' else c
+    code = ord(c)
+    return f"\\x{code:02x}" if code <= 0xff else f"\\u{code:04x}" if code <= 0xffff else f"\\U{code:08x}"
 
 
 def _value(value: object) -> str:
     text = str(value)
     if _BARE.match(text):
         return text
-    # quote, and escape anything a client could use to forge another line or field
-    text = text.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + "".join(c if " " <= c < "\x7f" else f"\\x{ord(c):02x}" for c in text)[:200] + '"'
+    # quote, and escape anything a client could use to forge another line or field; a long
+    # value is cut between two escapes, never inside one (which could swallow the quote)
+    quoted, size = [], 0
+    for piece in map(_escape, text):
+        size += len(piece)
+        if size > MAX_QUOTED:
+            break
+        quoted.append(piece)
+    return '"' + "".join(quoted) + '"'
 
 
 def format_audit(fields: dict[str, object]) -> str:
@@ -36,6 +55,42 @@ def format_audit(fields: dict[str, object]) -> str:
     if not fields.keys() <= _FIELD_SET:  # a programming error the tests catch: no secret field
         raise ValueError(f"not an audit field: {sorted(fields.keys() - _FIELD_SET)}")
     return " ".join([f"{k}={_value(v)}" for k, v in fields.items() if v is not None and v != ""])
+
+
+# one field of a line: key=bare or key="quoted", where quoted holds printable ASCII but " and \,
+# and the escapes _escape makes; then a space or the end
+_FIELD = re.compile(r'([a-z_]+)=(?:([A-Za-z0-9_.:/@+,-]+)|"((?:[ !#-\[\]-~]|\\[\\"]|\\x[0-9a-f]{2}'
+                    r'|\\u[0-9a-f]{4}|\\U[0-9a-f]{8})*)")(?: |\Z)')
+_ESCAPE = re.compile(r'\\(?:([\\"])|x([0-9a-f]{2})|u([0-9a-f]{4})|U([0-9a-f]{8}))')
+
+
+def _unescape(match: re.Match[str]) -> str:
+    quoted, *codes = match.groups()
+    return quoted or chr(int(next(c for c in codes if c), 16))
+
+
+def parse_audit(line: str) -> dict[str, str]:
+    """The fields of an audit line as format_audit wrote it (the logfmt alone, no prefix), in
+    the line's order, every value a string; ValueError if LINE is not one."""
+    fields: dict[str, str] = {}
+    at = 0
+    while at < len(line):
+        match = _FIELD.match(line, at)
+        if match is None:
+            raise ValueError(f"not an audit line: no key=value at character {at + 1}")
+        key, bare, quoted = match.groups()
+        if key in fields:
+            raise ValueError(f"not an audit line: {key}= twice")
+        fields[key] = bare if bare is not None else _ESCAPE.sub(_unescape, quoted)
+        at = match.end()
+    if line.endswith(" ") or not fields:
+        raise ValueError("not an audit line: empty, or a space at its end")
+    return fields
+
+
+def node_name() -> str:
+    """This host's name as Slurm and `hostname -s` show it: up to the first dot."""
+    return socket.gethostname().split(".", 1)[0]
 
 
 class RefusalSummary:
@@ -88,8 +143,9 @@ class RefusalSummary:
 class AuditLog:
     """Writes audit lines to a file descriptor (stderr by default), timestamped."""
 
-    def __init__(self, fd: int = 2) -> None:
+    def __init__(self, fd: int = 2, node: str | None = None) -> None:
         self.fd = fd
+        self.node = node_name() if node is None else node
         self._second = -1
         self._stamp = ""
 
@@ -98,7 +154,7 @@ class AuditLog:
         if now != self._second:  # format the time once a second, not once a line
             self._second = now
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
-        line = f"{self._stamp} slurmjwtd AUDIT {format_audit(fields)}\n"
+        line = f"{self._stamp} slurmjwtd AUDIT {format_audit({**fields, 'node': self.node})}\n"
         try:
             os.write(self.fd, line.encode())
         except OSError:
@@ -109,13 +165,15 @@ class JournalAuditLog:
     """Writes audit lines to the journal, each field also as SLURMJWT_<FIELD> for
     `journalctl SLURMJWT_USER=alice`; refusals and summaries at priority notice, grants at info."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str | None = None) -> None:
         from .pysystemd import systemd_module  # only under systemd
         # sendv, not send: send adds CODE_FILE/LINE/FUNC from a stack walk (this file, every
         # time), which costs more than the rest of the line (bench/README.md, "journal")
         self._sendv = systemd_module("journal").sendv
+        self.node = node_name() if node is None else node
 
     def __call__(self, **fields: object) -> None:
+        fields = {**fields, "node": self.node}
         message = format_audit(fields)  # first: it refuses a field that is not an audit field
         self._sendv("MESSAGE=" + message,
                     "PRIORITY=6" if fields.get("decision") == "granted" else "PRIORITY=5",

@@ -38,6 +38,8 @@ import click
 
 from . import __version__
 from .atomicfile import write_atomic
+from .auditread import (DECISIONS, HEADER as AUDIT_HEADER, WHEN_FORMS, AuditReadError,
+                        FileReader, Filters, parse_when, read_journal)
 from .config import DEFAULT_CONFIG, DEFAULT_ROOT_SOCKET, DEFAULT_SOCKET, Config
 # the exit statuses, exit_status and Failure are fastcli.py's, for both paths (re-exported)
 from .fastcli import (EXIT_CURL, EXIT_DAEMON, EXIT_ERROR, EXIT_KEYGEN, EXIT_NO_SESSION,  # noqa: F401
@@ -500,6 +502,71 @@ def unrevoke(ctx: click.Context, user: str) -> None:
     f = ask(ctx, "UNREVOKE", {"user": user})
     click.echo(printable(f"{f.get('user')} (uid {f.get('uid')}) "
                          + ("unrevoked" if f.get("was_revoked") == "yes" else "was not revoked")))
+
+
+class When(click.ParamType):
+    """--since and --until: a time as auditread.parse_when takes it."""
+
+    name = "time"
+
+    def convert(self, value: object, param: object, ctx: object) -> object:
+        if isinstance(value, datetime.datetime):
+            return value
+        try:
+            return parse_when(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command()
+@click.option("--user", "users", multiple=True, metavar="USER",
+              help="Decisions about USER, the account asked for (repeat for more).")
+@click.option("--jti", "jtis", multiple=True, metavar="JTI", help="The grant of the token with this jti.")
+@click.option("--node", "nodes", multiple=True, metavar="NODE",
+              help="Decisions of the login node NODE (its short host name).")
+@click.option("--decision", "decisions", multiple=True, type=click.Choice(DECISIONS),
+              help="granted, refused or summary (a user's repeated refusals, counted).")
+@click.option("--op", "ops", multiple=True, metavar="OP",
+              help="open (logins), mint, renew, close, revoke, unrevoke.")
+@click.option("--since", type=When(), metavar="TIME", help=f"From TIME on: {WHEN_FORMS}.")
+@click.option("--until", type=When(), metavar="TIME", help="Up to TIME.")
+@click.option("--file", "files", multiple=True, metavar="PATH",
+              help="Read this log file (- for stdin; repeat for more) instead of the journal: "
+                   "the daemon's stderr, or a central log gathered from many nodes.")
+@click.option("--journal-dir", metavar="DIR",
+              help="Read the journal files in DIR, e.g. /var/log/journal/remote (journal-remote).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, every field.")
+def audit(users: tuple[str, ...], jtis: tuple[str, ...], nodes: tuple[str, ...],
+          decisions: tuple[str, ...], ops: tuple[str, ...], since: datetime.datetime | None,
+          until: datetime.datetime | None, files: tuple[str, ...], journal_dir: str | None,
+          as_json: bool) -> None:
+    """Who minted what for whom: slurmjwtd's decisions, from the journal or a log file.
+
+    Without --file or --journal-dir: the file audit_file in slurmjwtd.toml names, else the
+    system journal (readable by root, systemd-journal and adm)."""
+    if files and journal_dir:
+        raise Failure(EXIT_USAGE, "give --file or --journal-dir, not both (see slurmjwt audit --help)")
+    filters = Filters({"user": users, "jti": jtis, "node": nodes, "decision": decisions,
+                       "op": ops}, since, until)
+    if not files and not journal_dir:
+        files = tuple(filter(None, [site_config().audit_file]))
+    reader = FileReader(filters) if files else None
+    entries = reader.read_paths(files) if reader else read_journal(filters, journal_dir)
+    shown = False
+    try:
+        for entry in entries:
+            if not as_json and not shown:
+                click.echo(AUDIT_HEADER)
+            shown = True
+            click.echo(entry.as_json() if as_json else printable(entry.as_text()))
+    except AuditReadError as exc:
+        raise Failure(EXIT_ERROR, str(exc))
+    except BrokenPipeError:  # `slurmjwt audit | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    for name, count in (reader.malformed.items() if reader else ()):
+        click.echo(f"slurmjwt: {printable(name)}: {count} line(s) with decision= are not audit "
+                   f"lines (cut or garbled); skipped", err=True)
 
 
 def _default_owner() -> str:

@@ -81,6 +81,10 @@ class Config:
         "A user's refusals of one code: the first is audited in full, then one line per this "
         "many seconds counts the rest, while they go on. Root's refusals and all grants are "
         "always written in full.", min=0.1, max=3600))
+    audit_file: str = field(default="", metadata=_doc(
+        "Read by `slurmjwt audit`, not the daemon: the file it reads decisions from by default, "
+        "where the daemon's stderr goes when it does not run under systemd (e.g. "
+        "/var/log/slurmjwtd.log); empty: the journal.", path=True, allow_empty=True))
     slurm_commands_use_token: bool = field(default=False, metadata=_doc(
         "Read by slurmjwt-exec, through which srun, sbatch and Slurm's other commands run: "
         "false, they run as if SLURM_JWT were unset (MUNGE authenticates them, srun works, no job "
@@ -198,7 +202,7 @@ def _check_value(f: dataclasses.Field, value: Any) -> Any:
         raise ConfigError(f"key '{f.name}': {value} is above the maximum {meta['max']}")
     if meta.get("url") and not value.startswith(("http://", "https://")):
         raise ConfigError(f"key '{f.name}': {value!r} is not an http:// or https:// URL")
-    if meta.get("path") and not os.path.isabs(value):
+    if meta.get("path") and not os.path.isabs(value) and (value or not meta.get("allow_empty")):
         raise ConfigError(f"key '{f.name}': {value!r} is not an absolute path")
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"key '{f.name}': {value!r} is not one of {', '.join(meta['choices'])}")

@@ -362,6 +362,46 @@ def test_the_journal_has_the_audit_fields_and_never_a_token(sd, users, leaders):
     assert token not in everything and token.split(".")[2] not in everything
 
 
+
+def test_slurmjwt_audit_reads_the_daemons_decisions_from_the_journal(sd, users, leaders):
+    """`slurmjwt audit` as the package installs it, on journald's files: the login's and the
+    user's own grant found by jti and user with node= this machine's name, by journal matches;
+    a user's forged journal entry (SYSLOG_IDENTIFIER=slurmjwtd and SLURMJWT_* fields) left
+    out; a user who may not read the journal gets one line; never a token."""
+    alice = users["alice"].pw_name
+    start = sd.run("date", "+%Y-%m-%dT%H:%M:%S%z").stdout.strip()  # the journal outlives tests
+    login = leaders(sd, alice)
+    minted = call(sd, "MINT", alice)
+    token, jti = minted["fields"]["token"], minted["fields"]["jti"]
+    node = sd.run("hostname", "-s").stdout.strip()
+    forged = (f"MESSAGE=decision=granted op=mint user={alice} jti=forged node=x\n"
+              f"SYSLOG_IDENTIFIER=slurmjwtd\nSLURMJWT_DECISION=granted\nSLURMJWT_OP=mint\n"
+              f"SLURMJWT_USER={alice}\nSLURMJWT_JTI=forged\n")
+    sd.run("runuser", "-u", alice, "--", "logger", "--journald", input=forged)
+    assert wait_for(lambda: "forged" in sd.journal("-o", "cat", "SLURMJWT_JTI=forged"), 5)
+
+    def audit(*args: str) -> list[dict]:
+        out = sd.run("slurmjwt", "audit", "--json", *args).stdout
+        return [json.loads(line) for line in out.splitlines()]
+    found = wait_for(lambda: audit("--jti", jti), 5)
+    assert [(e["decision"], e["op"], e["user"], e["node"]) for e in found] == [
+        ("granted", "mint", alice, node)]
+    assert found[0]["caller_uid"] == users["alice"].pw_uid and found[0]["exp"] == int(
+        minted["fields"]["exp"])
+    mine = audit("--user", alice, "--since", start)
+    assert [(e["op"], e["jti"]) for e in mine[-2:]] == [("open", login.fields["jti"]), ("mint", jti)]
+    assert all(e["user"] == alice and e["time"] >= start[:19] for e in mine)
+    assert audit("--jti", "forged") == [] and audit("--node", "x") == []
+    text = sd.run("slurmjwt", "audit", "--jti", jti).stdout
+    assert text.splitlines()[1].split()[2:4] == [node, "granted"]
+
+    denied = sd.run("runuser", "-u", alice, "--", "slurmjwt", "audit", check=False)
+    assert (denied.returncode, denied.stdout) == (1, "")
+    assert denied.stderr.startswith("slurmjwt: cannot read the journal files in ") and \
+        denied.stderr.endswith(": run as root or as a member of systemd-journal or adm\n")
+    everything = text + json.dumps(mine) + denied.stderr
+    assert token not in everything and token.split(".")[2] not in everything
+
 # -- the sandbox ------------------------------------------------------------------------------------
 # The daemon's own [Service] lines that are not about how it is started: the probe runs under them.
 NOT_SANDBOX = {"Type", "Sockets", "ExecStart", "ExecReload", "Restart", "RestartSec",
