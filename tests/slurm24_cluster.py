@@ -117,22 +117,6 @@ class Slurm24Cluster(RestClient):
         self.munged = None
         trixie_root.clean()
 
-    def running(self) -> bool:
-        return all(p is not None and p.poll() is None for p in (self.ctld, self.slurmd, self.rest))
-
-    def restart(self) -> "Slurm24Cluster":
-        """Stop slurmctld, slurmd and slurmrestd and start them again (state kept; keys re-read)."""
-        self._stop_slurm()
-        self.write_conf()
-        try:
-            self._start_slurmctld(clear_state=False)
-            self._start_slurmd()
-            self._start_slurmrestd()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
     def _stop_slurm(self) -> None:
         for proc in (self.rest, self.slurmd, self.ctld):
             _stop_child(proc)

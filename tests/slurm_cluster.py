@@ -33,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 import exec_links
 from conftest import progress, run_as
@@ -166,11 +167,29 @@ class RestClient:
     """What the tests use of either cluster (this one, 22.05 on the host; slurm24_cluster.py's,
     24.11 in a root): Slurm's commands as a user (`client_as`, by name), slurmrestd's paths
     (`path`, in the newest API version the cluster's slurmrestd serves) and requests. Each
-    cluster sets rest_url, env, version and api, and defines client_as and shell_as."""
+    cluster sets rest_url, env, version and api, and defines client_as and shell_as, and the
+    steps `running` and `restart` take (its daemons ctld, slurmd and rest, how each starts and
+    stops, write_conf)."""
 
     rest_url: str
     env: dict[str, str]
     api: str = OPENAPI
+
+    def running(self) -> bool:
+        return all(p is not None and p.poll() is None for p in (self.ctld, self.slurmd, self.rest))
+
+    def restart(self) -> Self:
+        """Stop slurmctld, slurmd and slurmrestd and start them again (state kept; keys re-read)."""
+        self._stop_slurm()
+        self.write_conf()
+        try:
+            self._start_slurmctld(clear_state=False)
+            self._start_slurmd()
+            self._start_slurmrestd()
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def path(self, endpoint: str) -> str:
         """/slurm/<api>/ENDPOINT."""
@@ -316,22 +335,6 @@ class SlurmCluster(RestClient):
         if self._made_rest_user:
             subprocess.run(["userdel", REST_USER], capture_output=True)
             self._made_rest_user = False
-
-    def running(self) -> bool:
-        return all(p is not None and p.poll() is None for p in (self.ctld, self.slurmd, self.rest))
-
-    def restart(self) -> "SlurmCluster":
-        """Stop slurmctld and slurmrestd and start them again (state kept; keys re-read)."""
-        self._stop_slurm()
-        self.write_conf()
-        try:
-            self._start_slurmctld(clear_state=False)
-            self._start_slurmd()
-            self._start_slurmrestd()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def kill_leftovers(self) -> None:
         """Kill slurm daemons a crashed run left with this configuration; refuse to start
