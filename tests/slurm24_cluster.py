@@ -33,7 +33,7 @@ from pathlib import Path
 
 import trixie_root
 from conftest import CHECKOUT, progress
-from slurm_cluster import RestClient, SlurmError, _port_answers, _stop_child
+from slurm_cluster import COMMON_CONF, RestClient, SlurmError, _port_answers, _stop_child
 from slurmjwtd.slurm_versions import newest_api, parse_version, release_of
 
 ROOT = trixie_root.ROOT
@@ -217,20 +217,7 @@ class Slurm24Cluster(RestClient):
             "SlurmdPidFile=/run/slurm/slurmd.pid",
             f"SlurmctldLogFile={LOGS}/slurmctld.log",
             f"SlurmdLogFile={LOGS}/slurmd.log",
-            "SlurmctldDebug=info",
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core",
-            "SchedulerType=sched/builtin",
-            "MpiDefault=none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
-            "JobCompType=jobcomp/none",
-            "ReturnToService=2",
-            "SlurmdTimeout=300",
-            "MinJobAge=5",
-            "MailProg=/bin/true",
+            *COMMON_CONF,
             "NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN",
             "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
         ]

@@ -60,6 +60,25 @@ CTLD_PORT, SLURMD_PORT, REST_PORT = 16817, 16818, 16820
 _OUR_BINARIES = {"slurmctld", "slurmscriptd", "slurmrestd", "slurmd", "slurmstepd"}
 
 
+# slurm.conf lines both test clusters share (22.05 here, 24.11 in slurm24_cluster.py)
+COMMON_CONF = (
+    "SlurmctldDebug=info",
+    "ProctrackType=proctrack/linuxproc",
+    "TaskPlugin=task/none",
+    "SelectType=select/cons_tres",
+    "SelectTypeParameters=CR_Core",
+    "SchedulerType=sched/builtin",
+    "MpiDefault=none",
+    "JobAcctGatherType=jobacct_gather/none",
+    "AccountingStorageType=accounting_storage/none",
+    "JobCompType=jobcomp/none",
+    "ReturnToService=2",
+    "SlurmdTimeout=300",
+    "MinJobAge=5",  # sbatch --wait then polls every 2 s (8 s after a first miss otherwise)
+    "MailProg=/bin/true",
+)
+
+
 class SlurmError(RuntimeError):
     pass
 
@@ -411,20 +430,7 @@ class SlurmCluster(RestClient):
             f"SlurmdPidFile={self.run_dir / 'slurmd.pid'}",
             f"SlurmctldLogFile={self.ctld_log}",
             f"SlurmdLogFile={self.log_dir / 'slurmd.log'}",
-            "SlurmctldDebug=info",
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core",
-            "SchedulerType=sched/builtin",
-            "MpiDefault=none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
-            "JobCompType=jobcomp/none",
-            "ReturnToService=2",
-            "SlurmdTimeout=300",
-            "MinJobAge=5",  # sbatch --wait then polls every 2 s (8 s after a first miss otherwise)
-            "MailProg=/bin/true",
+            *COMMON_CONF,
             "NodeName=localhost CPUs=2 State=UNKNOWN",
             "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
         ]
