@@ -62,6 +62,9 @@ _OUR_BINARIES = {"slurmctld", "slurmscriptd", "slurmrestd", "slurmd", "slurmstep
 
 # slurm.conf lines both test clusters share (22.05 here, 24.11 in slurm24_cluster.py)
 COMMON_CONF = (
+    "AuthType=auth/munge",
+    "CredType=cred/munge",
+    "AuthAltTypes=auth/jwt",
     "SlurmctldDebug=info",
     "ProctrackType=proctrack/linuxproc",
     "TaskPlugin=task/none",
@@ -420,9 +423,6 @@ class SlurmCluster(RestClient):
             f"SlurmdPort={SLURMD_PORT}",
             f"SlurmUser={SLURM_USER}",
             "SlurmdUser=root",
-            "AuthType=auth/munge",
-            "CredType=cred/munge",
-            "AuthAltTypes=auth/jwt",
             f"AuthAltParameters={alt}",
             f"StateSaveLocation={self.state_dir}",
             f"SlurmdSpoolDir={self.spool_dir}",
