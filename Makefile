@@ -9,7 +9,7 @@ PYTHON  := $(VENV)/bin/python
 # and PAM's headers, for the module and slurmjwt-exec); `make deb` BUILD and DEB; `make test`
 # (deps) all of them.
 RUNTIME_PACKAGES := python3 python3-click python3-systemd python3-jwt python3-cryptography
-BUILD_PACKAGES := gcc libc6-dev make libpam0g-dev pkg-config
+BUILD_PACKAGES := gcc libc6-dev make libpam0g-dev libssl-dev libsystemd-dev pkg-config
 DEB_PACKAGES := build-essential debhelper dh-python dpkg-dev fakeroot lintian
 TEST_PACKAGES := slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
 	pamtester openssh-server openssh-client valgrind libsystemd-dev \
@@ -63,7 +63,7 @@ deps:
 install-build-deps:
 	$(call apt_ensure,$(RUNTIME_PACKAGES) $(BUILD_PACKAGES))
 
-venv: deps
+venv: deps module
 	@[ -x $(PYTHON) ] || { echo "venv: creating $(VENV)"; /usr/bin/python3 -m venv $(VENV); }
 	@chmod 755 $(dir $(VENV)) $(VENV)
 	@echo "venv: installing slurmjwt and its test dependencies into $(VENV) (pip)"
@@ -146,6 +146,7 @@ install: install-build-deps install-exec
 	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DOCDIR)
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/slurmjwt
 	install -m 0644 slurmjwtd/*.py $(DESTDIR)$(LIBDIR)/slurmjwtd/
+	install -m 0644 slurmjwtd/_fastpath.so $(DESTDIR)$(LIBDIR)/slurmjwtd/
 	printf '%s\n' "$$LAUNCHER_CLI" > $(DESTDIR)$(BINDIR)/slurmjwt
 	printf '%s\n' "$$LAUNCHER_DAEMON" > $(DESTDIR)$(SBINDIR)/slurmjwtd
 	chmod 0755 $(DESTDIR)$(BINDIR)/slurmjwt $(DESTDIR)$(SBINDIR)/slurmjwtd

@@ -107,6 +107,7 @@ GOAL_CLI_RATIO = 1.5  # issue 15: token and refresh at most 1.5x a bare `python3
 GOAL_RSS_GROWTH_MIB = 2  # issue 15: RSS within 2 MiB over 1,000,000 tokens and 100,000 sessions
 
 # Runs slurmjwtd's own entry point under cProfile; cProfile.run swallows the SystemExit.
+UNLIMITED = "rate_limit = 0\n"
 PROFILED_DAEMON = """
 import cProfile, sys
 from slurmjwtd.main import main
@@ -179,8 +180,14 @@ def run_measured(pid: int, argv: list[str]) -> tuple[str, float]:
     return result.stdout, spent
 
 
-def loadgen(pid: int, sock: str, count: int, threads: int) -> dict[str, float]:
-    out, cpu = run_measured(pid, [LOADGEN, "-S", sock, "-n", str(count), "-t", str(threads)])
+def loadgen(pid: int, sock: str, count: int, threads: int, user: str | None = None,
+            program: str = LOADGEN) -> dict[str, float]:
+    """loadgen's figures and the daemon PID's CPU per token: root asking (root's MINT for
+    itself), or USER (setpriv), a user's own MINT, which needs a session (own_session)."""
+    argv = [program, "-S", sock, "-n", str(count), "-t", str(threads)]
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    out, cpu = run_measured(pid, argv)
     line = out.strip().splitlines()[-1]
     fields = {k: float(v) for k, v in (w.split("=", 1) for w in line.split())}
     return {"ops": fields["tokens"], "rate": fields["rate"], "cpu_us": cpu * 1e6 / fields["tokens"],
@@ -200,7 +207,7 @@ def start_slurmjwtd(tmp: Path, profile_out: Path | None = None, name: str = "slu
                     settings: str = "") -> tuple[subprocess.Popen, str]:
     """A throwaway slurmjwtd in TMP/NAME, with SETTINGS (TOML lines) added to its configuration."""
     d = tmp / name
-    d.mkdir(mode=0o700)
+    d.mkdir(mode=0o755)  # users reach the socket in it (the key is 0600)
     key = d / "jwt_hs256.key"
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, os.urandom(32))
@@ -302,6 +309,29 @@ def pam_services(sock: str) -> Iterator[dict[str, str]]:
         for path in written:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+@contextlib.contextmanager
+def own_session(root_sock: str, user: str) -> Iterator[None]:
+    """One session of USER, led by this process, closed again afterwards: the login a user's
+    own MINT needs."""
+    answer = ask(root_sock, f"OPEN user={user} tty=bench service=bench")
+    session = re.search(r" session=(\S+)", answer).group(1)
+    try:
+        yield
+    finally:
+        ask(root_sock, f"CLOSE session={session}")
+
+
+def ask(sock: str, request: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(sock)
+        s.sendall(f"SJWT/1 {request}\n".encode())
+        answer = s.recv(4096).decode()
+    if not answer.startswith("SJWT/1 OK"):
+        raise RuntimeError(f"{request.split()[0]} failed: {answer[:160]!r}")
+    return answer
 
 
 def hold_sessions(sock: str, user: str, count: int) -> None:
@@ -775,7 +805,10 @@ def report(results: dict[tuple[str, int], list[dict[str, float]]]) -> None:
     table = {key: summarize(runs) for key, runs in results.items()}
     print(f"{'daemon':<10} {'clients':>7} {'rate/s':>8} {'(min-max)':>15} {'CPU us/op':>10} "
           f"{'p50 us':>7} {'p99 us':>7}")
-    for (daemon, threads), r in sorted(table.items(), key=lambda kv: (kv[0][0] != "slurmjwtd", kv[0][1])):
+    order = ["slurmjwtd", "py-loop", "root", "munged"]
+    for (daemon, threads), r in sorted(table.items(), key=lambda kv: (order.index(kv[0][0])
+                                                                      if kv[0][0] in order else 9,
+                                                                      kv[0][1])):
         spread = f"{fmt(r['rate_lo'])}-{fmt(r['rate_hi'])}"
         print(f"{daemon:<10} {threads:>7} {fmt(r['rate']):>8} {spread:>15} {fmt(r['cpu_us']):>10} "
               f"{fmt(r.get('p50_us')):>7} {fmt(r.get('p99_us')):>7}")
@@ -889,27 +922,39 @@ def main() -> int:
         if args.profile:
             profile(tmp, count)
             return 0
-        runners = {}
-        jwt, sock = start_slurmjwtd(tmp)
+        # no rate limit, so that a user's own MINT can be driven flat out, as remunge drives munged
+        jwt, sock = start_slurmjwtd(tmp, settings=UNLIMITED)
         procs.append(jwt)
-        runners["slurmjwtd"] = lambda n, t, pid=jwt.pid, sock=sock: loadgen(pid, sock, n, t)
-        if not args.skip_munged and not args.skip_tokens:
-            munge, msock = start_munged(tmp)
-            procs.append(munge)
-            runners["munged"] = lambda n, t, pid=munge.pid, sock=msock: remunge(pid, sock, n, t)
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
               f"{repeat} round(s), tables show medians over rounds;\n"
               f"CPU is the daemon's utime+stime, all threads (clock tick {1000 / CLK_TCK:.0f} ms); "
               f"daemon files in {tmp} ({fs_type(str(tmp))})\n")
         if not args.skip_tokens:
-            print(f"tokens: {count} operations per run, one connection per operation\n")
-            for run in runners.values():
-                run(min(count, 2000), 1)  # warm-up
-            results: dict[tuple[str, int], list[dict[str, float]]] = {}
-            for _ in range(repeat):  # interleaved, so that other load on the machine hits both alike
-                for threads in THREADS:
-                    for name, run in runners.items():
-                        results.setdefault((name, threads), []).append(run(count, threads))
+            py, pysock = start_slurmjwtd(tmp, name="python", settings=UNLIMITED + "fast_path = false\n")
+            procs.append(py)
+            program = shutil.copy(LOADGEN, tmp / "loadgen")  # the user may not reach the checkout
+            runners = {
+                "slurmjwtd": lambda n, t: loadgen(jwt.pid, sock, n, t, BENCH_USER, program),
+                "py-loop": lambda n, t: loadgen(py.pid, pysock, n, t, BENCH_USER, program),
+                "root": lambda n, t: loadgen(jwt.pid, sock, n, t)}
+            if not args.skip_munged:
+                munge, msock = start_munged(tmp)
+                procs.append(munge)
+                runners["munged"] = lambda n, t: remunge(munge.pid, msock, n, t)
+            print(f"tokens: {count} operations per run, one connection per operation;\n"
+                  f"slurmjwtd: user {BENCH_USER}'s own MINT, with a session (the fast path); "
+                  f"py-loop: the same with fast_path = false (the Python loop alone); root: root's "
+                  f"MINT for itself (the Python loop, through the fast path's hand-over)\n")
+            with bench_user(), own_session(root_socket_of(sock), BENCH_USER), \
+                    own_session(root_socket_of(pysock), BENCH_USER):
+                for run in runners.values():
+                    run(min(count, 2000), 1)  # warm-up
+                results: dict[tuple[str, int], list[dict[str, float]]] = {}
+                for _ in range(repeat):  # interleaved: other load on the machine hits all alike
+                    for threads in THREADS:
+                        for name, run in runners.items():
+                            results.setdefault((name, threads), []).append(run(count, threads))
+            stop(py)
             report(results)
             print()
         if not args.skip_logins:

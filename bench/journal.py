@@ -4,11 +4,12 @@ run. A benchmark, not a test.
 
 It boots systemd as PID 1 in new namespaces (tests/pid1.py: overlays, the host's files are not
 written), installs this checkout's Debian package in it (`make deb`, lintian off), gives the
-daemon a fresh key and `min_uid = 0` (root mints for root: the root-request path, as bench.py's
-tokens section), and then, in turn, with 1 and 8 client threads and a new connection per
-operation:
+daemon a fresh key and no rate limit, makes a user `sjwt-bench` with a login (a session led
+by a transient unit that lives through the bench), and then, in turn, with 1 and 8 client
+threads and a new connection per operation:
 
-- loadgen inside the machine, on the unit's root socket /run/slurmjwt/slurmjwtd-root.sock;
+- loadgen inside the machine as that user, on the unit's public socket /run/slurmjwt/slurmjwtd.sock:
+  the user's own MINT, which the fast path answers (bench.py's `slurmjwtd` row);
 - remunge on the host, on a throwaway munged (bench.py's).
 
 CPU is utime+stime of all threads (10 ms ticks), of slurmjwtd and, apart, of systemd-journald,
@@ -40,6 +41,20 @@ from pid1 import Pid1  # noqa: E402
 
 UNIT = "slurmjwtd.service"
 ROOT_SOCKET = "/run/slurmjwt/slurmjwtd-root.sock"
+SOCKET = "/run/slurmjwt/slurmjwtd.sock"
+LOADGEN = "/usr/local/bin/sjwt-loadgen"  # copied in: the user may not reach the checkout
+# a login of the bench user: OPEN on the root socket, then live as its leader until stopped
+LEADER = f"""
+import socket, time
+s = socket.socket(socket.AF_UNIX)
+s.connect("{ROOT_SOCKET}")
+s.sendall(b"SJWT/1 OPEN user={bench.BENCH_USER} tty=bench service=bench\\n")
+assert s.recv(4096).startswith(b"SJWT/1 OK")
+s.close()
+time.sleep(86400)
+"""
+STATUS = (f"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{SOCKET}'); "
+          f"s.sendall(b'SJWT/1 STATUS\\n'); print(s.recv(4096).decode())")
 KEY = "/var/lib/slurm/jwt_hs256.key"
 
 
@@ -64,7 +79,8 @@ def loadgen_inside(sd: Pid1, count: int, threads: int) -> dict[str, float]:
     daemon = sd.show(UNIT, "MainPID")["MainPID"]
     journald = sd.show("systemd-journald.service", "MainPID")["MainPID"]
     before = cpu_inside(sd, daemon), cpu_inside(sd, journald)
-    out = sd.run(bench.LOADGEN, "-S", ROOT_SOCKET, "-n", str(count), "-t", str(threads),
+    out = sd.run("setpriv", f"--reuid={bench.BENCH_USER}", f"--regid={bench.BENCH_USER}",
+                 "--clear-groups", LOADGEN, "-S", SOCKET, "-n", str(count), "-t", str(threads),
                  timeout=600).stdout
     after = cpu_inside(sd, daemon), cpu_inside(sd, journald)
     fields = {k: float(v) for k, v in (w.split("=", 1) for w in out.strip().splitlines()[-1].split())}
@@ -107,12 +123,20 @@ def main() -> int:
             sd.install_deb(deb)
             sd.sh(f"install -d -m 0755 /var/lib/slurm && head -c 32 /dev/urandom > {KEY} && "
                   f"chown slurm:slurmjwt {KEY} && chmod 0640 {KEY}")
-            sd.write("/etc/slurmjwt/slurmjwtd.toml", "min_uid = 0\n")
+            sd.write("/etc/slurmjwt/slurmjwtd.toml", "rate_limit = 0\n")
+            sd.run("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", bench.BENCH_USER)
+            sd.copy_in(Path(bench.LOADGEN), LOADGEN)
             # room for every line (the default, 10 % of the machine's small /run, would rotate
             # the first ones away and the count below would miss them)
             sd.write("/etc/systemd/journald.conf.d/bench.conf", "[Journal]\nRuntimeMaxUse=1G\n")
             sd.systemctl("restart", "systemd-journald.service")
             sd.systemctl("start", UNIT)  # as the first connection would
+            sd.run("systemd-run", "--unit=sjwt-bench-login", "/usr/bin/python3", "-c", LEADER)
+            deadline = time.monotonic() + 10
+            while " sessions=1 " not in sd.run("/usr/bin/python3", "-c", STATUS).stdout:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the bench user's login did not open")
+                time.sleep(0.1)
             runners = {"slurmjwtd": lambda n, t: loadgen_inside(sd, n, t),
                        "munged": lambda n, t: bench.remunge(munged.pid, msock, n, t)}
             print(f"tokens under systemd 252 as PID 1 (namespaces): slurmjwtd as its unit, audit "

@@ -427,6 +427,12 @@ def prometheus_text(fields: dict[str, str] | None) -> str:
     metric("refusals_total", "counter", "Requests refused (and renewals refused), by protocol code.",
            [(f'{{code="{_label(code)}"}}', json_value(refusals.get(code, "0")))
             for code in codes])
+    metric("fast_path_grants_total", "counter",
+           "Of grants_total, the tokens the compiled fast path made (users' own MINT).",
+           [("", number("fast_path_granted"))])
+    metric("fast_path_handovers_total", "counter",
+           "Connections the fast path passed on to the Python loop.",
+           [("", number("fast_path_passed"))])
     metric("renewals_total", "counter", "Token files renewed.", [("", number("renewed"))])
     metric("signer_failures_total", "counter",
            "Times the signer failed to make a token (for a request or a renewal).",

@@ -77,6 +77,11 @@ class Config:
         "Seconds a client has to send its whole request before it is dropped.", min=0.01, max=60))
     max_clients_per_uid: int = field(default=32, metadata=_doc(
         "Connections one uid may have open at once; more are refused with `busy`.", min=1))
+    fast_path: bool = field(default=True, metadata=_doc(
+        "Answer users' own MINT requests in the compiled fast path (slurmjwtd/_fastpath.so, "
+        "threads of its own), from what the Python side last decided for that uid; every other "
+        "request, and these whenever the fast path cannot answer alone, are the Python loop's. "
+        "hs256 only; false: Python answers everything.", restart=True))
     audit_summary_interval: float = field(default=10.0, metadata=_doc(
         "A user's refusals of one code: the first is audited in full, then one line per this "
         "many seconds counts the rest, while they go on. Root's refusals and all grants are "

@@ -23,9 +23,10 @@ from typing import Callable
 
 from . import __version__
 from .config import Config
+from . import fastpath
 from .nss import nss
-from .policy import (Account, Caller, Decision, decide_mint, decide_session_change, slurm_name,
-                     unknown_names)
+from .policy import (Account, Caller, Decision, decide_mint, decide_session_change, lifetimes,
+                     slurm_name, unknown_names)
 from .protocol import (Code, ProtocolError, Refusal, Request, encode_error, encode_ok,
                        parse_number, parse_request)
 from .renewal import RETRY_MIN
@@ -134,6 +135,7 @@ class Operations:
         self._renewing: dict[int, tuple[Future, Grant]] = {}  # uid: a blocking signer's renewal
         self.wake: Callable[[Future], None] = lambda future: None  # the loop's "a token is ready"
         self.renewer = Caller(0, 0, os.getpid())  # who renewals are audited as: the daemon, for root
+        self.fast: fastpath.FastPath | None = None  # the compiled fast path, if it runs
 
     def refuse(self, caller: Caller, refusal: Refusal, op: str = "-") -> bytes:
         """The one place a refusal is counted, audited and encoded; OP "-": refused before any
@@ -258,6 +260,54 @@ class Operations:
                          slurm_user=token.user if token.user != target.name else None,
                          reason=reason, rule=decision.rule, lifetime=decision.lifetime,
                          exp=token.exp, jti=token.jti, **where)
+
+    # -- the fast path (fastpath.py) --------------------------------------------------------
+    def _offer(self, target: Account) -> None:
+        """After granting TARGET its own MINT (own-session): let the fast path answer its next
+        ones, with what policy decided for a MINT without a lifetime, its session leaders, and
+        a lease of its rate limit (given back when the entry goes)."""
+        assert self.fast is not None
+        state, uid = self.state, target.uid
+        leaders = state.registry.leaders(uid)[:fastpath.MAX_LEADERS]
+        default, cap, rule = lifetimes(target, state.config)
+        texts = fastpath.templates(target.name, uid, slurm_name(target.name, state.config), rule,
+                                   getattr(state.audit_log, "node", ""))
+        if not leaders or texts is None:
+            return
+        now = time.monotonic()
+        budget = state.limiter.lease(uid, now, fastpath.LEASE)
+        if not budget:
+            return
+        if not self.fast.put(uid, budget, default, cap, leaders, texts):
+            state.limiter.give_back(uid, budget, now)
+
+    def _reclaim(self, uid: int) -> None:
+        """Take UID's entry out of the fast path; its unspent lease back to the rate limit."""
+        assert self.fast is not None
+        left = self.fast.take(uid)
+        if left > 0:
+            self.state.limiter.give_back(uid, left, time.monotonic())
+
+    def reclaim_all(self, expired_only: bool = False) -> None:
+        """Take every entry (EXPIRED_ONLY: those past their time) out of the fast path."""
+        if self.fast is None:
+            return
+        now = time.monotonic()
+        for uid, left in self.fast.take_expired() if expired_only else self.fast.take_all():
+            if left > 0:
+                self.state.limiter.give_back(uid, left, now)
+
+    def count_fast(self) -> None:
+        """Add what the fast path granted since the last call to the counters."""
+        if self.fast is None:
+            return
+        granted, passed, seconds, latency = self.fast.counters()
+        counters = self.state.counters
+        counters.granted += granted
+        counters.fast_granted += granted
+        counters.fast_passed += passed
+        counters.latency_sum += seconds
+        counters.latency = [a + b for a, b in zip(counters.latency, latency)]
 
     # -- token files ------------------------------------------------------------------------
     def _keep(self, uid: int, token: Token) -> str | None:
@@ -406,6 +456,8 @@ class Operations:
         lifetime = parse_lifetime(request.args.get("lifetime"))
         name = request.args.get("user")
         config = self.state.config
+        if self.fast is not None and not caller.is_root:
+            self._reclaim(caller.uid)  # its lease back first: the rate limit counts it all
         # a user naming herself is checked against her uid's name: another entry of that uid
         # (useradd -o) would be another Slurm user, with other associations and limits
         target = lookup_account(caller.uid if name is None else name, config.policy_groups,
@@ -429,11 +481,16 @@ class Operations:
         return Grant(target, decision)
 
     def _op_mint(self, caller: Caller, request: Request) -> Grant:
-        return self._mint_for(caller, request)
+        grant = self._mint_for(caller, request)
+        if self.fast is not None and grant.decision.reason == "own-session":
+            self._offer(grant.target)
+        return grant
 
     def _op_open(self, caller: Caller, request: Request) -> Grant:
         grant = self._mint_for(caller, request)
         args, target = request.args, grant.target
+        if self.fast is not None:
+            self._reclaim(target.uid)  # its leaders change
         session = self.state.registry.open(target.name, target.uid, caller.pid,
                                            args.get("tty", ""), args.get("rhost", ""),
                                            args.get("service", ""))
@@ -473,6 +530,8 @@ class Operations:
         if session is None:
             raise Refusal(Code.NO_SUCH_SESSION, "no-such-session", f"no open session {session_id}",
                           session=session_id)
+        if self.fast is not None:
+            self._reclaim(session.uid)  # the leader may live on after its session closed
         self.state.audit(decision="granted", op="close", caller_uid=caller.uid,
                          caller_pid=caller.pid, user=session.user, uid=session.uid,
                          session=session.id, reason="root-request")
@@ -481,18 +540,21 @@ class Operations:
 
     def _op_status(self, caller: Caller, request: Request) -> Fields:
         state = self.state
+        self.count_fast()
         return {"version": __version__, "protocol": 1, "signer": state.signer.name,
                 "sessions": len(state.registry), "granted": state.counters.granted,
                 "refused": state.counters.refused, "renewed": state.counters.renewed,
                 "token_files": len(state.schedule) + len(self._renewing),
                 "revoked": len(state.revocations),
                 "revocation_file": state.revocations.problem or "ok",
+                "fast_path": "on" if self.fast is not None and self.fast.signing else "off",
                 "uptime": int(time.monotonic() - state.started)}
 
     def _op_metrics(self, caller: Caller, request: Request) -> Fields:
         """The counters for monitoring (`slurmjwt metrics`): numbers and protocol codes only,
         never a user's name or a token. `refusals` and `latency` are lists of KEY:COUNT, the
         latency buckets' counts not cumulative, the last one's bound `inf`."""
+        self.count_fast()
         state, counters = self.state, self.state.counters
         bounds = [f"{b:g}" for b in LATENCY_BUCKETS] + ["inf"]
         return {"version": __version__, "signer": state.signer.name,
@@ -500,6 +562,7 @@ class Operations:
                 "refused": counters.refused, "renewed": counters.renewed,
                 "token_files": len(state.schedule) + len(self._renewing),
                 "revoked": len(state.revocations), "signer_failures": counters.signer_failures,
+                "fast_path_granted": counters.fast_granted, "fast_path_passed": counters.fast_passed,
                 "refusals": ",".join(f"{code}:{n}" for code, n in sorted(counters.refusals.items())),
                 "latency": ",".join(f"{b}:{n}" for b, n in zip(bounds, counters.latency)),
                 "latency_sum": f"{counters.latency_sum:.6f}",
@@ -510,6 +573,7 @@ class Operations:
         (or by hand): as a local REVOKE, a newly revoked user's file goes (no renewal); as a
         local UNREVOKE, a lifted user still logged in has one again within a second. Each is
         audited on this node (`reason=revocation-file`, with who revoked, where and why)."""
+        self.reclaim_all()
         for r in change.revoked:
             self._drop_file(r.uid)
             self.state.audit(decision="granted", op="revoke", caller_uid=r.by_uid, user=r.user,
@@ -542,6 +606,7 @@ class Operations:
             raise Refusal(Code.INTERNAL, "revocation-file", str(exc), user=target.name,
                           uid=target.uid) from None
         self.revocations_changed(others.without(target.uid))
+        self.reclaim_all()
         self._drop_file(target.uid)
         self.state.audit(decision="granted", op="revoke", caller_uid=caller.uid,
                          caller_pid=caller.pid, user=target.name, uid=target.uid,

@@ -7,6 +7,9 @@ again is forgotten, so memory follows the uids active in the last window.
 from __future__ import annotations
 
 
+UNLIMITED = 1 << 30  # what a lease of no limit holds
+
+
 class RateLimiter:
     def __init__(self, rate: int, window: int) -> None:
         self.rate, self.window = rate, window
@@ -25,6 +28,21 @@ class RateLimiter:
             return False
         self._buckets[uid] = (tokens - 1, now)
         return True
+
+    def lease(self, uid: int, now: float, most: int) -> int:
+        """Take up to MOST grants (all there are) for UID out of its bucket at once, for the fast
+        path to spend (fastpath.py); how many. An unlimited rate lends UNLIMITED."""
+        if self.rate == 0:
+            return UNLIMITED
+        tokens = self._level(uid, now)
+        taken = min(most, int(tokens))
+        self._buckets[uid] = (tokens - taken, now)
+        return taken
+
+    def give_back(self, uid: int, unspent: int, now: float) -> None:
+        """Return what a lease did not spend; a bucket never holds more than RATE."""
+        if self.rate and unspent > 0:
+            self._buckets[uid] = (min(float(self.rate), self._level(uid, now) + unspent), now)
 
     def left(self, uid: int, now: float) -> int:
         return self.rate if self.rate == 0 else int(self._level(uid, now))

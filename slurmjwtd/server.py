@@ -27,15 +27,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
-from . import __version__
+from . import __version__, fastpath
+from .audit import AuditLog
 from .config import Config
 from .operations import Operations, Pending, warn_unknown_names
 from .revocation import RevocationError
 from .policy import Caller
 from .protocol import MAX_REQUEST, Code, ProtocolError
 from .service import Notifier
-from .signer import Signer
-from .state import DaemonState
+from .signer import HS256Signer, Signer
+from .state import LATENCY_BUCKETS, DaemonState
 
 log = logging.getLogger("slurmjwtd")
 _PEERCRED = struct.Struct("3i")
@@ -215,6 +216,7 @@ class Server:
         self._signed_r, self._signed_w = socket.socketpair()  # worker threads: "a token is ready"
         self.ops = Operations(state)
         self.ops.wake = self._wake_signed
+        self._fast: fastpath.FastPath | None = None
 
     # -- life -------------------------------------------------------------------------------
     def startup(self, listeners: tuple[socket.socket, socket.socket] | None = None) -> None:
@@ -245,6 +247,8 @@ class Server:
             listener.setblocking(False)
             self._listeners[name] = listener
             self._selector.register(listener, selectors.EVENT_READ, self._accepts[name])
+        if config.fast_path:
+            self._start_fast_path()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, self._handle_signals)
@@ -254,8 +258,9 @@ class Server:
         signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        log.info("slurmjwtd %s ready: socket=%s root_socket=%s signer=%s sessions=%d", __version__,
-                 config.socket, config.root_socket, self.state.signer.name, live)
+        log.info("slurmjwtd %s ready: socket=%s root_socket=%s signer=%s sessions=%d fast_path=%s",
+                 __version__, config.socket, config.root_socket, self.state.signer.name, live,
+                 "on" if self._fast is not None and self._fast.signing else "off")
         warn_unknown_names(config)
         self._notifier.send("READY=1", "STATUS=" + self._status_text())
 
@@ -292,8 +297,10 @@ class Server:
         self.ops.shutdown()
         self.state.files.close()
         self.state.audit.flush(time.monotonic(), everything=True)
-        log.info("slurmjwtd stopped: granted=%d refused=%d", self.state.counters.granted,
-                 self.state.counters.refused)
+        counters = self.state.counters
+        log.info("slurmjwtd stopped: granted=%d refused=%d fast_path_granted=%d "
+                 "fast_path_passed_on=%d", counters.granted, counters.refused,
+                 counters.fast_granted, counters.fast_passed)
 
     def _handle_signals(self) -> None:
         drain(self._wakeup_r)
@@ -323,6 +330,9 @@ class Server:
             if fixed:
                 log.warning("%s changed: that takes a restart; keeping %s until then",
                             " and ".join(fixed), ", ".join(getattr(old, k) for k in fixed))
+            if self._fast is not None:  # policy, key or limits may have changed: start afresh
+                self.ops.reclaim_all()
+                self._fast.set_key(_fast_key(signer))
             log.info("reloaded: signer=%s lifetime=%d max_lifetime=%d", signer.name,
                      config.lifetime, config.max_lifetime)
             self.ops.replan(time.time())
@@ -330,8 +340,12 @@ class Server:
         self._notifier.send("READY=1", "STATUS=" + self._status_text())
 
     def _close_listeners(self) -> None:
+        if self._fast is not None and self._fast.running:
+            self.ops.count_fast()
+            self._fast.stop()  # its threads have finished with the public socket
+            self._forwarded()  # what they passed on last is served before the loop ends
         for name, listener in self._listeners.items():
-            if name not in self._paused:
+            if name not in self._paused and not (name == "public" and self._fast is not None):
                 self._selector.unregister(listener)
             listener.close()
         self._listeners.clear()
@@ -360,6 +374,7 @@ class Server:
     def _on_prune(self, now: float) -> None:
         self._timers[self._on_prune] = now + _PRUNE_INTERVAL
         self.state.registry.prune()
+        self.ops.reclaim_all(expired_only=True)  # leases back before idle buckets are forgotten
         self.state.limiter.forget_idle(now)
 
     def _on_renew(self, now: float) -> None:
@@ -387,6 +402,7 @@ class Server:
 
     def _on_status(self, now: float) -> None:
         self._timers[self._on_status] = now + _STATUS_INTERVAL
+        self.ops.count_fast()
         text = self._status_text()
         if text != self._status_shown:
             self._status_shown = text
@@ -412,6 +428,34 @@ class Server:
         except OSError as exc:
             log.error("could not save sessions to %s: %s", registry.path, exc.strerror)
 
+    # -- the fast path ----------------------------------------------------------------------
+    def _start_fast_path(self) -> None:
+        """Hand the public socket to the fast path's threads; what they pass on comes back
+        through its channel. If it cannot run, say so once and serve everything here."""
+        audit = self.state.audit_log
+        try:
+            fast = fastpath.FastPath(fastpath.load(), self._listeners["public"],
+                                     audit.fd if isinstance(audit, AuditLog) else -1,
+                                     LATENCY_BUCKETS)
+        except fastpath.FastPathError as exc:
+            log.warning("fast path off, serving every request in Python: %s", exc)
+            return
+        fast.set_key(_fast_key(self.state.signer))
+        self._selector.unregister(self._listeners["public"])
+        self._selector.register(fast.channel, selectors.EVENT_READ, self._forwarded)
+        self._fast = self.ops.fast = fast
+
+    def _forwarded(self) -> None:
+        """The connections the fast path passed on, each with what it read of the request."""
+        assert self._fast is not None
+        for fd, uid, gid, pid, accepted, data in self._fast.receive():
+            if fd < 0:  # its accept failed (EMFILE and friends): it waits, then tries again
+                log.error("accept: %s; pausing new connections for %g s", os.strerror(uid),
+                          _ACCEPT_PAUSE)
+                continue
+            self._admit(socket.socket(fileno=fd), Caller(uid=uid, gid=gid, pid=pid), accepted,
+                        False, data)
+
     # -- connections ------------------------------------------------------------------------
     def _accept(self, name: str) -> None:
         listener = self._listeners[name]
@@ -428,15 +472,21 @@ class Server:
                 self._paused.add(name)
                 self._timers[self._on_resume_accept] = time.monotonic() + _ACCEPT_PAUSE
                 return
-            caller = peer_caller(sock)
-            accepted = time.monotonic()
-            deadline = accepted + self.state.config.client_timeout
-            if not caller.is_root and self._conns.full(caller.uid,
-                                                       self.state.config.max_clients_per_uid):
-                self._refuse_busy(sock, caller, deadline)
-                continue
-            conn = Connection(sock, caller, deadline, accepted, root_socket=root_socket)
-            self._conns.add(conn)
+            self._admit(sock, peer_caller(sock), time.monotonic(), root_socket)
+
+    def _admit(self, sock: socket.socket, caller: Caller, accepted: float, root_socket: bool,
+               data: bytes = b"") -> None:
+        """A new connection (DATA: what the fast path already read of its request)."""
+        deadline = accepted + self.state.config.client_timeout
+        if not caller.is_root and self._conns.full(caller.uid,
+                                                   self.state.config.max_clients_per_uid):
+            self._refuse_busy(sock, caller, deadline)
+            return
+        conn = Connection(sock, caller, deadline, accepted, buf=data, root_socket=root_socket)
+        self._conns.add(conn)
+        if data:
+            self._frame(conn, fresh=True)
+        else:
             self._read(conn, fresh=True)
 
     def _read(self, conn: Connection, fresh: bool = False) -> None:
@@ -452,6 +502,10 @@ class Server:
             self._finish(conn, None)
             return
         conn.buf += data
+        self._frame(conn, fresh)
+
+    def _frame(self, conn: Connection, fresh: bool) -> None:
+        """Answer the request in CONN's buffer if it is whole; else wait for the rest."""
         end = conn.buf.find(b"\n", 0, MAX_REQUEST)  # at most MAX_REQUEST bytes, newline included
         if end >= 0:
             if end + 1 != len(conn.buf):  # framing: one request per connection
@@ -528,3 +582,9 @@ class Server:
             self._finish(conn, self.ops.complete(pending))
         self.ops.renewals_done()
 
+
+
+def _fast_key(signer: Signer) -> bytes | None:
+    """The key the fast path signs with: the hs256 signer's; None for the others (rs256,
+    scontrol), whose requests are all Python's."""
+    return signer.fast_path_key() if isinstance(signer, HS256Signer) else None

@@ -127,6 +127,10 @@ class SessionRegistry:
         """Every uid with a registered session (live or not yet found dead)."""
         return list(self._by_uid)
 
+    def leaders(self, uid: int) -> list[tuple[int, int]]:
+        """(pid, start time) of the leader of each session of UID registered, live or not."""
+        return [(s.leader_pid, s.leader_start) for s in self._by_uid.get(uid, {}).values()]
+
     def remaining(self, uid: int) -> int:
         """0 if UID has no live session left, else how many it has registered. Dead ones met
         before the first live one are dropped; the rest wait for the sweep (one /proc read

@@ -36,6 +36,8 @@ class Counters:
     # answered requests by time from accept to answer: LATENCY_BUCKETS' and one for the rest
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0  # seconds, all answered requests
+    fast_granted: int = 0  # of `granted`, by the fast path (fastpath.py)
+    fast_passed: int = 0  # connections the fast path passed on to the Python loop
 
     def refusal(self, code: str) -> None:
         self.refused += 1

@@ -51,7 +51,8 @@ APT_ENV = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
 # what the package may depend on: Debian's runtime, nothing of the test stack
 RUNTIME_DEPENDS = {"python3-click", "python3-cryptography", "python3-jwt", "python3-systemd",
                    "python3:any", "python3", "libc6", "libpam0g", "systemd",
-                   "systemd-standalone-sysusers", "systemd-sysusers"}
+                   "systemd-standalone-sysusers", "systemd-sysusers",
+                   "libssl3", "libsystemd0"}  # the fast path's libcrypto and journal
 # the package's own paths that must be gone after purge (besides every file it shipped)
 LEFT_BEHIND = ["/etc/slurmjwt", "/usr/lib/slurmjwt", "/var/lib/slurmjwt", "/run/slurmjwt",
                "/run/slurmjwt-tokens", "/usr/share/doc/slurmjwt",
@@ -203,6 +204,7 @@ def test_files_are_where_debian_expects_them(deb):
     listing = sh("dpkg-deb", "-c", str(deb["v1"])).stdout
     paths = {line.split()[5].removeprefix(".") for line in listing.splitlines()}
     for path in ["/usr/sbin/slurmjwtd", "/usr/bin/slurmjwt", "/usr/lib/slurmjwt/slurmjwtd/server.py",
+                 "/usr/lib/slurmjwt/slurmjwtd/_fastpath.cpython-311-x86_64-linux-gnu.so",  # dh_python3
                  EXEC, "/usr/lib/slurmjwt/slurmjwt-exec-links",
                  f"/usr/lib/{MULTIARCH}/security/pam_slurmjwt.so",
                  "/lib/systemd/system/slurmjwtd.service", "/lib/systemd/system/slurmjwtd.socket",

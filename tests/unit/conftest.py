@@ -83,7 +83,8 @@ def make_state(tmp_path, key_file, socket_dir) -> Callable[..., DaemonState]:
         config = Config(socket=str(socket_dir / "public.sock"), root_socket=str(socket_dir / "root.sock"),
                         session_file=str(tmp_path / "sessions.json"), key_file=str(key_file),
                         token_dir=str(tmp_path / "tokens"),
-                        revocation_file=str(tmp_path / "revoked.json"), **settings)
+                        revocation_file=str(tmp_path / "revoked.json"),
+                        **{"fast_path": False, **settings})  # the Python loop: the reference
         state = DaemonState(config, signer or signers.load(config),
                             SessionRegistry(config.session_file), audit_log=Audit())
         state.files.open()  # as the server's startup does: the token files' directory

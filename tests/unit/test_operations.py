@@ -298,9 +298,11 @@ def test_status(ops, state):
     answer = ask(ops, USER, "SJWT/1 STATUS", root_socket=False)
     assert answer.ok and answer.fields.keys() == {"version", "protocol", "signer", "sessions",
                                                   "granted", "refused", "renewed", "token_files",
-                                                  "revoked", "revocation_file", "uptime"}
+                                                  "revoked", "revocation_file", "fast_path",
+                                                  "uptime"}
     assert [answer.fields[k] for k in ("protocol", "signer", "sessions", "granted", "refused",
-                                       "revocation_file")] == ["1", "hs256", "0", "1", "1", "ok"]
+                                       "revocation_file", "fast_path")] == [
+        "1", "hs256", "0", "1", "1", "ok", "off"]
     assert len(state.audit_log.lines) == audited
 
 
@@ -321,8 +323,8 @@ def test_metrics_count_refusals_by_code_and_signer_failures(make_state, scontrol
     f = answer.fields
     assert answer.ok and len(state.audit_log.lines) == audited
     assert f.keys() == {"version", "signer", "sessions", "granted", "refused", "renewed",
-                        "token_files", "revoked", "signer_failures", "refusals", "latency",
-                        "latency_sum", "uptime"}
+                        "token_files", "revoked", "signer_failures", "fast_path_granted",
+                        "fast_path_passed", "refusals", "latency", "latency_sum", "uptime"}
     assert f["refusals"] == ("bad-request:1,below-min-uid:1,permission-denied:1,"
                              "signer-unavailable:2")
     assert (f["refused"], f["signer_failures"], f["granted"]) == ("5", "2", "0")

@@ -1,0 +1,616 @@
+/* _fastpath.so: slurmjwtd's compiled hot path, loaded by fastpath.py with ctypes.
+ *
+ * Threads of its own accept on the public socket and answer, alone, the one request that is
+ * most of the load: a user's MINT of their own token ("SJWT/1 MINT" or "SJWT/1 MINT
+ * lifetime=N"), for a uid the Python side has put in the table after granting it the same
+ * request. Everything else (root, any other request or argument, a request not yet complete
+ * when accepted, a uid not in the table or whose entry has expired, spent its lease of the
+ * rate limit, or has no live session leader) goes to the Python loop, with the bytes read,
+ * over a SOCK_SEQPACKET pair: Python decides it as it decides every request, and is the
+ * reference the tests compare this path against.
+ *
+ * An entry holds only what Python decided: the lifetime and its maximum, the session leaders
+ * (pid and start time) to find alive in /proc, the grants left on the rate limit's lease, an
+ * expiry, and templates of the claims, the answer and the audit line with their fixed parts
+ * formatted by the Python code that formats them (escaping included). Here only numbers and
+ * the jti go into the templates' slots. No decision is made here that Python did not make.
+ *
+ * The key is copied in at start and at each reload and wiped (explicit_bzero) when replaced
+ * and at stop. No token or key is ever logged or written but to the client.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <systemd/sd-journal.h>
+
+#define API __attribute__((visibility("default")))
+
+enum {
+	MAX_REQUEST = 1024,   /* protocol.MAX_REQUEST: newline included */
+	MAX_THREADS = 8,
+	MAX_LEADERS = 16,     /* more sessions than this: the entry is not made */
+	MAX_TEMPLATE = 1536,
+	MAX_JOURNAL = 24,     /* journal fields of an audit line */
+	BUCKETS = 16,         /* hash buckets are a power of two; entries chain */
+	LATENCY_SLOTS = 16,
+};
+
+/* the slots of a template: a byte below 0x08 is replaced by the value it names */
+enum { S_CALLER_PID = 1, S_LIFETIME = 2, S_EXP = 3, S_JTI = 4, S_TOKEN = 5, S_IAT = 6 };
+
+/* one record to the Python loop: fastpath.py's FORWARD struct, "<iiiiqI" then the bytes */
+struct forward {
+	int32_t fd, uid, gid, pid;
+	int64_t accepted_ns;
+	uint32_t len;
+	char data[MAX_REQUEST + 1];
+} __attribute__((packed));
+
+struct entry {
+	struct entry *next;
+	uint32_t uid;
+	int64_t expires_ns;   /* CLOCK_MONOTONIC */
+	int32_t budget;       /* grants left on the rate limit's lease */
+	int32_t lifetime, max_lifetime;
+	int32_t nleaders;
+	int pidfds[MAX_LEADERS];  /* the session leaders (pidfd_open): readable once they exit */
+	char claims[MAX_TEMPLATE], answer[MAX_TEMPLATE], audit[MAX_TEMPLATE], journal[MAX_TEMPLATE];
+};
+
+static struct {
+	pthread_mutex_t lock;         /* the table, the key and `on` */
+	struct entry **buckets;
+	size_t nbuckets;
+	unsigned char key[64];
+	size_t keylen;
+	int on;                       /* a key is set: answer; else forward everything */
+	int listen_fd, forward_fd, stop_fd, audit_fd;  /* audit_fd -1: the journal */
+	int nthreads;
+	pthread_t threads[MAX_THREADS];
+	double bounds[LATENCY_SLOTS];
+	int nbounds;
+	/* counters, taken (and zeroed) by sjf_take_counters; atomics */
+	uint64_t granted, forwarded, latency[LATENCY_SLOTS], latency_ns;
+} F = { .lock = PTHREAD_MUTEX_INITIALIZER, .listen_fd = -1, .forward_fd = -1, .stop_fd = -1,
+	.audit_fd = -1 };
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+static const char HEADER[] = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"; /* {"alg":"HS256","typ":"JWT"} */
+
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static size_t b64url(const unsigned char *in, size_t n, char *out)
+{
+	size_t o = 0, i = 0;
+	for (; i + 2 < n; i += 3) {
+		unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
+		out[o++] = B64[v >> 18];
+		out[o++] = B64[v >> 12 & 63];
+		out[o++] = B64[v >> 6 & 63];
+		out[o++] = B64[v & 63];
+	}
+	if (n - i == 1) {
+		unsigned v = (unsigned)in[i] << 16;
+		out[o++] = B64[v >> 18];
+		out[o++] = B64[v >> 12 & 63];
+	} else if (n - i == 2) {
+		unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8;
+		out[o++] = B64[v >> 18];
+		out[o++] = B64[v >> 12 & 63];
+		out[o++] = B64[v >> 6 & 63];
+	}
+	return o;
+}
+
+/* TEMPLATE with its slots filled from VALUES (indexed by slot) into OUT (SIZE); its length,
+ * or 0 if it does not fit */
+static size_t expand(const char *template, const char *const values[8], char *out, size_t size)
+{
+	size_t o = 0;
+	for (const char *t = template; *t; t++) {
+		const char *v = (unsigned char)*t < 8 ? values[(unsigned char)*t] : NULL;
+		size_t n = v ? strlen(v) : 1;
+		if (o + n >= size)
+			return 0;
+		memcpy(out + o, v ? v : t, n);
+		o += n;
+	}
+	out[o] = '\0';
+	return o;
+}
+
+/* whether E has a session leader alive: a pidfd becomes readable when its process exits
+ * (a zombie included), and it names that process even if its pid is reused */
+static int leader_alive(const struct entry *e)
+{
+	struct pollfd fds[MAX_LEADERS];
+	for (int i = 0; i < e->nleaders; i++)
+		fds[i] = (struct pollfd){ .fd = e->pidfds[i], .events = POLLIN };
+	if (poll(fds, (nfds_t)e->nleaders, 0) < 0)
+		return 0;
+	for (int i = 0; i < e->nleaders; i++)
+		if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)))
+			return 1;
+	return 0;
+}
+
+static void free_entry(struct entry *e)
+{
+	for (int i = 0; i < e->nleaders; i++)
+		close(e->pidfds[i]);
+	free(e);
+}
+
+static struct entry **slot_of(uint32_t uid)
+{
+	struct entry **e = &F.buckets[uid & (F.nbuckets - 1)];
+	while (*e && (*e)->uid != uid)
+		e = &(*e)->next;
+	return e;
+}
+
+/* the request a user's own MINT is, else 0: "SJWT/1 MINT\n" (LIFETIME 0) or
+ * "SJWT/1 MINT lifetime=N\n" with N 1 to 9 ASCII digits, not 0 (protocol.parse_number) */
+static int parse_mint(const char *buf, size_t n, int32_t *lifetime)
+{
+	static const char op[] = "SJWT/1 MINT", arg[] = " lifetime=";
+	size_t k = sizeof op - 1;
+	if (n < k + 1 || buf[n - 1] != '\n' || memcmp(buf, op, k) != 0)
+		return 0;
+	*lifetime = 0;
+	if (n == k + 1)
+		return 1;
+	if (n < k + sizeof arg || memcmp(buf + k, arg, sizeof arg - 1) != 0)
+		return 0;
+	const char *d = buf + k + sizeof arg - 1, *end = buf + n - 1;
+	if (end - d < 1 || end - d > 9)
+		return 0;
+	int32_t v = 0;
+	for (; d < end; d++) {
+		if (*d < '0' || *d > '9')
+			return 0;
+		v = v * 10 + (*d - '0');
+	}
+	*lifetime = v;
+	return v > 0;
+}
+
+static void count_latency(int64_t accepted)
+{
+	double s = (double)(mono_ns() - accepted) / 1e9;
+	int i = 0;
+	while (i < F.nbounds && s > F.bounds[i])  /* bisect_left: a bound holds what equals it */
+		i++;
+	__atomic_fetch_add(&F.latency[i], 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&F.latency_ns, (uint64_t)(mono_ns() - accepted), __ATOMIC_RELAXED);
+}
+
+/* the audit line, to the journal (one field a line in the template) or the file */
+static void audit(const char *message, size_t mlen, const char *journal)
+{
+	if (F.audit_fd >= 0) {
+		char stamp[64], line[MAX_TEMPLATE + 128];
+		struct tm tm;
+		time_t now = time(NULL);
+		strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S%z", localtime_r(&now, &tm));
+		int n = snprintf(line, sizeof line, "%s slurmjwtd AUDIT %.*s\n", stamp, (int)mlen, message);
+		if (n > 0 && (size_t)n < sizeof line && write(F.audit_fd, line, (size_t)n) < 0) {
+			/* a full or closed log must not stop the daemon serving */
+		}
+		return;
+	}
+	struct iovec iov[MAX_JOURNAL + 3];
+	char head[MAX_TEMPLATE + 16];
+	int n = snprintf(head, sizeof head, "MESSAGE=%.*s", (int)mlen, message);
+	iov[0] = (struct iovec){ head, (size_t)n };
+	iov[1] = (struct iovec){ (char *)"PRIORITY=6", 10 };
+	iov[2] = (struct iovec){ (char *)"SYSLOG_IDENTIFIER=slurmjwtd", 27 };
+	int k = 3;
+	for (const char *p = journal; *p && k < MAX_JOURNAL + 3; k++) {
+		const char *nl = strchr(p, '\n');
+		size_t len = nl ? (size_t)(nl - p) : strlen(p);
+		iov[k] = (struct iovec){ (char *)p, len };
+		p += len + (nl != NULL);
+	}
+	sd_journal_sendv(iov, k);
+}
+
+/* copy SRC (NUL-terminated, shorter than MAX_TEMPLATE) to DST */
+static void copy(char *dst, const char *src)
+{
+	memcpy(dst, src, strlen(src) + 1);
+}
+
+/* 8 random bytes for a jti, from a per-thread buffer refilled 64 jtis at a time */
+static int random8(unsigned char out[8])
+{
+	static __thread unsigned char pool[512];
+	static __thread size_t used = sizeof pool;
+	if (used == sizeof pool) {
+		if (getrandom(pool, sizeof pool, 0) != (ssize_t)sizeof pool)
+			return -1;
+		used = 0;
+	}
+	memcpy(out, pool + used, 8);
+	explicit_bzero(pool + used, 8);
+	used += 8;
+	return 0;
+}
+
+/* answer C (UID, PID) from the table if it can; 1 if answered, 0 to forward */
+static int serve(int c, uint32_t uid, int32_t pid, int32_t lifetime, int64_t accepted)
+{
+	static __thread char claims_t[MAX_TEMPLATE], answer_t[MAX_TEMPLATE], audit_t[MAX_TEMPLATE],
+		journal_t[MAX_TEMPLATE];
+	unsigned char key[64];
+	size_t keylen = 0;
+	/* one look at the table: the entry, its leaders alive, one grant of its lease */
+	pthread_mutex_lock(&F.lock);
+	struct entry *e = F.on ? *slot_of(uid) : NULL;
+	int ok = e && e->budget > 0 && e->expires_ns > accepted &&
+		 (lifetime ? lifetime : e->lifetime) <= e->max_lifetime && leader_alive(e);
+	if (ok) {
+		e->budget--;
+		lifetime = lifetime ? lifetime : e->lifetime;
+		copy(claims_t, e->claims);
+		copy(answer_t, e->answer);
+		copy(audit_t, e->audit);
+		if (F.audit_fd < 0)
+			copy(journal_t, e->journal);
+		keylen = F.keylen;
+		memcpy(key, F.key, keylen);
+	}
+	pthread_mutex_unlock(&F.lock);
+	/* not there, expired, lease spent, too long a lifetime (Python refuses it), no leader
+	 * alive (Python drops the dead and decides): Python's */
+	if (!ok)
+		return 0;
+
+	unsigned char rnd[8], mac[EVP_MAX_MD_SIZE];
+	char jti[17], iat_s[24], exp_s[24], life_s[16], pid_s[16];
+	if (random8(rnd) < 0) {
+		explicit_bzero(key, sizeof key);
+		return 0;
+	}
+	for (int i = 0; i < 8; i++) {
+		jti[2 * i] = "0123456789abcdef"[rnd[i] >> 4];
+		jti[2 * i + 1] = "0123456789abcdef"[rnd[i] & 15];
+	}
+	jti[16] = '\0';
+	time_t now = time(NULL);
+	snprintf(iat_s, sizeof iat_s, "%lld", (long long)now);
+	snprintf(exp_s, sizeof exp_s, "%lld", (long long)now + lifetime);
+	snprintf(life_s, sizeof life_s, "%d", lifetime);
+	snprintf(pid_s, sizeof pid_s, "%d", pid);
+	const char *values[8] = { NULL, pid_s, life_s, exp_s, jti, NULL, iat_s, NULL };
+
+	char claims[MAX_TEMPLATE], token[2 * MAX_TEMPLATE + 128], answer[3 * MAX_TEMPLATE];
+	char message[MAX_TEMPLATE + 128];
+	size_t cl = expand(claims_t, values, claims, sizeof claims);
+	size_t t = sizeof HEADER - 1;
+	unsigned maclen = 0;
+	memcpy(token, HEADER, t);
+	token[t++] = '.';
+	t += b64url((const unsigned char *)claims, cl, token + t);
+	int signed_ok = cl && HMAC(EVP_sha256(), key, (int)keylen, (const unsigned char *)token, t,
+				   mac, &maclen) != NULL;
+	explicit_bzero(key, sizeof key);
+	if (!signed_ok)
+		return 0;
+	token[t++] = '.';
+	t += b64url(mac, maclen, token + t);
+	token[t] = '\0';
+	values[S_TOKEN] = token;
+	size_t al = expand(answer_t, values, answer, sizeof answer);
+	size_t ml = expand(audit_t, values, message, sizeof message);
+	char journal[2 * MAX_TEMPLATE];
+	size_t jl = F.audit_fd >= 0 ? 1 : expand(journal_t, values, journal, sizeof journal);
+	explicit_bzero(token, sizeof token);
+	if (!al || !ml || !jl) {
+		explicit_bzero(answer, sizeof answer);
+		return 0;  /* cannot happen with the templates fastpath.py makes; Python answers */
+	}
+	/* audited before it is sent, as the Python path does */
+	audit(message, ml, F.audit_fd >= 0 ? NULL : journal);
+	if (send(c, answer, al, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+		/* the client went: the grant stands, as in Python */
+	}
+	explicit_bzero(answer, sizeof answer);
+	__atomic_fetch_add(&F.granted, 1, __ATOMIC_RELAXED);
+	count_latency(accepted);
+	return 1;
+}
+
+/* pass C on to the Python loop (C -1: accept failed, CR->uid its errno); if the channel is
+ * full, wait for room, unless stopping */
+static void forward(int c, const struct ucred *cr, int64_t accepted, const char *buf, size_t n)
+{
+	struct forward r = { .fd = c, .uid = (int32_t)cr->uid, .gid = (int32_t)cr->gid,
+			     .pid = cr->pid, .accepted_ns = accepted, .len = (uint32_t)n };
+	memcpy(r.data, buf, n);
+	size_t size = offsetof(struct forward, data) + n;
+	struct pollfd room[2] = { { .fd = F.forward_fd, .events = POLLOUT },
+				  { .fd = F.stop_fd, .events = POLLIN } };
+	for (;;) {
+		if (send(F.forward_fd, &r, size, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)size) {
+			if (c >= 0)
+				__atomic_fetch_add(&F.forwarded, 1, __ATOMIC_RELAXED);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		/* the loop is busy: wait for room; stopping, or its end closed: drop it */
+		if (errno != EAGAIN || (poll(room, 2, -1) < 0 && errno != EINTR) || room[1].revents)
+			break;
+	}
+	if (c >= 0)
+		close(c);
+}
+
+/* A worker: it waits for a connection or the stop event, takes the connection and reads
+ * what has come of its request. A request not there yet is usually on its way: a yield lets a
+ * client on this CPU write it (at 8 clients, 22 % of connections found nothing without it,
+ * under 0.3 % with it). Still nothing: the connection is Python's, which waits for it under
+ * the per-uid cap and deadline as for any client. No worker ever waits on a client.
+ *
+ * Accepting and handing over happen under one lock, so that Python gets connections in the
+ * order they were accepted, as if it had accepted them: a user's fifth idle connection is
+ * `busy` whichever worker took it. Minting, the audit line and the answer are outside it. */
+static pthread_mutex_t accepting = PTHREAD_MUTEX_INITIALIZER;
+
+static void *worker(void *arg)
+{
+	(void)arg;
+	struct pollfd pfd[2] = { { .fd = F.listen_fd, .events = POLLIN },
+				 { .fd = F.stop_fd, .events = POLLIN } };
+	char buf[MAX_REQUEST + 1];
+	for (;;) {
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (pfd[1].revents)
+			break;
+		if (!(pfd[0].revents & POLLIN))
+			continue;
+		pthread_mutex_lock(&accepting);
+		int c = accept4(F.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0) {
+			int why = errno;
+			pthread_mutex_unlock(&accepting);
+			if (why == EMFILE || why == ENFILE || why == ENOBUFS || why == ENOMEM) {
+				struct ucred cr = { .pid = 0, .uid = (uid_t)why, .gid = 0 };
+				struct timespec pause = { 0, 100000000 };  /* server._ACCEPT_PAUSE */
+				forward(-1, &cr, mono_ns(), buf, 0);  /* Python logs it */
+				nanosleep(&pause, NULL);
+			}
+			continue;  /* EAGAIN: another worker took it */
+		}
+		int64_t accepted = mono_ns();
+		struct ucred cr;
+		socklen_t cl = sizeof cr;
+		if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
+			pthread_mutex_unlock(&accepting);
+			close(c);
+			continue;
+		}
+		ssize_t got = recv(c, buf, sizeof buf, MSG_DONTWAIT);
+		if (got < 0 && errno == EAGAIN) {
+			sched_yield();
+			got = recv(c, buf, sizeof buf, MSG_DONTWAIT);
+		}
+		size_t n = got > 0 ? (size_t)got : 0;
+		int32_t lifetime;
+		/* root, another request, not all of it yet, a second request: Python's */
+		int mine = cr.uid != 0 && n && memchr(buf, '\n', n) == buf + n - 1 &&
+			   parse_mint(buf, n, &lifetime);
+		if (!mine && got != 0)
+			forward(c, &cr, accepted, buf, n);
+		pthread_mutex_unlock(&accepting);
+		if (got == 0)  /* hung up before a request: nothing to answer, as Python does */
+			close(c);
+		else if (mine && !serve(c, cr.uid, cr.pid, lifetime, accepted))
+			forward(c, &cr, accepted, buf, n);  /* not in the table, or refused: Python's */
+		else if (mine)
+			close(c);
+	}
+	return NULL;
+}
+
+/* -- the API fastpath.py calls ------------------------------------------------------------ */
+
+API int sjf_start(int listen_fd, int forward_fd, int audit_fd, int threads, const double *bounds,
+		  int nbounds, size_t nbuckets)
+{
+	if (F.nthreads || threads < 1 || threads > MAX_THREADS || nbounds > LATENCY_SLOTS - 1 ||
+	    nbuckets < BUCKETS || (nbuckets & (nbuckets - 1)))
+		return -EINVAL;
+	F.buckets = calloc(nbuckets, sizeof *F.buckets);
+	if (!F.buckets)
+		return -ENOMEM;
+	F.nbuckets = nbuckets;
+	F.stop_fd = eventfd(0, EFD_CLOEXEC);
+	if (F.stop_fd < 0)
+		return -errno;
+	F.listen_fd = listen_fd;
+	F.forward_fd = forward_fd;
+	F.audit_fd = audit_fd;
+	memcpy(F.bounds, bounds, sizeof *bounds * (size_t)nbounds);
+	F.nbounds = nbounds;
+	for (int i = 0; i < threads; i++) {
+		int rc = pthread_create(&F.threads[i], NULL, worker, NULL);
+		if (rc) {
+			F.nthreads = i;
+			return -rc;
+		}
+	}
+	F.nthreads = threads;
+	return 0;
+}
+
+/* stop the threads (each finishes the connection it holds) and forget the table and key */
+API void sjf_stop(void)
+{
+	uint64_t one = 1;
+	if (F.stop_fd >= 0 && write(F.stop_fd, &one, sizeof one) < 0) {
+		/* an eventfd write fails only on overflow */
+	}
+	for (int i = 0; i < F.nthreads; i++)
+		pthread_join(F.threads[i], NULL);
+	F.nthreads = 0;
+	pthread_mutex_lock(&F.lock);
+	for (size_t b = 0; F.buckets && b < F.nbuckets; b++)
+		for (struct entry *e = F.buckets[b], *next; e; e = next) {
+			next = e->next;
+			free_entry(e);
+		}
+	free(F.buckets);
+	F.buckets = NULL;
+	F.on = 0;
+	explicit_bzero(F.key, sizeof F.key);
+	F.keylen = 0;
+	pthread_mutex_unlock(&F.lock);
+	if (F.stop_fd >= 0)
+		close(F.stop_fd);
+	F.stop_fd = -1;
+}
+
+/* sign with KEY from now on (LEN 0: answer nothing, forward everything) */
+API int sjf_set_key(const unsigned char *key, size_t len)
+{
+	if (len > sizeof F.key)
+		return -EINVAL;
+	pthread_mutex_lock(&F.lock);
+	explicit_bzero(F.key, sizeof F.key);
+	memcpy(F.key, key, len);
+	F.keylen = len;
+	F.on = len > 0;
+	pthread_mutex_unlock(&F.lock);
+	return 0;
+}
+
+/* take UID's entry out of the table; the grants left on its lease, or -1 if it had none */
+API int sjf_take(uint32_t uid)
+{
+	pthread_mutex_lock(&F.lock);
+	struct entry **slot = F.buckets ? slot_of(uid) : NULL, *e = slot ? *slot : NULL;
+	int left = -1;
+	if (e) {
+		*slot = e->next;
+		left = e->budget;
+		free_entry(e);
+	}
+	pthread_mutex_unlock(&F.lock);
+	return left;
+}
+
+/* put UID's entry in the table (replacing any; take it first to have its lease back).
+ * PIDFDS: NLEADERS pidfds of its session leaders, the entry's from now on (closed when it
+ * goes), unless this fails. Templates: NUL-terminated, slots as above. */
+API int sjf_put(uint32_t uid, int64_t expires_ns, int32_t budget, int32_t lifetime,
+		int32_t max_lifetime, const int *pidfds, int nleaders, const char *claims,
+		const char *answer, const char *audit_line, const char *journal)
+{
+	if (nleaders < 1 || nleaders > MAX_LEADERS || strlen(claims) >= MAX_TEMPLATE ||
+	    strlen(answer) >= MAX_TEMPLATE || strlen(audit_line) >= MAX_TEMPLATE ||
+	    strlen(journal) >= MAX_TEMPLATE || lifetime < 1 || max_lifetime < lifetime)
+		return -EINVAL;
+	struct entry *e = calloc(1, sizeof *e);
+	if (!e)
+		return -ENOMEM;
+	e->uid = uid;
+	e->expires_ns = expires_ns;
+	e->budget = budget;
+	e->lifetime = lifetime;
+	e->max_lifetime = max_lifetime;
+	e->nleaders = nleaders;
+	memcpy(e->pidfds, pidfds, sizeof *pidfds * (size_t)nleaders);
+	strcpy(e->claims, claims);
+	strcpy(e->answer, answer);
+	strcpy(e->audit, audit_line);
+	strcpy(e->journal, journal);
+	pthread_mutex_lock(&F.lock);
+	if (!F.buckets) {
+		pthread_mutex_unlock(&F.lock);
+		free(e);
+		return -EINVAL;
+	}
+	struct entry **slot = slot_of(uid);
+	if (*slot) {
+		e->next = (*slot)->next;
+		free_entry(*slot);
+	}
+	*slot = e;
+	pthread_mutex_unlock(&F.lock);
+	return 0;
+}
+
+/* the entries' uids and leases, taking every entry out: UIDS and LEFT have room for MAX;
+ * the number written (call again while it returns MAX) */
+API int sjf_take_all(uint32_t *uids, int32_t *left, int max)
+{
+	int n = 0;
+	pthread_mutex_lock(&F.lock);
+	for (size_t b = 0; F.buckets && b < F.nbuckets && n < max; b++)
+		while (F.buckets[b] && n < max) {
+			struct entry *e = F.buckets[b];
+			F.buckets[b] = e->next;
+			uids[n] = e->uid;
+			left[n++] = e->budget;
+			free_entry(e);
+		}
+	pthread_mutex_unlock(&F.lock);
+	return n;
+}
+
+/* the entries whose expiry has passed, taken out as sjf_take_all does */
+API int sjf_take_expired(int64_t now_ns, uint32_t *uids, int32_t *left, int max)
+{
+	int n = 0;
+	pthread_mutex_lock(&F.lock);
+	for (size_t b = 0; F.buckets && b < F.nbuckets && n < max; b++)
+		for (struct entry **slot = &F.buckets[b]; *slot && n < max;) {
+			struct entry *e = *slot;
+			if (e->expires_ns > now_ns) {
+				slot = &e->next;
+				continue;
+			}
+			*slot = e->next;
+			uids[n] = e->uid;
+			left[n++] = e->budget;
+			free_entry(e);
+		}
+	pthread_mutex_unlock(&F.lock);
+	return n;
+}
+
+/* the counters since the last call: OUT[0] granted, [1] forwarded, [2] latency sum (ns),
+ * [3..3+nbounds] the latency histogram */
+API void sjf_take_counters(uint64_t *out)
+{
+	out[0] = __atomic_exchange_n(&F.granted, 0, __ATOMIC_RELAXED);
+	out[1] = __atomic_exchange_n(&F.forwarded, 0, __ATOMIC_RELAXED);
+	out[2] = __atomic_exchange_n(&F.latency_ns, 0, __ATOMIC_RELAXED);
+	for (int i = 0; i <= F.nbounds; i++)
+		out[3 + i] = __atomic_exchange_n(&F.latency[i], 0, __ATOMIC_RELAXED);
+}
