@@ -31,7 +31,10 @@ def files(scratch) -> Path:
 @pytest.fixture
 def daemon_account(users):
     """The unit's account, slurmjwt in group slurmjwt, as slurmjwtd.sysusers makes it: made if
-    missing and removed afterwards (its group kept, with its gid)."""
+    missing and removed afterwards (its group kept, with its gid); one that was there before (the
+    package's) is used as it is and left alone. Root's --check-config checks that this account
+    can read the key whenever it exists, so a test of a key that --check-config may accept asks
+    for it: its outcome then does not depend on whether the host had the account."""
     if pwd_exists(DAEMON):
         yield DAEMON
         return
@@ -345,10 +348,13 @@ def test_a_user_in_the_slurmjwt_group_is_named_with_the_fix(files, users):
     ("alice", None, 0o640, False),
     ("alice", 60001, 0o640, True),
 ])
-def test_the_key_group_rule_follows_min_uid(files, users, member_group, group, min_uid, mode, ok):
+def test_the_key_group_rule_follows_min_uid(files, users, member_group, daemon_account, group,
+                                            min_uid, mode, ok):
+    """The daemon's account owns the key, so it may read it whatever the group and mode: only
+    the group rule decides (root's --check-config also checks the daemon can read the key)."""
     key = files / "k"
     alices = grp.getgrgid(users["alice"].pw_gid).gr_name
-    make_key(key, group=alices if group == "alice" else group, mode=mode)
+    make_key(key, daemon_account, alices if group == "alice" else group, mode)
     extra = f"min_uid = {min_uid}\n" if min_uid else ""
     result = check_config(key_config(files, key, extra))
     assert result.returncode == (0 if ok else 3), result.stderr
