@@ -71,7 +71,8 @@ struct entry {
 	int32_t lifetime, max_lifetime;
 	int32_t nleaders;
 	int pidfds[MAX_LEADERS];  /* the session leaders (pidfd_open): readable once they exit */
-	char claims[MAX_TEMPLATE], answer[MAX_TEMPLATE], audit[MAX_TEMPLATE], journal[MAX_TEMPLATE];
+	const char *claims, *answer, *audit, *journal;  /* in text[] */
+	char text[];  /* the four templates, each NUL-terminated: an entry is as long as they are */
 };
 
 static struct {
@@ -535,7 +536,9 @@ API int sjf_put(uint32_t uid, int64_t expires_ns, int32_t budget, int32_t lifeti
 	    strlen(answer) >= MAX_TEMPLATE || strlen(audit_line) >= MAX_TEMPLATE ||
 	    strlen(journal) >= MAX_TEMPLATE || lifetime < 1 || max_lifetime < lifetime)
 		return -EINVAL;
-	struct entry *e = calloc(1, sizeof *e);
+	size_t lengths[4] = { strlen(claims) + 1, strlen(answer) + 1, strlen(audit_line) + 1,
+			      strlen(journal) + 1 };
+	struct entry *e = calloc(1, sizeof *e + lengths[0] + lengths[1] + lengths[2] + lengths[3]);
 	if (!e)
 		return -ENOMEM;
 	e->uid = uid;
@@ -545,10 +548,11 @@ API int sjf_put(uint32_t uid, int64_t expires_ns, int32_t budget, int32_t lifeti
 	e->max_lifetime = max_lifetime;
 	e->nleaders = nleaders;
 	memcpy(e->pidfds, pidfds, sizeof *pidfds * (size_t)nleaders);
-	strcpy(e->claims, claims);
-	strcpy(e->answer, answer);
-	strcpy(e->audit, audit_line);
-	strcpy(e->journal, journal);
+	char *t = e->text;
+	e->claims = memcpy(t, claims, lengths[0]);
+	e->answer = memcpy(t += lengths[0], answer, lengths[1]);
+	e->audit = memcpy(t += lengths[1], audit_line, lengths[2]);
+	e->journal = memcpy(t += lengths[2], journal, lengths[3]);
 	pthread_mutex_lock(&F.lock);
 	if (!F.buckets) {
 		pthread_mutex_unlock(&F.lock);
