@@ -88,7 +88,8 @@ static struct {
 	double bounds[LATENCY_SLOTS];
 	int nbounds;
 	/* counters, taken (and zeroed) by sjf_take_counters; atomics */
-	uint64_t granted, forwarded, latency[LATENCY_SLOTS], latency_ns;
+	uint64_t granted, forwarded, latency[LATENCY_SLOTS], latency_ns, audit_failed;
+	int audit_errno;  /* the last journal error */
 } F = { .lock = PTHREAD_MUTEX_INITIALIZER, .listen_fd = -1, .forward_fd = -1, .stop_fd = -1,
 	.audit_fd = -1 };
 
@@ -208,8 +209,10 @@ static void count_latency(int64_t accepted)
 	__atomic_fetch_add(&F.latency_ns, (uint64_t)(mono_ns() - accepted), __ATOMIC_RELAXED);
 }
 
-/* the audit line, to the journal (one field a line in the template) or the file */
-static void audit(const char *message, size_t mlen, const char *journal)
+/* the audit line, to the journal (one field a line in the template) or the file; 0, or -1 if
+ * the journal refused it: the token is then not given (Python's JournalAuditLog raises, and
+ * the request is refused). A failed write to a file is ignored, as AuditLog does. */
+static int audit(const char *message, size_t mlen, const char *journal)
 {
 	if (F.audit_fd >= 0) {
 		char stamp[64], line[MAX_TEMPLATE + 128];
@@ -220,7 +223,7 @@ static void audit(const char *message, size_t mlen, const char *journal)
 		if (n > 0 && (size_t)n < sizeof line && write(F.audit_fd, line, (size_t)n) < 0) {
 			/* a full or closed log must not stop the daemon serving */
 		}
-		return;
+		return 0;
 	}
 	struct iovec iov[MAX_JOURNAL + 3];
 	char head[MAX_TEMPLATE + 16];
@@ -235,7 +238,13 @@ static void audit(const char *message, size_t mlen, const char *journal)
 		iov[k] = (struct iovec){ (char *)p, len };
 		p += len + (nl != NULL);
 	}
-	sd_journal_sendv(iov, k);
+	int rc = sd_journal_sendv(iov, k);
+	if (rc < 0) {
+		__atomic_fetch_add(&F.audit_failed, 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&F.audit_errno, -rc, __ATOMIC_RELAXED);
+		return -1;
+	}
+	return 0;
 }
 
 /* copy SRC (NUL-terminated, shorter than MAX_TEMPLATE) to DST */
@@ -333,8 +342,11 @@ static int serve(int c, uint32_t uid, int32_t pid, int32_t lifetime, int64_t acc
 		explicit_bzero(answer, sizeof answer);
 		return 0;  /* cannot happen with the templates fastpath.py makes; Python answers */
 	}
-	/* audited before it is sent, as the Python path does */
-	audit(message, ml, F.audit_fd >= 0 ? NULL : journal);
+	/* audited before it is sent, as the Python path does; not audited, not sent: Python's */
+	if (audit(message, ml, F.audit_fd >= 0 ? NULL : journal) < 0) {
+		explicit_bzero(answer, sizeof answer);
+		return 0;
+	}
 	if (send(c, answer, al, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
 		/* the client went: the grant stands, as in Python */
 	}
@@ -609,12 +621,15 @@ API int sjf_take_expired(int64_t now_ns, uint32_t *uids, int32_t *left, int max)
 }
 
 /* the counters since the last call: OUT[0] granted, [1] forwarded, [2] latency sum (ns),
- * [3..3+nbounds] the latency histogram */
+ * [3] audit lines the journal refused, [4] the last one's errno, [5..5+nbounds] the latency
+ * histogram */
 API void sjf_take_counters(uint64_t *out)
 {
+	out[3] = __atomic_exchange_n(&F.audit_failed, 0, __ATOMIC_RELAXED);
+	out[4] = (uint64_t)__atomic_load_n(&F.audit_errno, __ATOMIC_RELAXED);
 	out[0] = __atomic_exchange_n(&F.granted, 0, __ATOMIC_RELAXED);
 	out[1] = __atomic_exchange_n(&F.forwarded, 0, __ATOMIC_RELAXED);
 	out[2] = __atomic_exchange_n(&F.latency_ns, 0, __ATOMIC_RELAXED);
 	for (int i = 0; i <= F.nbounds; i++)
-		out[3 + i] = __atomic_exchange_n(&F.latency[i], 0, __ATOMIC_RELAXED);
+		out[5 + i] = __atomic_exchange_n(&F.latency[i], 0, __ATOMIC_RELAXED);
 }

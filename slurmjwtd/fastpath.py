@@ -167,12 +167,13 @@ class FastPath:
     def take_expired(self) -> list[tuple[int, int]]:
         return self._taken(self._lib.sjf_take_expired, int(time.monotonic() * 1e9))
 
-    def counters(self) -> tuple[int, int, float, list[int]]:
+    def counters(self) -> tuple[int, int, float, list[int], int, int]:
         """Since the last call: tokens granted, connections passed on, the granted requests'
-        latency sum (seconds) and histogram (state.LATENCY_BUCKETS' slots)."""
-        out = (ctypes.c_uint64 * (3 + self._slots))()
+        latency sum (seconds) and histogram (state.LATENCY_BUCKETS' slots), audit lines the
+        journal refused (their requests were handed over) and the last one's errno."""
+        out = (ctypes.c_uint64 * (5 + self._slots))()
         self._lib.sjf_take_counters(out)
-        return out[0], out[1], out[2] / 1e9, list(out[3:])
+        return out[0], out[1], out[2] / 1e9, list(out[5:]), out[3], out[4]
 
     def receive(self, most: int = 64) -> list[tuple[int, int, int, int, float, bytes]]:
         """Connections passed on: (fd, uid, gid, pid, accepted (time.monotonic), bytes read);

@@ -301,7 +301,11 @@ class Operations:
         """Add what the fast path granted since the last call to the counters."""
         if self.fast is None:
             return
-        granted, passed, seconds, latency = self.fast.counters()
+        granted, passed, seconds, latency, unaudited, errno = self.fast.counters()
+        if unaudited:
+            log.error("fast path: the journal refused %d audit line(s) (%s); those requests "
+                      "were handed to the Python loop, no token went out unaudited", unaudited,
+                      os.strerror(errno))
         counters = self.state.counters
         counters.granted += granted
         counters.fast_granted += granted

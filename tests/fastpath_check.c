@@ -156,7 +156,7 @@ int main(int argc, char **argv)
 	}
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || statuses != 1)
 		return fail("the child's requests failed");
-	uint64_t counters[3 + 10];
+	uint64_t counters[5 + 10];
 	sjf_take_counters(counters);
 	if (counters[0] != (uint64_t)(count - mints) || counters[1] != (uint64_t)(mints + 1))
 		return fail("the counters do not say what was granted and handed over");
