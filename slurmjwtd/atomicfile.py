@@ -25,11 +25,11 @@ def write_atomic(path: str, data: bytes, *, dir_fd: int | None = None, mode: int
     FileExistsError if PATH exists and so never overwrites it."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-    try:  # left by a writer of this pid that died: O_EXCL would refuse to start
+    try:
+        fd = os.open(tmp, _CREATE, 0o600, dir_fd=dir_fd)
+    except FileExistsError:  # left by a writer of this pid that died (a link is not followed)
         os.unlink(tmp, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, _CREATE, 0o600, dir_fd=dir_fd)
+        fd = os.open(tmp, _CREATE, 0o600, dir_fd=dir_fd)
     try:
         try:
             view = memoryview(data)
