@@ -14,6 +14,7 @@ prompt hooks, which find the file through $SLURMJWT_TOKEN_FILE (the PAM module e
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -31,6 +32,7 @@ _NO_ID = 0xFFFFFFFF
 R, W, X = 4, 2, 1
 
 
+@functools.lru_cache(maxsize=1024)  # the same few bytes for every write of a uid's file
 def acl(owner: int, uid: int, perm: int) -> bytes:
     """An access ACL: the owner OWNER (perm bits), user UID PERM, nobody else anything."""
     entries = ((_USER_OBJ, owner, _NO_ID), (_USER, perm, uid), (_GROUP_OBJ, 0, _NO_ID),
