@@ -45,6 +45,7 @@ def acl_users(value: bytes) -> dict[int, int]:
     return {uid: perm for tag, perm, uid in struct.iter_unpack("<HHI", value[4:]) if tag == _USER}
 
 
+@functools.lru_cache(maxsize=1024)  # every OPEN's answer names it
 def token_path(base: str, uid: int) -> str:
     return os.path.join(base, str(uid), "token")
 
