@@ -17,8 +17,8 @@ def write_atomic(path: str, data: bytes, *, dir_fd: int | None = None, mode: int
                  owner: tuple[int, int] | None = None, acl: bytes | None = None,
                  fsync: bool = False, replace: bool = True) -> None:
     """Make PATH (relative to DIR_FD if given) hold DATA with MODE, OWNER (uid, gid) and ACL
-    (a system.posix_acl_access value, tokenfile.acl; given, it is the mode: MODE is then that
-    of the file until the ACL is set, 0600 at most).
+    (a system.posix_acl_access value, tokenfile.acl; given, it sets the mode's bits and MODE
+    is not applied: until it is set the file is 0600 at most).
 
     DATA goes to `.NAME.tmp-PID` beside it, made new (O_EXCL, never through a link) and
     complete with its final owner and mode (and FSYNC'd, for files that must outlive a power
