@@ -17,7 +17,8 @@ def write_atomic(path: str, data: bytes, *, dir_fd: int | None = None, mode: int
                  owner: tuple[int, int] | None = None, acl: bytes | None = None,
                  fsync: bool = False, replace: bool = True) -> None:
     """Make PATH (relative to DIR_FD if given) hold DATA with MODE, OWNER (uid, gid) and ACL
-    (a system.posix_acl_access value, tokenfile.acl).
+    (a system.posix_acl_access value, tokenfile.acl; given, it sets the mode's bits and MODE
+    is not applied: until it is set the file is 0600 at most).
 
     DATA goes to `.NAME.tmp-PID` beside it, made new (O_EXCL, never through a link) and
     complete with its final owner and mode (and FSYNC'd, for files that must outlive a power
@@ -25,11 +26,11 @@ def write_atomic(path: str, data: bytes, *, dir_fd: int | None = None, mode: int
     FileExistsError if PATH exists and so never overwrites it."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-    try:  # left by a writer of this pid that died: O_EXCL would refuse to start
+    try:
+        fd = os.open(tmp, _CREATE, 0o600, dir_fd=dir_fd)
+    except FileExistsError:  # left by a writer of this pid that died (a link is not followed)
         os.unlink(tmp, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, _CREATE, 0o600, dir_fd=dir_fd)
+        fd = os.open(tmp, _CREATE, 0o600, dir_fd=dir_fd)
     try:
         try:
             view = memoryview(data)
@@ -37,8 +38,9 @@ def write_atomic(path: str, data: bytes, *, dir_fd: int | None = None, mode: int
                 view = view[os.write(fd, view):]
             if owner is not None:
                 os.fchown(fd, *owner)
-            os.fchmod(fd, mode)
-            if acl is not None:
+            if acl is None:
+                os.fchmod(fd, mode)
+            else:  # an access ACL sets the mode's bits too (owner, mask as group, other): no chmod
                 os.setxattr(fd, ACL_XATTR, acl)
             if fsync:
                 os.fsync(fd)

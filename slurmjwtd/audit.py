@@ -25,6 +25,7 @@ AUDIT_FIELDS = ("decision", "op", "caller_uid", "caller_pid", "user", "uid", "sl
                 "count", "seconds", "detail", "revoked_on", "node")
 _FIELD_SET = frozenset(AUDIT_FIELDS)
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+,-]+\Z")
+_bare = _BARE.match
 MAX_QUOTED = 200  # characters of a quoted value, escapes included; the rest is cut off
 
 
@@ -37,8 +38,10 @@ def _escape(c: str) -> str:
 
 def _value(value: object) -> str:
     text = str(value)
-    if _BARE.match(text):
-        return text
+    return text if _bare(text) else _quote(text)
+
+
+def _quote(text: str) -> str:
     # quote, and escape anything a client could use to forge another line or field; a long
     # value is cut between two escapes, never inside one (which could swallow the quote)
     quoted, size = [], 0
@@ -54,7 +57,16 @@ def format_audit(fields: dict[str, object]) -> str:
     """FIELDS in the caller's order, empty ones left out."""
     if not fields.keys() <= _FIELD_SET:  # a programming error the tests catch: no secret field
         raise ValueError(f"not an audit field: {sorted(fields.keys() - _FIELD_SET)}")
-    return " ".join([f"{k}={_value(v)}" for k, v in fields.items() if v is not None and v != ""])
+    parts = []
+    for k, v in fields.items():  # inline: a line has about 15 values, twice per login
+        if v is None or v == "":
+            continue
+        if type(v) is not int:  # an int's digits (and sign) are always bare
+            v = str(v)
+            if not _bare(v):
+                v = _quote(v)
+        parts.append(f"{k}={v}")
+    return " ".join(parts)
 
 
 # one field of a line: key=bare or key="quoted", where quoted holds printable ASCII but " and \,

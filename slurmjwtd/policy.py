@@ -136,10 +136,13 @@ def decide_mint(caller: Caller, target: Account | None, requested_name: str,
                     lifetime=granted, max_lifetime=cap, rule=rule)
 
 
+_ROOT_SESSION_CHANGE = Decision(True, "root-request")
+
+
 def decide_session_change(caller: Caller, op: str) -> Decision:
     """Only root (the PAM stack) opens and closes login sessions."""
     if caller.is_root:
-        return Decision(True, "root-request")
+        return _ROOT_SESSION_CHANGE  # frozen: one for every OPEN and CLOSE
     return refuse(Code.PERMISSION_DENIED, "not-root",
                   f"only root may {op.lower()} login sessions (uid {caller.uid} asked)")
 

@@ -134,7 +134,9 @@ def parse_number(value: str) -> int | None:
 
 
 def _encode_pairs(pairs: dict[str, object]) -> str:
-    return "".join(f" {k}={quote(str(v))}" for k, v in pairs.items())
+    # an int's digits and sign need no escape: no regex for them (half of an OPEN's answer)
+    return "".join([f" {k}={v}" if type(v) is int else f" {k}={quote(str(v))}"
+                    for k, v in pairs.items()])
 
 
 def _decode_pairs(words: list[str]) -> dict[str, str]:

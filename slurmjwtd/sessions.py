@@ -9,20 +9,28 @@ The registry is written atomically after each change so it survives a restart.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from dataclasses import dataclass
 
 from .atomicfile import write_atomic
 
+_PROC_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+
 
 def process_start_time(pid: int) -> int | None:
     """Start time of PID in clock ticks since boot, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
+    try:  # os.open, not open(): no buffered file object (a login reads this twice)
+        fd = os.open(f"/proc/{pid}/stat", _PROC_FLAGS)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)  # at most about 1 KiB: 52 numbers and a 16-byte comm
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = data[data.rindex(b")") + 2:].split()
     if fields[0] == b"Z":  # a zombie has exited; only its parent has not reaped it

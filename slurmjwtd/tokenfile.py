@@ -1,7 +1,8 @@
 """The per-user token file, TOKEN_DIR/<uid>/token: a token kept valid while the user is logged in.
 
 The daemon writes it (`TokenFiles`): at login, at each renewal, and removes it once the user's
-last session has ended or the user is revoked. It needs no privilege for that. The base
+last session has ended or the user is revoked; the user's directory stays, empty, for the next
+login (made and given its ACL once per uid and run). It needs no privilege for that. The base
 directory is the daemon's (systemd's RuntimeDirectory=); each user's directory and file are the
 daemon's too, 0700 and 0600, and a POSIX ACL entry lets that one user in (r-x) and read the
 file (r--): readable by the user and root, writable by no user, no CAP_CHOWN or
@@ -13,6 +14,7 @@ prompt hooks, which find the file through $SLURMJWT_TOKEN_FILE (the PAM module e
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -30,6 +32,7 @@ _NO_ID = 0xFFFFFFFF
 R, W, X = 4, 2, 1
 
 
+@functools.lru_cache(maxsize=1024)  # the same few bytes for every write of a uid's file
 def acl(owner: int, uid: int, perm: int) -> bytes:
     """An access ACL: the owner OWNER (perm bits), user UID PERM, nobody else anything."""
     entries = ((_USER_OBJ, owner, _NO_ID), (_USER, perm, uid), (_GROUP_OBJ, 0, _NO_ID),
@@ -42,6 +45,7 @@ def acl_users(value: bytes) -> dict[int, int]:
     return {uid: perm for tag, perm, uid in struct.iter_unpack("<HHI", value[4:]) if tag == _USER}
 
 
+@functools.lru_cache(maxsize=1024)  # every OPEN's answer names it
 def token_path(base: str, uid: int) -> str:
     return os.path.join(base, str(uid), "token")
 
@@ -54,6 +58,7 @@ class TokenFiles:
     def __init__(self, base: str) -> None:
         self.base = base
         self._fd = -1
+        self._euid = os.geteuid()
         # uid -> (st_dev, st_ino) of its directory once its mode and ACL were set this run
         self._ready: dict[int, tuple[int, int]] = {}
 
@@ -64,9 +69,10 @@ class TokenFiles:
             os.mkdir(self.base, 0o755)
         except FileExistsError:
             pass
+        self._euid = os.geteuid()
         fd = os.open(self.base, _DIR_FLAGS)
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        if st.st_uid != self._euid or st.st_mode & 0o022:
             os.close(fd)
             raise PermissionError(f"token directory {self.base}: owned by uid {st.st_uid}, mode "
                                   f"{stat.S_IMODE(st.st_mode):04o}; it must be the daemon's (uid "
@@ -80,7 +86,9 @@ class TokenFiles:
             self._fd = -1
 
     def _user_dir(self, uid: int) -> int:
-        """A descriptor of BASE/<uid>, made (0700, ACL: UID r-x) if missing; the daemon's own."""
+        """A descriptor of BASE/<uid>, made (0700, ACL: UID r-x) if missing; the daemon's own.
+        It stays from one login to the next (`remove` takes the file only): a login makes it,
+        and sets its mode and ACL, once per uid and run."""
         name = str(uid)
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
@@ -94,12 +102,18 @@ class TokenFiles:
             # every time: the directory may have been replaced since (by root, or an older
             # slurmjwt), and a check remembered by uid would then write through someone else's
             st = os.fstat(fd)
-            if st.st_uid != os.geteuid():
+            if st.st_uid != self._euid:
                 raise PermissionError(f"{self.base}/{name} is owned by uid {st.st_uid}, not "
                                       f"the daemon; remove it (an older slurmjwt made it)")
             if self._ready.get(uid) != (st.st_dev, st.st_ino):  # made now, or new to this run
                 os.fchmod(fd, 0o700)
                 os.setxattr(fd, ACL_XATTR, acl(R | W | X, uid, R | X))
+                # a writer of an earlier run killed mid-write may have left its temporary file;
+                # this run's writer leaves none, so the directory is listed once per run
+                try:
+                    _empty(fd, keep="token")
+                except OSError:  # not a writer's file (a directory?): not in the way of one
+                    pass
                 self._ready[uid] = (st.st_dev, st.st_ino)
         except BaseException:
             os.close(fd)
@@ -117,14 +131,19 @@ class TokenFiles:
 
     def _own_dir(self, uid: int) -> int | None:
         """A descriptor of BASE/<uid> if it is a directory of the daemon's, else None."""
+        found = self._own_dir_stat(uid)
+        return None if found is None else found[0]
+
+    def _own_dir_stat(self, uid: int) -> tuple[int, os.stat_result] | None:
         try:
             fd = os.open(str(uid), _DIR_FLAGS, dir_fd=self._fd)
         except OSError:
             return None
-        if os.fstat(fd).st_uid != os.geteuid():
+        st = os.fstat(fd)
+        if st.st_uid != self._euid:
             os.close(fd)
             return None
-        return fd
+        return fd, st
 
     def read(self, uid: int) -> str | None:
         """UID's current token, None if it has no file (for the renewal schedule at startup)."""
@@ -143,16 +162,23 @@ class TokenFiles:
             os.close(fd)
 
     def remove(self, uid: int) -> None:
-        """Remove UID's token file and directory, if they are the daemon's; quietly if gone."""
-        self._ready.pop(uid, None)
-        fd = self._own_dir(uid)
-        if fd is None:
+        """Remove UID's token file, if its directory is the daemon's; quietly if gone. A
+        directory this run made ready (`_user_dir`) stays, empty, for the user's next login;
+        any other (a user not logged in this run: the sweep at startup) is emptied and removed."""
+        found = self._own_dir_stat(uid)
+        if found is None:
+            self._ready.pop(uid, None)
             return
+        fd, st = found
         try:
-            for name in os.listdir(fd):  # the token, and a writer's temporary file, if any
-                os.unlink(name, dir_fd=fd)
-        except FileNotFoundError:
-            pass
+            if self._ready.get(uid) == (st.st_dev, st.st_ino):  # holds "token" at most
+                try:
+                    os.unlink("token", dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+                return
+            self._ready.pop(uid, None)
+            _empty(fd)  # the token, and a writer's temporary file, if any
         finally:
             os.close(fd)
         try:
@@ -163,6 +189,16 @@ class TokenFiles:
     def users(self) -> list[int]:
         """The uids that have a directory here (for the sweep of files no session keeps)."""
         return [int(n) for n in os.listdir(self._fd) if n.isascii() and n.isdigit()]
+
+
+def _empty(fd: int, keep: str | None = None) -> None:
+    """Unlink every name in the directory FD but KEEP; quietly for names gone meanwhile."""
+    for name in os.listdir(fd):
+        if name != keep:
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
 
 
 def read_token_file(path: str) -> str | None:

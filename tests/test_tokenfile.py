@@ -1,6 +1,6 @@
 """The per-user token file: written by the daemon at login, readable by its user alone (a POSIX
-ACL on a file the daemon owns), replaced atomically, removed at the last logout; the PAM module
-exports its path in SLURMJWT_TOKEN_FILE."""
+ACL on a file the daemon owns), replaced atomically, removed at the last logout (its directory
+stays, empty, for the next login); the PAM module exports its path in SLURMJWT_TOKEN_FILE."""
 
 from __future__ import annotations
 
@@ -92,7 +92,12 @@ def test_login_gets_a_file_only_its_user_reads_the_last_logout_removes_it(daemon
     time.sleep(0.2)
     assert path.exists()  # one session left
     second.logout()
-    assert wait_gone(path) and not path.parent.exists()
+    # the file goes; the directory stays, empty, the daemon's, for her next login
+    assert wait_gone(path) and os.listdir(path.parent) == []
+    assert path.parent.stat().st_uid == 0 and stat.S_IMODE(path.parent.stat().st_mode) & 0o007 == 0
+    assert acl_users(os.getxattr(path.parent, ACL_XATTR)) == {alice.pw_uid: R | X}
+    listed = run_as(bob.pw_name, "ls", str(path.parent))
+    assert listed.returncode != 0 and "Permission denied" in listed.stderr
     gone = run_as(alice.pw_name, SLURMJWT, "token", "--file", env=env)
     assert gone.returncode == 7 and gone.stdout.strip() == str(path)
 

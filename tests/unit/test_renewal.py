@@ -134,8 +134,48 @@ def test_the_file_is_the_daemons_and_its_user_reads_it_by_acl(files, tmp_path):
     assert files.read(UID) == "d.e.f" and os.listdir(path.parent) == ["token"]
     assert files.users() == [UID]
     files.remove(UID)
-    assert not path.parent.exists() and files.users() == []
+    # the file goes; its directory stays, empty, the daemon's and 0700 (mask: 0750) with the
+    # user's r-x, for her next login (no mkdir, no ACL then)
+    assert not path.exists() and os.listdir(path.parent) == []
+    directory = path.parent.stat()
+    assert directory.st_uid == os.geteuid() and stat.S_IMODE(directory.st_mode) == 0o750
+    assert acl_users(os.getxattr(path.parent, ACL_XATTR)) == {UID: R | X}
     files.remove(UID)  # already gone: quietly
+    files.write(UID, "g.h.i")
+    assert files.read(UID) == "g.h.i" and os.stat(path.parent).st_ino == directory.st_ino
+    assert acl_users(os.getxattr(path, ACL_XATTR)) == {UID: R}
+    files.remove(UID)
+    assert not path.exists() and files.users() == [UID]
+    # the next run (a restart) removes a directory it did not make, with all in it
+    files.close()
+    again = TokenFiles(files.base)
+    again.open()
+    again.remove(UID)
+    assert not path.parent.exists() and again.users() == []
+    again.close()
+
+
+def test_a_dead_writers_temporary_file_never_outlives_the_login(files, tmp_path):
+    """A daemon killed between making its temporary file and the rename leaves it (with the
+    user's read ACL): the next run takes it, at the user's next login or last logout."""
+    directory = tmp_path / "tokens" / str(UID)
+    files.write(UID, "a.b.c")
+    files.close()
+    stale = directory / ".token.tmp-999999999"  # no such pid: an earlier run's
+    stale.write_text("d.e.f\n")
+    again = TokenFiles(files.base)  # a restart; the user logs in again
+    again.open()
+    again.write(UID, "g.h.i")
+    assert os.listdir(directory) == ["token"]
+    again.remove(UID)
+    assert os.listdir(directory) == []
+    stale.write_text("d.e.f\n")  # the same, and the next run sees no login before the logout
+    third = TokenFiles(files.base)
+    third.open()
+    third.remove(UID)
+    assert not directory.exists()
+    third.close()
+    again.close()
 
 
 def test_acl_entries_are_what_acl5_says():
@@ -269,6 +309,9 @@ def test_a_failing_signer_leaves_the_old_token_and_retries(make_state, scontrol)
 def test_resume_plans_from_the_files_and_removes_those_no_session_keeps(make_state):
     state, ops, answer = opened(make_state, lifetime=100)
     state.files.write(4242, "x.y.z")  # no session keeps it
+    state.files.close()
+    state.files = TokenFiles(state.files.base)  # a restart: a new run resumes
+    state.files.open()
     fresh = Operations(state)
     state.schedule.cancel(UID)
     fresh.resume(time.time())
