@@ -35,7 +35,7 @@ ENTRY_SECONDS = 10.0  # an entry's life: NSS and group changes reach the fast pa
 LEASE = 16  # rate-limit grants lent to an entry at most; the rest stay in Python's bucket
 MAX_LEADERS = 16  # fastpath.c's MAX_LEADERS: the first sessions' leaders are the entry's
 _BUCKETS = 4096  # hash buckets of the table (a power of two)
-_FORWARD = struct.Struct("<iiiiqI")  # fastpath.c's struct forward, then the bytes read
+_FORWARD = struct.Struct("<iiiiiqI")  # fastpath.c's struct forward, then the bytes read
 _MAX_RECORD = _FORWARD.size + 1025
 _TAKE = 1024  # entries taken per call
 # the slots fastpath.c fills in a template (its enum: S_CALLER_PID, ...)
@@ -175,9 +175,10 @@ class FastPath:
         self._lib.sjf_take_counters(out)
         return out[0], out[1], out[2] / 1e9, list(out[5:]), out[3], out[4]
 
-    def receive(self, most: int = 64) -> list[tuple[int, int, int, int, float, bytes]]:
-        """Connections passed on: (fd, uid, gid, pid, accepted (time.monotonic), bytes read);
-        fd -1: an accept failed, uid its errno."""
+    def receive(self, most: int = 64) -> list[tuple[int, int, int, int, int, float, bytes]]:
+        """Connections passed on: (fd, uid, gid, pid, ahead, accepted (time.monotonic), bytes
+        read); AHEAD: connections of that uid the other threads held then, on their way here
+        (the cap counts them); fd -1: an accept failed, uid its errno."""
         out = []
         for _ in range(most):
             try:
@@ -186,8 +187,9 @@ class FastPath:
                 break
             if not record:  # its threads have stopped and closed their end
                 break
-            fd, uid, gid, pid, accepted, size = _FORWARD.unpack_from(record)
-            out.append((fd, uid, gid, pid, accepted / 1e9, record[_FORWARD.size:_FORWARD.size + size]))
+            fd, uid, gid, pid, ahead, accepted, size = _FORWARD.unpack_from(record)
+            out.append((fd, uid, gid, pid, ahead, accepted / 1e9,
+                        record[_FORWARD.size:_FORWARD.size + size]))
         return out
 
     def stop(self) -> None:

@@ -448,13 +448,13 @@ class Server:
     def _forwarded(self) -> None:
         """The connections the fast path passed on, each with what it read of the request."""
         assert self._fast is not None
-        for fd, uid, gid, pid, accepted, data in self._fast.receive():
+        for fd, uid, gid, pid, ahead, accepted, data in self._fast.receive():
             if fd < 0:  # its accept failed (EMFILE and friends): it waits, then tries again
                 log.error("accept: %s; pausing new connections for %g s", os.strerror(uid),
                           _ACCEPT_PAUSE)
                 continue
             self._admit(socket.socket(fileno=fd), Caller(uid=uid, gid=gid, pid=pid), accepted,
-                        False, data)
+                        False, data, ahead)
 
     # -- connections ------------------------------------------------------------------------
     def _accept(self, name: str) -> None:
@@ -475,11 +475,12 @@ class Server:
             self._admit(sock, peer_caller(sock), time.monotonic(), root_socket)
 
     def _admit(self, sock: socket.socket, caller: Caller, accepted: float, root_socket: bool,
-               data: bytes = b"") -> None:
-        """A new connection (DATA: what the fast path already read of its request)."""
+               data: bytes = b"", ahead: int = 0) -> None:
+        """A new connection (DATA: what the fast path already read of its request; AHEAD: the
+        uid's connections still on their way from the fast path, counted against its cap)."""
         deadline = accepted + self.state.config.client_timeout
         if not caller.is_root and self._conns.full(caller.uid,
-                                                   self.state.config.max_clients_per_uid):
+                                                   self.state.config.max_clients_per_uid - ahead):
             self._refuse_busy(sock, caller, deadline)
             return
         conn = Connection(sock, caller, deadline, accepted, buf=data, root_socket=root_socket)

@@ -123,14 +123,14 @@ int main(int argc, char **argv)
 			ssize_t n = recv(pair[0], record, sizeof record, 0);
 			int32_t fd, from;
 			uint32_t len;
-			if (n < 28)
+			if (n < 32)
 				return fail("a short record");
 			memcpy(&fd, record, sizeof fd);
 			memcpy(&from, record + 4, sizeof from);
-			memcpy(&len, record + 24, sizeof len);
+			memcpy(&len, record + 28, sizeof len);
 			if ((uid_t)from != uid || len > 1025)
 				return fail("a record from another uid");
-			memcpy(request, record + 28, len);
+			memcpy(request, record + 32, len);
 			struct pollfd more = { .fd = fd, .events = POLLIN };
 			while (!memchr(request, '\n', len) && len < 1024 && poll(&more, 1, 5000) == 1) {
 				ssize_t got = read(fd, request + len, sizeof request - 1 - len);
