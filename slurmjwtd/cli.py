@@ -382,7 +382,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         f"{fields.get('granted', '?')} granted, {fields.get('refused', '?')} refused, "
         f"up {fields.get('uptime', '?')} s; {fields.get('token_files', '?')} token file(s) kept "
         f"fresh, {fields.get('renewed', '?')} renewal(s), {fields.get('revoked', '?')} user(s) "
-        f"revoked"))
+        f"revoked; fast path {fields.get('fast_path', '?')}"))
     trouble = fields.get("revocation_file", "ok")
     if trouble != "ok":
         click.echo(printable(f"revocation file: {trouble}; the daemon keeps its last good list "

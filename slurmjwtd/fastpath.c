@@ -340,6 +340,7 @@ static int serve(int c, uint32_t uid, int32_t pid, int32_t lifetime, int64_t acc
 	token[t] = '\0';
 	values[S_TOKEN] = token;
 	size_t al = expand(answer_t, values, answer, sizeof answer);
+	values[S_TOKEN] = NULL;  /* the audit line cannot hold the token, whatever its template */
 	size_t ml = expand(audit_t, values, message, sizeof message);
 	char journal[2 * MAX_TEMPLATE];
 	size_t jl = F.audit_fd >= 0 ? 1 : expand(journal_t, values, journal, sizeof journal);
@@ -599,7 +600,8 @@ API void sjf_stop(void)
 	F.stop_fd = -1;
 }
 
-/* sign with KEY from now on (LEN 0: answer nothing, forward everything) */
+/* sign with KEY from now on (LEN 0: answer nothing, forward everything); at most a SHA-256
+ * block: fastpath.py hashes a longer one first, as HMAC itself does (RFC 2104) */
 API int sjf_set_key(const unsigned char *key, size_t len)
 {
 	if (len > sizeof F.key)

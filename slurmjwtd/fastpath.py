@@ -17,6 +17,7 @@ when they expire. bench/README.md ("tokens") has the figures.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import socket
@@ -116,9 +117,14 @@ class FastPath:
         self.signing = False
 
     def set_key(self, key: bytes | None) -> None:
-        """Sign with KEY (an HS256 key) from now on; None: answer nothing, pass everything on."""
+        """Sign with KEY (an HS256 key) from now on; None: answer nothing, pass everything on.
+        A key longer than SHA-256's block is hashed first, as HMAC does (the same tokens)."""
         key = key or b""
-        self._lib.sjf_set_key(key, len(key))
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        if self._lib.sjf_set_key(key, len(key)) != 0:  # cannot happen: then pass all on
+            self._lib.sjf_set_key(b"", 0)
+            key = b""
         self.signing = bool(key)
 
     def put(self, uid: int, budget: int, lifetime: int, max_lifetime: int,

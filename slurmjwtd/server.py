@@ -343,7 +343,9 @@ class Server:
         if self._fast is not None and self._fast.running:
             self.ops.count_fast()
             self._fast.stop()  # its threads have finished with the public socket
-            self._forwarded()  # what they passed on last is served before the loop ends
+            while self._forwarded():  # what they passed on last is served before the loop ends
+                pass
+            self._selector.unregister(self._fast.channel)  # at its end: always readable now
         for name, listener in self._listeners.items():
             if name not in self._paused and not (name == "public" and self._fast is not None):
                 self._selector.unregister(listener)
@@ -445,16 +447,19 @@ class Server:
         self._selector.register(fast.channel, selectors.EVENT_READ, self._forwarded)
         self._fast = self.ops.fast = fast
 
-    def _forwarded(self) -> None:
-        """The connections the fast path passed on, each with what it read of the request."""
+    def _forwarded(self) -> int:
+        """The connections the fast path passed on, each with what it read of the request; how
+        many records there were (a full batch: there may be more)."""
         assert self._fast is not None
-        for fd, uid, gid, pid, ahead, accepted, data in self._fast.receive():
+        records = self._fast.receive()
+        for fd, uid, gid, pid, ahead, accepted, data in records:
             if fd < 0:  # its accept failed (EMFILE and friends): it waits, then tries again
                 log.error("accept: %s; pausing new connections for %g s", os.strerror(uid),
                           _ACCEPT_PAUSE)
                 continue
             self._admit(socket.socket(fileno=fd), Caller(uid=uid, gid=gid, pid=pid), accepted,
                         False, data, ahead)
+        return len(records)
 
     # -- connections ------------------------------------------------------------------------
     def _accept(self, name: str) -> None:

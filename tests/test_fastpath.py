@@ -212,7 +212,7 @@ def test_a_reload_applies_a_new_policy_and_key_at_once(make_daemon, users, leade
     reload(d, deny_users=[alice])
     assert ask_as(alice, d.socket, "SJWT/1 MINT\n")[0].startswith("SJWT/1 ERR policy-denied")
     reload(d, deny_users=[], lifetime=120)
-    new_key = make_key(d.key_file)
+    new_key = make_key(d.key_file, size=100)  # longer than SHA-256's block: HMAC hashes it
     reload(d)
     answers = ask_as(alice, d.socket, *["SJWT/1 MINT\n"] * 3)
     for answer in answers:
@@ -274,6 +274,30 @@ def test_hanging_up_at_once_leaves_the_daemon_serving(make_daemon, users, leader
         s.close()
     assert ask_as(alice, d.socket, *["SJWT/1 MINT\n"] * 3)[2].startswith("SJWT/1 OK")
     assert d.alive()
+
+
+def test_a_stop_answers_the_connections_the_fast_path_holds(make_daemon, users, leaders):
+    """Connections accepted but not yet asked on, when the daemon is told to stop: the fast
+    path's workers hand them over as they stop, and the Python loop answers each, as it does
+    every request in flight at a stop, before the daemon exits."""
+    d = make_daemon()
+    alice = users["alice"].pw_name
+    leaders(d.root_socket, alice)
+    ask_as(alice, d.socket, "SJWT/1 MINT\n")
+    script = ("import os, signal, socket, sys, time\n"
+              "socks = [socket.socket(socket.AF_UNIX) for _ in range(10)]\n"
+              "for s in socks: s.connect(sys.argv[1])\n"
+              "print('connected', flush=True); sys.stdin.readline()\n"
+              "for s in socks: s.sendall(b'SJWT/1 MINT\\n')\n"
+              "for s in socks: s.settimeout(10); print(s.recv(4096).decode().split()[1], flush=True)\n")
+    client = subprocess.Popen(["/usr/sbin/runuser", "-u", alice, "--", PYTHON, "-c", script,
+                               d.socket], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert client.stdout.readline().strip() == "connected"
+    d.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    out, _ = client.communicate("go\n", timeout=20)
+    assert out.split() == ["OK"] * 10, out
+    assert d.proc.wait(timeout=10) == 0, d.log
 
 
 def test_with_another_signer_python_answers_everything(make_daemon, users, leaders, workdir):
