@@ -49,7 +49,8 @@ Everything started is stopped by PID; everything made (files, user) is removed a
 
     /opt/slurmjwt/venv/bin/python bench/bench.py [--count N] [--repeat R] [--quick] [--profile]
         [--skip-tokens] [--skip-logins] [--skip-munged] [--alone N] [--storm T]
-        [--storm-logins N] [--burst] [--sessions N] [--skip-jobs] [--job-runs N] [--skip-pieces]
+        [--storm-logins N] [--burst] [--storm-rate R ...] [--sessions N] [--skip-jobs] [--job-runs N]
+        [--skip-pieces]
         [--skip-renewals] [--renew-users N] [--skip-prompt] [--skip-journal]
         [--skip-cli] [--cli-runs N]
         [--skip-memory] [--memory-tokens N] [--memory-sessions N]
@@ -433,11 +434,12 @@ def report_renewals(r: dict[str, float], users: int, lifetime: int) -> bool:
 
 
 def pamstorm(pid: int, service: str, user: str, per_thread: int, threads: int,
-             want_tokens: bool, burst: bool = False) -> dict[str, float]:
+             want_tokens: bool, burst: bool = False, rate: int = 0) -> dict[str, float]:
     """PER_THREAD logins in each of THREADS threads, started together (again before every
-    login if BURST); CPU is the daemon's."""
+    login if BURST), or arriving at RATE a second (an open loop); CPU is the daemon's."""
     out, cpu = run_measured(pid, [PAMSTORM, "-s", service, "-u", user, "-n", str(per_thread),
-                                  "-t", str(threads)] + (["-b"] if burst else []))
+                                  "-t", str(threads)] + (["-b"] if burst else []) +
+                            (["-r", str(rate)] if rate else []))
     line = out.strip().splitlines()[-1]
     fields = {k: float(v) for k, v in (w.split("=", 1) for w in line.split())}
     logins = fields["logins"]
@@ -462,7 +464,8 @@ def root_socket_of(sock: str) -> str:
 
 
 def run_logins(pid: int, sock: str, scenarios: dict[str, tuple[int, int]], repeat: int,
-               held: int = 0, burst: bool = False) -> dict[tuple[str, str], list[dict[str, float]]]:
+               held: int = 0, burst: bool = False, rates: dict[str, int] | None = None
+               ) -> dict[tuple[str, str], list[dict[str, float]]]:
     """Each scenario (threads, logins per thread) on both stacks, REPEAT rounds, interleaved;
     with HELD sessions open all along."""
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -476,7 +479,8 @@ def run_logins(pid: int, sock: str, scenarios: dict[str, tuple[int, int]], repea
                 for stack in STACKS:
                     results.setdefault((scenario, stack), []).append(
                         pamstorm(pid, services[stack], user, per_thread, threads,
-                                 stack == "with", burst and scenario == "storm"))
+                                 stack == "with", burst and scenario == "storm",
+                                 (rates or {}).get(scenario, 0)))
     return results
 
 
@@ -856,6 +860,10 @@ def main() -> int:
                         help="logins alone (1 thread) per run [1000, or 100 with --quick]")
     parser.add_argument("--storm", type=int, default=100, metavar="T",
                         help="logins at once in the storm (threads) [100]")
+    parser.add_argument("--storm-rate", type=int, action="append", default=[], metavar="R",
+                        help="also logins arriving at R a second for 3 s, each taken by a free "
+                             "one of the storm's threads (an open loop, as sshd hands logins "
+                             "on); may be repeated")
     parser.add_argument("--storm-logins", type=int, default=None, metavar="N",
                         help="logins per storm thread per run [50, or 3 with --quick]")
     parser.add_argument("--burst", action="store_true",
@@ -906,10 +914,13 @@ def main() -> int:
     memory_tokens = args.memory_tokens or (50_000 if args.quick else 1_000_000)
     memory_sessions = args.memory_sessions or (5_000 if args.quick else 100_000)
     if (min(count, repeat, alone, args.storm, storm_logins, job_runs, cli_runs, memory_tokens,
-            memory_sessions) < 1 or args.sessions < 0):
-        parser.error("--count, --repeat, --alone, --storm, --storm-logins, --job-runs, "
-                     "--cli-runs, --memory-tokens and --memory-sessions must be 1 or more")
+            memory_sessions, *args.storm_rate) < 1 or args.sessions < 0):
+        parser.error("--count, --repeat, --alone, --storm, --storm-logins, --storm-rate, "
+                     "--job-runs, --cli-runs, --memory-tokens and --memory-sessions must be 1 "
+                     "or more")
     scenarios = {"alone": (1, alone), "storm": (args.storm, storm_logins)}
+    rates = {f"{r}/s": r for r in args.storm_rate}
+    scenarios |= {name: (args.storm, max(1, 3 * r // args.storm)) for name, r in rates.items()}
     if os.geteuid() != 0:
         print("bench.py: run as root (it starts munged as the munge user, writes /etc/pam.d, "
               "adds a user)", file=sys.stderr)
@@ -969,8 +980,8 @@ def main() -> int:
                   f"alone: 1 x {alone} logins, storm: {args.storm} threads x {storm_logins} "
                   f"logins, {'meeting before every login' if args.burst else 'started together'}; "
                   f"user {BENCH_USER}; {args.sessions} other sessions open\n")
-            report_logins(run_logins(jwt.pid, sock, scenarios, repeat, args.sessions, args.burst),
-                          scenarios)
+            report_logins(run_logins(jwt.pid, sock, scenarios, repeat, args.sessions, args.burst,
+                                     rates), scenarios)
             print()
         if not args.skip_jobs:
             print(f"jobs: {', '.join(JOB_COMMANDS)} --version, {job_runs} runs each per round, "

@@ -1,13 +1,15 @@
 /* pamstorm: time pam_open_session and pam_close_session of a PAM service, with THREADS
  * logins at once.
  *
- *   pamstorm -s SERVICE -u USER -n LOGINS_PER_THREAD -t THREADS [-e ENVNAME] [-b]
+ *   pamstorm -s SERVICE -u USER -n LOGINS_PER_THREAD -t THREADS [-e ENVNAME] [-b | -r RATE]
  *
  * Each thread loops LOGINS_PER_THREAD times: pam_start(SERVICE, USER) -> pam_open_session
  * -> pam_close_session -> pam_end, timing the open and the close (CLOCK_MONOTONIC). All
  * threads leave one barrier together, so THREADS logins run at once; with -b they meet at
  * the barrier again before every login (each round is a burst of THREADS simultaneous
- * logins). After each open it checks whether ENVNAME (default SLURM_JWT) is in the PAM
+ * logins). With -r, the logins arrive at RATE a second instead, evenly spaced from the start
+ * (login k starts at k / RATE s), each taken by a free thread: an open loop, as sshd hands
+ * logins on when they come, up to THREADS in flight if they pile up. After each open it checks whether ENVNAME (default SLURM_JWT) is in the PAM
  * environment; it counts those logins, and never prints the value.
  *
  * If the stack has bench/pam_benchstamp.so's begin and end stamps, it also reports the time
@@ -38,6 +40,9 @@
 static const char *service, *user, *env_name = "SLURM_JWT";
 static long per_thread, threads;
 static int every_round; /* -b: a barrier before every login, not only the first */
+static long rate;       /* -r: logins a second, arriving on a schedule; 0: each thread loops */
+static long next_login; /* atomic: with -r, the next login's index */
+static uint64_t start_ns; /* with -r, when login 0 starts */
 static uint64_t *open_ns, *close_ns; /* one slot per successful login */
 static uint64_t *in_open_ns, *in_close_ns; /* one slot per stamped successful login */
 static long done_ok, errors, tokens, stamped; /* atomic */
@@ -159,7 +164,15 @@ static void *worker(void *arg)
 {
 	(void)arg;
 	pthread_barrier_wait(&start_line);
-	for (long i = 0; i < per_thread; i++) {
+	for (long k; rate && (k = __atomic_fetch_add(&next_login, 1, __ATOMIC_RELAXED)) <
+		      per_thread * threads;) {
+		uint64_t at = start_ns + (uint64_t)k * 1000000000u / (uint64_t)rate;
+		struct timespec ts = { (time_t)(at / 1000000000u), (long)(at % 1000000000u) };
+		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+			;
+		login();
+	}
+	for (long i = 0; !rate && i < per_thread; i++) {
 		if (every_round && i > 0)
 			pthread_barrier_wait(&round_line);
 		login();
@@ -170,7 +183,7 @@ static void *worker(void *arg)
 static void usage(void)
 {
 	fprintf(stderr, "usage: pamstorm -s SERVICE -u USER -n LOGINS_PER_THREAD -t THREADS "
-			"[-e ENVNAME] [-b]\n");
+			"[-e ENVNAME] [-b | -r RATE]\n");
 	exit(2);
 }
 
@@ -192,7 +205,7 @@ int main(int argc, char **argv)
 	int c;
 
 	threads = 1;
-	while ((c = getopt(argc, argv, "s:u:n:t:e:b")) != -1) {
+	while ((c = getopt(argc, argv, "s:u:n:t:e:br:")) != -1) {
 		switch (c) {
 		case 's': service = optarg; break;
 		case 'u': user = optarg; break;
@@ -200,10 +213,12 @@ int main(int argc, char **argv)
 		case 't': threads = number(optarg, 1024); break;
 		case 'e': env_name = optarg; break;
 		case 'b': every_round = 1; break;
+		case 'r': rate = number(optarg, 1000000); break;
 		default: usage();
 		}
 	}
-	if (service == NULL || user == NULL || per_thread == 0 || optind != argc)
+	if (service == NULL || user == NULL || per_thread == 0 || optind != argc ||
+	    (rate && every_round))
 		usage();
 	total = per_thread * threads;
 	open_ns = calloc((size_t)total, sizeof *open_ns);
@@ -227,6 +242,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	t0 = now_ns();
+	start_ns = t0 + 1000000; /* 1 ms for the threads to leave the barrier */
 	pthread_barrier_wait(&start_line);
 	for (t = 0; t < threads; t++)
 		pthread_join(tids[t], NULL);
