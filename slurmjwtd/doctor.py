@@ -292,8 +292,17 @@ def check_daemon(socket: str, config: Config | None = None) -> Finding:
                        "until it can read the file again",
                        "see journalctl -u slurmjwtd; restore the file, mount its share, or, to "
                        "clear every revocation, write [] to it (never delete it)")
+    if (fields.get("fast_path") == "off" and fields.get("signer") == "hs256"
+            and (config is None or config.fast_path)):
+        return Finding(WARNING, "daemon", f"slurmjwtd {fields.get('version', '?')} answers on "
+                       f"{socket}, but without its fast path", "users' own tokens (`slurmjwt "
+                       "token`, the shells' `refresh`) then take the Python loop: about 4x the "
+                       "CPU each (docs/design.md, Performance)",
+                       "see why: journalctl -u slurmjwtd -g 'fast path off'; then " +
+                       (REINSTALL if PACKAGED else "make -C pam && make install"))
     return Finding(OK, "daemon", f"slurmjwtd {fields.get('version', '?')} answers on {socket} "
-                   f"(signer {fields.get('signer', '?')})")
+                   f"(signer {fields.get('signer', '?')}, fast path "
+                   f"{fields.get('fast_path', '?')})")
 
 
 def check_config(path: str) -> tuple[Config | None, Finding]:

@@ -55,7 +55,7 @@ def load() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
-        raise FastPathError(f"{path}: {exc}; build it with: make -C pam") from None
+        raise FastPathError(f"{exc}; build it with: make -C pam") from None  # exc names it
     c = ctypes
     lib.sjf_start.argtypes = [c.c_int, c.c_int, c.c_int, c.c_int, c.POINTER(c.c_double), c.c_int,
                               c.c_size_t]

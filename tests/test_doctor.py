@@ -150,7 +150,7 @@ def test_correct_setup_is_all_ok(site, capsys):
         assert len(lines_of(out, "ok", topic)) == 1, out
     assert "PROBLEM" not in out and "skip" not in out
     assert out.splitlines()[-1] == "0 problems, 0 warnings"
-    assert f"answers on {site.socket} (signer hs256)" in out
+    assert f"answers on {site.socket} (signer hs256, fast path on)" in out
     assert f"{site.pam_file}:2: session optional {MODULE}" in out
     assert f"{site.sshd_config}:2: UsePAM yes" in out
 

@@ -18,9 +18,11 @@ from pathlib import Path
 import jwt
 import pytest
 
-from conftest import PYTHON, SLURMJWT, make_key, run_as
+from conftest import PYTHON, SLURMJWT, FakeDaemon, make_key, run_as
+from slurmjwtd import doctor
 from slurmjwtd.audit import parse_audit
 from slurmjwtd.client import call
+from slurmjwtd.config import Config
 
 # each line a request, sent on a connection of its own; prints each answer line
 ASK = """
@@ -317,6 +319,29 @@ def test_with_another_signer_python_answers_everything(make_daemon, users, leade
     assert call(d.socket, "STATUS", {}, timeout=5).fields["fast_path"] == "off"
     assert metric(d, "fast_path_granted") == 0 and metric(d, "fast_path_passed") >= 3
     assert "fast_path=off" in d.log
+
+
+@pytest.mark.parametrize("signer, fast_path, configured, level", [
+    ("hs256", "off", True, "WARNING"),  # it should be on: the library did not load
+    ("hs256", "off", False, "ok"),      # fast_path = false: as asked
+    ("hs256", "on", True, "ok"),
+    ("rs256", "off", True, "ok"),       # rs256: the fast path passes everything on
+])
+def test_doctor_warns_when_the_fast_path_should_be_on_and_is_not(workdir, signer, fast_path,
+                                                                   configured, level):
+    path = str(workdir / "fake-status.sock")
+    fake = FakeDaemon(path, f"SJWT/1 OK version=0.1.0 protocol=1 signer={signer} sessions=0 "
+                            f"revocation_file=ok fast_path={fast_path} uptime=1\n".encode())
+    try:
+        finding = doctor.check_daemon(path, Config(fast_path=configured))
+    finally:
+        fake.close()
+    assert finding.level == level, finding
+    if level == "WARNING":
+        assert finding.what.endswith("but without its fast path")
+        assert finding.fix.startswith("see why: journalctl -u slurmjwtd -g 'fast path off'")
+    else:
+        assert finding.what.endswith(f"(signer {signer}, fast path {fast_path})")
 
 
 def test_the_library_is_hardened_and_exports_only_its_api():

@@ -387,3 +387,23 @@ def test_latency_is_counted_for_every_answer(start):
     counts = [int(item.rsplit(":", 1)[1]) for item in fields["latency"].split(",")]
     assert sum(counts) == 4 and fields["refusals"] == "bad-request:1"  # METRICS itself: after
     assert sum(server.state.counters.latency) == 5 and 0 < server.state.counters.latency_sum < 10
+
+
+def test_without_the_fast_paths_library_python_serves_everything(start, monkeypatch, caplog):
+    """A daemon whose _fastpath.so is missing (a checkout not built, a broken package) says so
+    once and answers every request itself: the fast path is an accelerator, never a need."""
+    from slurmjwtd import fastpath
+    monkeypatch.setattr(fastpath, "LIBRARY", Path("/nonexistent/_fastpath.so"))
+    with caplog.at_level("WARNING", logger="slurmjwtd"):
+        server = start(fast_path=True)
+    assert [r.getMessage() for r in caplog.records if "fast path off" in r.getMessage()] == [
+        "fast path off, serving every request in Python: /nonexistent/_fastpath.so: cannot "
+        "open shared object file: No such file or directory; build it with: make -C pam"]
+    path = server.state.config.socket
+    got = {}
+
+    def client() -> None:
+        got["status"] = call(path, "STATUS", {}, timeout=5)
+
+    serve(server, client)
+    assert got["status"].ok and got["status"].fields["fast_path"] == "off"
