@@ -88,9 +88,10 @@ static struct {
 	int listen_fd, forward_fd, stop_fd, audit_fd;  /* audit_fd -1: the journal */
 	int nthreads;
 	pthread_t threads[MAX_THREADS];
-	/* the uids of the connections each worker holds (waiting for their request, and the one
-	 * in hand, the last slot), -1 in a free slot */
+	/* the connections each worker holds (waiting for their request, and the one in hand, the
+	 * last slot), each as its uid and accept number (HELD), -1 in a free slot */
 	int64_t held[MAX_THREADS][MAX_PENDING + 1];
+	uint32_t accepts;  /* connections accepted: the accept number of the next, under the lock */
 	double bounds[LATENCY_SLOTS];
 	int nbounds;
 	/* counters, taken (and zeroed) by sjf_take_counters; atomics */
@@ -363,20 +364,25 @@ static int serve(int c, uint32_t uid, int32_t pid, int32_t lifetime, int64_t acc
 	return 1;
 }
 
-/* pass C on to the Python loop (C -1: accept failed, CR->uid its errno); if the channel is
- * full, wait for room, unless stopping. With it goes how many other connections of the same
- * uid the workers hold (waiting, or in hand): on their way to Python perhaps, accepted
- * before it perhaps. Python counts them against the uid's cap as if they were its own
- * already, so a user's idle connections make the next one `busy` whichever worker took
- * which. A connection leaves `held` only once its record is sent: counted twice for a moment
+#define HELD(uid, seq) ((int64_t)((uint64_t)(uint32_t)(uid) << 32 | (uint32_t)(seq)))
+
+/* pass C, accept number SEQ, on to the Python loop (C -1: accept failed, CR->uid its errno);
+ * if the channel is full, wait for room, unless stopping. With it goes how many connections
+ * of the same uid accepted before it the workers still hold (waiting, or in hand): Python
+ * counts them against the uid's cap as if it held them already, so a user's idle connections
+ * make the next one `busy` whichever worker took which and whatever order they reach Python
+ * in. A connection leaves `held` only once its record is sent: counted twice for a moment
  * (more `busy`), never missed. */
-static void forward(int c, const struct ucred *cr, int64_t accepted, const char *buf, size_t n)
+static void forward(int c, const struct ucred *cr, int64_t accepted, const char *buf, size_t n,
+		    uint32_t seq)
 {
-	int32_t ahead = -(c >= 0);  /* not itself */
-	for (int i = 0; i < F.nthreads; i++)
-		for (int k = 0; k <= MAX_PENDING; k++)
-			ahead += __atomic_load_n(&F.held[i][k], __ATOMIC_ACQUIRE) == (int64_t)cr->uid;
-	ahead = ahead < 0 ? 0 : ahead;
+	int32_t ahead = 0;
+	for (int i = 0; c >= 0 && i < F.nthreads; i++)
+		for (int k = MAX_PENDING; k >= 0; k--) {  /* CURRENT first: see worker() */
+			int64_t v = __atomic_load_n(&F.held[i][k], __ATOMIC_ACQUIRE);
+			ahead += v != -1 && (uint32_t)((uint64_t)v >> 32) == cr->uid &&
+				 (int32_t)((uint32_t)v - seq) < 0;  /* accepted before it */
+		}
 	struct forward r = { .fd = c, .uid = (int32_t)cr->uid, .gid = (int32_t)cr->gid,
 			     .pid = cr->pid, .ahead = ahead, .accepted_ns = accepted,
 			     .len = (uint32_t)n };
@@ -413,11 +419,11 @@ enum { LISTEN_KEY = -1, STOP_KEY = -2, CURRENT = MAX_PENDING };
 static const int64_t GRACE_NS = 20000000;
 static pthread_mutex_t accepting = PTHREAD_MUTEX_INITIALIZER;
 
-struct pending { int fd; struct ucred cr; int64_t accepted; };
+struct pending { int fd; uint32_t seq; struct ucred cr; int64_t accepted; };
 
-static void hold(int me, int slot, int64_t uid)
+static void hold(int me, int slot, int64_t held)
 {
-	__atomic_store_n(&F.held[me][slot], uid, __ATOMIC_RELEASE);
+	__atomic_store_n(&F.held[me][slot], held, __ATOMIC_RELEASE);
 }
 
 /* CONN's request: answered here if it is a user's own MINT the table allows, else Python's */
@@ -432,14 +438,18 @@ static void take(const struct pending *q, const char *buf, ssize_t got)
 	else if (mine && serve(q->fd, q->cr.uid, q->cr.pid, lifetime, q->accepted))
 		close(q->fd);
 	else  /* root, another request, not all of it yet, a second one, not in the table */
-		forward(q->fd, &q->cr, q->accepted, buf, n);
+		forward(q->fd, &q->cr, q->accepted, buf, n, q->seq);
 }
 
 static void *worker(void *arg)
 {
 	int me = (int)(intptr_t)arg;
+	/* slots, not a list: a connection stays in its slot until it goes, so that `held` never
+	 * moves one while another worker reads it (fd -1: a free slot) */
 	struct pending p[MAX_PENDING];
 	int np = 0, ep = epoll_create1(EPOLL_CLOEXEC);
+	for (int i = 0; i < MAX_PENDING; i++)
+		p[i].fd = -1;
 	struct epoll_event ev = { .events = EPOLLIN, .data.fd = LISTEN_KEY };
 	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, F.listen_fd, &ev) < 0)
 		return NULL;
@@ -453,9 +463,10 @@ static void *worker(void *arg)
 	for (int stop = 0; !stop;) {
 		int timeout = -1;
 		if (np) {
-			int64_t first = p[0].accepted;
-			for (int i = 1; i < np; i++)
-				first = p[i].accepted < first ? p[i].accepted : first;
+			int64_t first = INT64_MAX;
+			for (int i = 0; i < MAX_PENDING; i++)
+				if (p[i].fd >= 0 && p[i].accepted < first)
+					first = p[i].accepted;
 			int64_t wait = first + GRACE_NS - mono_ns();
 			timeout = wait > 0 ? (int)(wait / 1000000) + 1 : 0;
 		}
@@ -474,14 +485,15 @@ static void *worker(void *arg)
 				int why = errno;
 				int known = q.fd >= 0 &&
 					    getsockopt(q.fd, SOL_SOCKET, SO_PEERCRED, &q.cr, &cl) == 0;
+				q.seq = F.accepts++;
 				if (known)
-					hold(me, CURRENT, q.cr.uid);
+					hold(me, CURRENT, HELD(q.cr.uid, q.seq));
 				pthread_mutex_unlock(&accepting);
 				if (q.fd < 0) {
 					if (why == EMFILE || why == ENFILE || why == ENOBUFS || why == ENOMEM) {
 						struct ucred none = { .pid = 0, .uid = (uid_t)why, .gid = 0 };
 						struct timespec pause = { 0, 100000000 };  /* server._ACCEPT_PAUSE */
-						forward(-1, &none, mono_ns(), buf, 0);  /* Python logs it */
+						forward(-1, &none, mono_ns(), buf, 0, 0);  /* Python logs it */
 						nanosleep(&pause, NULL);
 					}
 					continue;  /* EAGAIN: another worker took it */
@@ -496,42 +508,44 @@ static void *worker(void *arg)
 					sched_yield();
 					got = recv(q.fd, buf, sizeof buf, MSG_DONTWAIT);
 				}
+				int slot = 0;
+				while (slot < MAX_PENDING && p[slot].fd >= 0)
+					slot++;
 				ev = (struct epoll_event){ .events = EPOLLIN | EPOLLRDHUP, .data.fd = q.fd };
-				if (got < 0 && errno == EAGAIN && np < MAX_PENDING &&
+				if (got < 0 && errno == EAGAIN && slot < MAX_PENDING &&
 				    epoll_ctl(ep, EPOLL_CTL_ADD, q.fd, &ev) == 0) {
-					hold(me, np, q.cr.uid);  /* waiting, before it leaves the hand */
-					p[np++] = q;
+					/* into its slot before it leaves CURRENT: forward() reads from CURRENT
+					 * down, so it finds it in one place or the other */
+					hold(me, slot, HELD(q.cr.uid, q.seq));
+					p[slot] = q;
+					np++;
 				} else {
 					take(&q, buf, got);
 				}
 				hold(me, CURRENT, -1);
 			} else {
 				int i = 0;
-				while (i < np && p[i].fd != key)
+				while (i < MAX_PENDING && p[i].fd != key)
 					i++;
-				if (i == np)
+				if (i == MAX_PENDING)
 					continue;
-				struct pending q = p[i];
-				epoll_ctl(ep, EPOLL_CTL_DEL, q.fd, NULL);
-				ssize_t got = recv(q.fd, buf, sizeof buf, MSG_DONTWAIT);
-				take(&q, buf, got);  /* still held meanwhile: counted, never missed */
-				p[i] = p[--np];
-				hold(me, i, F.held[me][np]);
-				hold(me, np, -1);
+				epoll_ctl(ep, EPOLL_CTL_DEL, key, NULL);
+				ssize_t got = recv(key, buf, sizeof buf, MSG_DONTWAIT);
+				take(&p[i], buf, got);  /* still held meanwhile: counted, never missed */
+				hold(me, i, -1);
+				p[i].fd = -1;
+				np--;
 			}
 		}
 		int64_t now = mono_ns();
-		for (int i = 0; i < np;) {  /* their grace is over: Python waits on them from here */
-			if (!stop && p[i].accepted + GRACE_NS > now) {
-				i++;
+		for (int i = 0; np && i < MAX_PENDING; i++) {  /* grace over: Python waits on them */
+			if (p[i].fd < 0 || (!stop && p[i].accepted + GRACE_NS > now))
 				continue;
-			}
-			struct pending q = p[i];
-			epoll_ctl(ep, EPOLL_CTL_DEL, q.fd, NULL);
-			forward(q.fd, &q.cr, q.accepted, buf, 0);
-			p[i] = p[--np];
-			hold(me, i, F.held[me][np]);
-			hold(me, np, -1);
+			epoll_ctl(ep, EPOLL_CTL_DEL, p[i].fd, NULL);
+			forward(p[i].fd, &p[i].cr, p[i].accepted, buf, 0, p[i].seq);
+			hold(me, i, -1);
+			p[i].fd = -1;
+			np--;
 		}
 	}
 	close(ep);

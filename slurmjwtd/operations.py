@@ -21,9 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from . import __version__
+from . import __version__, fastpath
 from .config import Config
-from . import fastpath
 from .nss import nss
 from .policy import (Account, Caller, Decision, decide_mint, decide_session_change, lifetimes,
                      slurm_name, unknown_names)
@@ -609,8 +608,7 @@ class Operations:
         except RevocationError as exc:
             raise Refusal(Code.INTERNAL, "revocation-file", str(exc), user=target.name,
                           uid=target.uid) from None
-        self.revocations_changed(others.without(target.uid))
-        self.reclaim_all()
+        self.revocations_changed(others.without(target.uid))  # the fast path's entries go too
         self._drop_file(target.uid)
         self.state.audit(decision="granted", op="revoke", caller_uid=caller.uid,
                          caller_pid=caller.pid, user=target.name, uid=target.uid,

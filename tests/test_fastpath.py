@@ -86,6 +86,13 @@ def pair(make_daemon, users, leaders):
     return make
 
 
+def logged_in(make_daemon, users, leaders, **settings: object):
+    """A daemon with SETTINGS and a live login of alice: (daemon, alice's name, her Leader)."""
+    d = make_daemon(**settings)
+    alice = users["alice"].pw_name
+    return d, alice, leaders(d.root_socket, alice)
+
+
 def test_a_users_own_tokens_come_from_the_fast_path_and_verify(pair, users):
     fast, _ = pair()
     alice = users["alice"].pw_name
@@ -143,9 +150,7 @@ def test_the_rate_limit_is_the_same_on_both(pair, users, rate):
 
 
 def test_a_logout_ends_the_fast_paths_tokens_at_once(make_daemon, users, leaders):
-    d = make_daemon()
-    alice = users["alice"].pw_name
-    login = leaders(d.root_socket, alice)
+    d, alice, login = logged_in(make_daemon, users, leaders)
     assert all(a.startswith("SJWT/1 OK") for a in ask_as(alice, d.socket, *["SJWT/1 MINT\n"] * 3))
     assert login.close().startswith("OK")  # CLOSE; the leader exits after it
     assert ask_as(alice, d.socket, "SJWT/1 MINT\n")[0].startswith("SJWT/1 ERR no-session")
@@ -154,9 +159,7 @@ def test_a_logout_ends_the_fast_paths_tokens_at_once(make_daemon, users, leaders
 def test_a_closed_session_whose_leader_lives_on_counts_no_more(make_daemon, users, leaders):
     """sshd's session process closes the PAM session before it exits: the fast path's entry,
     which knew that leader alive, must go with the CLOSE, not with the process."""
-    d = make_daemon()
-    alice = users["alice"].pw_name
-    login = leaders(d.root_socket, alice)
+    d, alice, login = logged_in(make_daemon, users, leaders)
     assert all(a.startswith("SJWT/1 OK") for a in ask_as(alice, d.socket, *["SJWT/1 MINT\n"] * 3))
     assert call(d.root_socket, "CLOSE", {"session": login.session}, timeout=5).ok
     assert login.proc.poll() is None  # its leader still runs
@@ -164,9 +167,7 @@ def test_a_closed_session_whose_leader_lives_on_counts_no_more(make_daemon, user
 
 
 def test_a_dead_leader_ends_them_at_once(make_daemon, users, leaders):
-    d = make_daemon()
-    alice = users["alice"].pw_name
-    login = leaders(d.root_socket, alice)
+    d, alice, login = logged_in(make_daemon, users, leaders)
     assert all(a.startswith("SJWT/1 OK") for a in ask_as(alice, d.socket, *["SJWT/1 MINT\n"] * 3))
     login.die()
     assert ask_as(alice, d.socket, "SJWT/1 MINT\n")[0].startswith("SJWT/1 ERR no-session")
@@ -184,9 +185,7 @@ def test_another_login_keeps_them_going(make_daemon, users, leaders):
 
 
 def test_revoke_and_unrevoke_hold_at_once(make_daemon, users, leaders):
-    d = make_daemon()
-    alice = users["alice"].pw_name
-    leaders(d.root_socket, alice)
+    d, alice, _ = logged_in(make_daemon, users, leaders)
     assert ask_as(alice, d.socket, *["SJWT/1 MINT\n"] * 2)[1].startswith("SJWT/1 OK")
     assert call(d.root_socket, "REVOKE", {"user": alice}, timeout=5).ok
     assert ask_as(alice, d.socket, "SJWT/1 MINT\n")[0].startswith("SJWT/1 ERR revoked")
@@ -207,9 +206,7 @@ def reload(d, **settings: object) -> None:
 
 
 def test_a_reload_applies_a_new_policy_and_key_at_once(make_daemon, users, leaders):
-    d = make_daemon()
-    alice = users["alice"].pw_name
-    leaders(d.root_socket, alice)
+    d, alice, _ = logged_in(make_daemon, users, leaders)
     assert ask_as(alice, d.socket, *["SJWT/1 MINT\n"] * 3)[2].startswith("SJWT/1 OK")
     reload(d, deny_users=[alice])
     assert ask_as(alice, d.socket, "SJWT/1 MINT\n")[0].startswith("SJWT/1 ERR policy-denied")
@@ -253,9 +250,7 @@ def test_silent_connections_cost_others_nothing(make_daemon, users, leaders):
 
 
 def test_a_request_sent_in_pieces_is_answered(make_daemon, users, leaders):
-    d = make_daemon()
-    alice = users["alice"].pw_name
-    leaders(d.root_socket, alice)
+    d, alice, _ = logged_in(make_daemon, users, leaders)
     ask_as(alice, d.socket, "SJWT/1 MINT\n")
     script = ("import socket, sys, time\n"
               "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
@@ -267,9 +262,7 @@ def test_a_request_sent_in_pieces_is_answered(make_daemon, users, leaders):
 
 
 def test_hanging_up_at_once_leaves_the_daemon_serving(make_daemon, users, leaders):
-    d = make_daemon()
-    alice = users["alice"].pw_name
-    leaders(d.root_socket, alice)
+    d, alice, _ = logged_in(make_daemon, users, leaders)
     for _ in range(200):
         s = socket.socket(socket.AF_UNIX)
         s.connect(d.socket)
@@ -282,11 +275,9 @@ def test_a_stop_answers_the_connections_the_fast_path_holds(make_daemon, users, 
     """Connections accepted but not yet asked on, when the daemon is told to stop: the fast
     path's workers hand them over as they stop, and the Python loop answers each, as it does
     every request in flight at a stop, before the daemon exits."""
-    d = make_daemon()
-    alice = users["alice"].pw_name
-    leaders(d.root_socket, alice)
+    d, alice, _ = logged_in(make_daemon, users, leaders)
     ask_as(alice, d.socket, "SJWT/1 MINT\n")
-    script = ("import os, signal, socket, sys, time\n"
+    script = ("import socket, sys\n"
               "socks = [socket.socket(socket.AF_UNIX) for _ in range(10)]\n"
               "for s in socks: s.connect(sys.argv[1])\n"
               "print('connected', flush=True); sys.stdin.readline()\n"
