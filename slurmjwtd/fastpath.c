@@ -32,6 +32,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -47,6 +48,7 @@ enum {
 	MAX_REQUEST = 1024,   /* protocol.MAX_REQUEST: newline included */
 	MAX_THREADS = 8,
 	MAX_PENDING = 64,     /* connections a worker waits on for their request at most */
+	RESERVE = 16,         /* descriptors left to the Python loop: NSS, the session file, logs */
 	MAX_LEADERS = 16,     /* more sessions than this: the entry is not made */
 	MAX_TEMPLATE = 1536,
 	MAX_JOURNAL = 24,     /* journal fields of an audit line */
@@ -92,6 +94,7 @@ static struct {
 	 * last slot), each as its uid and accept number (HELD), -1 in a free slot */
 	int64_t held[MAX_THREADS][MAX_PENDING + 1];
 	uint32_t accepts;  /* connections accepted: the accept number of the next, under the lock */
+	int fd_ceiling;    /* a connection at or above this descriptor: pause accepting (RESERVE) */
 	double bounds[LATENCY_SLOTS];
 	int nbounds;
 	/* counters, taken (and zeroed) by sjf_take_counters; atomics */
@@ -460,6 +463,7 @@ static void *worker(void *arg)
 	}
 	char buf[MAX_REQUEST + 1];
 	struct epoll_event events[16];
+	int pausing = 0;
 	for (int stop = 0; !stop;) {
 		int timeout = -1;
 		if (np) {
@@ -502,6 +506,14 @@ static void *worker(void *arg)
 					close(q.fd);
 					continue;
 				}
+				if (q.fd >= F.fd_ceiling) {
+					/* as good as EMFILE: what the loop needs to answer (an NSS lookup opens
+					 * files) must not go to connections piling up; this one is served, then
+					 * the workers wait as on EMFILE */
+					struct ucred none = { .pid = 0, .uid = EMFILE, .gid = 0 };
+					forward(-1, &none, mono_ns(), buf, 0, 0);
+					pausing = 1;
+				}
 				q.accepted = mono_ns();
 				ssize_t got = recv(q.fd, buf, sizeof buf, MSG_DONTWAIT);
 				if (got < 0 && errno == EAGAIN) {
@@ -523,6 +535,11 @@ static void *worker(void *arg)
 					take(&q, buf, got);
 				}
 				hold(me, CURRENT, -1);
+				if (pausing) {
+					struct timespec pause = { 0, 100000000 };  /* server._ACCEPT_PAUSE */
+					nanosleep(&pause, NULL);
+					pausing = 0;
+				}
 			} else {
 				int i = 0;
 				while (i < MAX_PENDING && p[i].fd != key)
@@ -567,6 +584,9 @@ API int sjf_start(int listen_fd, int forward_fd, int audit_fd, int threads, cons
 	F.stop_fd = eventfd(0, EFD_CLOEXEC);
 	if (F.stop_fd < 0)
 		return -errno;
+	struct rlimit nofile;
+	F.fd_ceiling = getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur > 2 * RESERVE &&
+		       nofile.rlim_cur < INT_MAX ? (int)nofile.rlim_cur - RESERVE : INT_MAX;
 	F.listen_fd = listen_fd;
 	F.forward_fd = forward_fd;
 	F.audit_fd = audit_fd;
