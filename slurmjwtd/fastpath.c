@@ -51,6 +51,7 @@ enum {
 	RESERVE = 16,         /* descriptors left to the Python loop: NSS, the session file, logs */
 	MAX_LEADERS = 16,     /* more sessions than this: the entry is not made */
 	MAX_TEMPLATE = 1536,
+	MAX_MESSAGE = MAX_TEMPLATE + 128,  /* an audit template filled: numbers and the jti added */
 	MAX_JOURNAL = 24,     /* journal fields of an audit line */
 	BUCKETS = 16,         /* hash buckets are a power of two; entries chain */
 	LATENCY_SLOTS = 16,
@@ -211,12 +212,13 @@ static int parse_mint(const char *buf, size_t n, int32_t *lifetime)
 
 static void count_latency(int64_t accepted)
 {
-	double s = (double)(mono_ns() - accepted) / 1e9;
+	int64_t ns = mono_ns() - accepted;
+	double s = (double)ns / 1e9;
 	int i = 0;
 	while (i < F.nbounds && s > F.bounds[i])  /* bisect_left: a bound holds what equals it */
 		i++;
 	__atomic_fetch_add(&F.latency[i], 1, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&F.latency_ns, (uint64_t)(mono_ns() - accepted), __ATOMIC_RELAXED);
+	__atomic_fetch_add(&F.latency_ns, (uint64_t)ns, __ATOMIC_RELAXED);
 }
 
 /* the audit line, to the journal (one field a line in the template) or the file; 0, or -1 if
@@ -225,19 +227,23 @@ static void count_latency(int64_t accepted)
 static int audit(const char *message, size_t mlen, const char *journal)
 {
 	if (F.audit_fd >= 0) {
-		char stamp[64], line[MAX_TEMPLATE + 128];
+		char stamp[64], line[MAX_MESSAGE + 64];
 		struct tm tm;
 		time_t now = time(NULL);
 		strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S%z", localtime_r(&now, &tm));
 		int n = snprintf(line, sizeof line, "%s slurmjwtd AUDIT %.*s\n", stamp, (int)mlen, message);
-		if (n > 0 && (size_t)n < sizeof line && write(F.audit_fd, line, (size_t)n) < 0) {
-			/* a full or closed log must not stop the daemon serving */
+		if (n < 0 || (size_t)n >= sizeof line)
+			return -1;  /* cannot happen (MESSAGE bounds it); never a token unaudited */
+		if (write(F.audit_fd, line, (size_t)n) < 0) {
+			/* a full or closed log must not stop the daemon serving, as AuditLog */
 		}
 		return 0;
 	}
 	struct iovec iov[MAX_JOURNAL + 3];
-	char head[MAX_TEMPLATE + 16];
+	char head[MAX_MESSAGE + 16];
 	int n = snprintf(head, sizeof head, "MESSAGE=%.*s", (int)mlen, message);
+	if (n < 0 || (size_t)n >= sizeof head)
+		return -1;
 	iov[0] = (struct iovec){ head, (size_t)n };
 	iov[1] = (struct iovec){ (char *)"PRIORITY=6", 10 };
 	iov[2] = (struct iovec){ (char *)"SYSLOG_IDENTIFIER=slurmjwtd", 27 };
@@ -327,7 +333,7 @@ static int serve(int c, uint32_t uid, int32_t pid, int32_t lifetime, int64_t acc
 	const char *values[8] = { NULL, pid_s, life_s, exp_s, jti, NULL, iat_s, NULL };
 
 	char claims[MAX_TEMPLATE], token[2 * MAX_TEMPLATE + 128], answer[3 * MAX_TEMPLATE];
-	char message[MAX_TEMPLATE + 128];
+	char message[MAX_MESSAGE];
 	size_t cl = expand(claims_t, values, claims, sizeof claims);
 	size_t t = sizeof HEADER - 1;
 	unsigned maclen = 0;
@@ -341,6 +347,7 @@ static int serve(int c, uint32_t uid, int32_t pid, int32_t lifetime, int64_t acc
 		return 0;
 	token[t++] = '.';
 	t += b64url(mac, maclen, token + t);
+	explicit_bzero(mac, sizeof mac);
 	token[t] = '\0';
 	values[S_TOKEN] = token;
 	size_t al = expand(answer_t, values, answer, sizeof answer);
@@ -674,6 +681,11 @@ API int sjf_put(uint32_t uid, int64_t expires_ns, int32_t budget, int32_t lifeti
 	if (nleaders < 1 || nleaders > MAX_LEADERS || strlen(claims) >= MAX_TEMPLATE ||
 	    strlen(answer) >= MAX_TEMPLATE || strlen(audit_line) >= MAX_TEMPLATE ||
 	    strlen(journal) >= MAX_TEMPLATE || lifetime < 1 || max_lifetime < lifetime)
+		return -EINVAL;
+	int fields = 1;
+	for (const char *c = journal; *c; c++)
+		fields += *c == '\n';
+	if (fields > MAX_JOURNAL)  /* audit() sends each of them: none may be left out */
 		return -EINVAL;
 	size_t lengths[4] = { strlen(claims) + 1, strlen(answer) + 1, strlen(audit_line) + 1,
 			      strlen(journal) + 1 };
