@@ -73,7 +73,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 HERE = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("SLURMJWT_VENV", "/opt/slurmjwt/venv"))
@@ -182,10 +182,11 @@ def run_measured(pid: int, argv: list[str]) -> tuple[str, float]:
 
 
 def loadgen(pid: int, sock: str, count: int, threads: int, user: str | None = None,
-            program: str = LOADGEN) -> dict[str, float]:
+            program: str = LOADGEN, munge: bool = False) -> dict[str, float]:
     """loadgen's figures and the daemon PID's CPU per token: root asking (root's MINT for
-    itself), or USER (setpriv), a user's own MINT, which needs a session (own_session)."""
-    argv = [program, "-S", sock, "-n", str(count), "-t", str(threads)]
+    itself), or USER (setpriv), a user's own MINT, which needs a session (own_session); MUNGE:
+    credentials from munged on SOCK instead (munge_encode, as remunge makes them)."""
+    argv = [program, *(["-M"] if munge else []), "-S", sock, "-n", str(count), "-t", str(threads)]
     if user is not None:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
     out, cpu = run_measured(pid, argv)
@@ -526,6 +527,38 @@ def report_logins(results: dict[tuple[str, str], list[dict[str, float]]],
             print(f"goal: pam_slurmjwt adds under {ms(GOAL_ADDED_P99_US)} at p99 with {threads} "
                   f"logins at once: {'met' if verdict else 'NOT met'} ({ms(added)})")
     return verdict
+
+
+def run_in_flight(runners: dict[str, Callable[[int, int], dict[str, float]]], threads: int,
+                  count: int, repeat: int) -> dict[str, list[dict[str, float]]]:
+    """Each runner with THREADS clients at once, COUNT operations, REPEAT rounds interleaved."""
+    results: dict[str, list[dict[str, float]]] = {}
+    for name, run in runners.items():
+        run(min(count, 2000), 1)  # warm-up (and, for a user's MINT, her fast-path entry)
+    for _ in range(repeat):
+        for name, run in runners.items():
+            results.setdefault(name, []).append(run(count, threads))
+    return results
+
+
+def report_in_flight(results: dict[str, list[dict[str, float]]], threads: int) -> None:
+    """Print the table, and what it means for the storm goal (a closed loop of THREADS)."""
+    table = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+             for name, runs in results.items()}
+    print(f"{'in flight':<34} {'ops/s':>8} {'p50':>9} {'p99':>9} {f'{threads}/rate':>9} {'CPU us/op':>9}")
+    for name, r in table.items():
+        print(f"{name:<34} {r['rate']:>8,.0f} {ms(r['p50_us']):>9} {ms(r['p99_us']):>9} "
+              f"{ms(threads / r['rate'] * 1e6):>9} {r['cpu_us']:>9.0f}")
+    print(f"p50, p99: one operation's time, connect to answer, with {threads} clients asking at "
+          f"once (a closed loop); {threads}/rate: the mean Little's law gives for that loop;\n"
+          f"CPU: the daemon's per operation\n")
+    munge = table.get("munged (munge_encode)")
+    if munge:
+        print(f"{threads} requests always in flight wait {ms(munge['p50_us'])} at the median and "
+              f"{ms(munge['p99_us'])} at p99 on munged itself, which writes no file, no audit line and "
+              f"no session: the storm goal read as\n{threads} logins always in flight (a closed loop) "
+              f"is beyond any daemon on {os.cpu_count()} CPUs; the logins arriving at a rate "
+              f"(--storm-rate) are the storm a login node sees")
 
 
 # -- cli ------------------------------------------------------------------------------------
@@ -946,17 +979,19 @@ def main() -> int:
               f"{repeat} round(s), tables show medians over rounds;\n"
               f"CPU is the daemon's utime+stime, all threads (clock tick {1000 / CLK_TCK:.0f} ms); "
               f"daemon files in {tmp} ({fs_type(str(tmp))})\n")
+        program = shutil.copy(LOADGEN, tmp / "loadgen")  # the user may not reach the checkout
+        munge = msock = None
+        if not args.skip_munged and not (args.skip_tokens and args.skip_logins):
+            munge, msock = start_munged(tmp)
+            procs.append(munge)
         if not args.skip_tokens:
             py, pysock = start_slurmjwtd(tmp, name="python", settings=UNLIMITED + "fast_path = false\n")
             procs.append(py)
-            program = shutil.copy(LOADGEN, tmp / "loadgen")  # the user may not reach the checkout
             runners = {
                 "slurmjwtd": lambda n, t: loadgen(jwt.pid, sock, n, t, BENCH_USER, program),
                 "py-loop": lambda n, t: loadgen(py.pid, pysock, n, t, BENCH_USER, program),
                 "root": lambda n, t: loadgen(jwt.pid, sock, n, t)}
-            if not args.skip_munged:
-                munge, msock = start_munged(tmp)
-                procs.append(munge)
+            if munge:
                 runners["munged"] = lambda n, t: remunge(munge.pid, msock, n, t)
             print(f"tokens: {count} operations per run, one connection per operation;\n"
                   f"slurmjwtd: user {BENCH_USER}'s own MINT, with a session (the fast path); "
@@ -982,6 +1017,19 @@ def main() -> int:
                   f"user {BENCH_USER}; {args.sessions} other sessions open\n")
             report_logins(run_logins(jwt.pid, sock, scenarios, repeat, args.sessions, args.burst,
                                      rates), scenarios)
+            print()
+            runners = {}
+            if munge:
+                runners["munged (munge_encode)"] = lambda n, t: loadgen(munge.pid, msock, n, t,
+                                                                        munge=True)
+            runners |= {
+                "slurmjwtd: a user's MINT (fast path)": lambda n, t: loadgen(jwt.pid, sock, n, t,
+                                                                            BENCH_USER, program),
+                "slurmjwtd: root's MINT (Python loop)": lambda n, t: loadgen(jwt.pid, sock, n, t)}
+            print(f"in flight: {args.storm} clients at once, {count} operations per run, a "
+                  f"connection each, no PAM (bench/loadgen; -M for munged)\n")
+            with bench_user(), own_session(root_socket_of(sock), BENCH_USER):
+                report_in_flight(run_in_flight(runners, args.storm, count, repeat), args.storm)
             print()
         if not args.skip_jobs:
             print(f"jobs: {', '.join(JOB_COMMANDS)} --version, {job_runs} runs each per round, "

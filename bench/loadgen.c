@@ -1,6 +1,10 @@
 /* loadgen: hammer slurmjwtd with THREADS clients, one connection per token.
  *
  *   loadgen -S SOCKET -n COUNT -t THREADS [-r OP] [-u USER] [-l LIFETIME] [-T TIMEOUT_MS]
+ *   loadgen -M -S MUNGE_SOCKET -n COUNT -t THREADS
+ *
+ * With -M the clients ask munged instead, through libmunge (munge_encode, as remunge does),
+ * a context per thread: the reference for latencies, which remunge does not report.
  *
  * Prints one line: tokens=.. errors=.. seconds=.. rate=.. p50_us=.. p99_us=.. threads=..
  * (rate counts successful calls; latencies are of successful calls). Exit status 0 when
@@ -16,13 +20,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <munge.h>
+
 #include "benchutil.h"
 
 #include "../pam/sjwt_client.h"
 
 static const char *socket_path;
 static char request[SJWT_MAX_REQUEST + 1];
-static int timeout_ms = 5000, want_token;
+static int timeout_ms = 5000, want_token, munge;
 static long count;
 static long next_call;      /* atomic: index of the next call to make */
 static uint64_t *latency_ns; /* one slot per call; successful calls only are kept */
@@ -41,40 +47,76 @@ static void note_error(const char *what)
 	__atomic_fetch_add(&errors, 1, __ATOMIC_RELAXED);
 }
 
-static void *worker(void *arg)
+/* One call to slurmjwtd: 0 if it gave what was asked for, else note why and -1. */
+static int call_slurmjwtd(void)
 {
 	char answer[SJWT_MAX_ANSWER], field[SJWT_MAX_ANSWER], code[64];
+	int ok = -1;
+	int rc = sjwt_call(socket_path, timeout_ms, request, answer, sizeof answer);
+	if (rc != SJWT_OK) {
+		note_error(sjwt_strerror(rc));
+	} else if (!sjwt_answer_ok(answer)) {
+		char what[96];
+		if (sjwt_answer_code(answer, code, sizeof code) != SJWT_OK)
+			strcpy(code, "?");
+		snprintf(what, sizeof what, "ERR %s", code);
+		note_error(what);
+	} else if (want_token && sjwt_answer_field(answer, "token", field, sizeof field) != SJWT_OK) {
+		note_error("OK answer without a usable token");
+	} else {
+		ok = 0;
+	}
+	explicit_bzero(answer, sizeof answer);
+	explicit_bzero(field, sizeof field);
+	return ok;
+}
+
+/* One credential from munged, on this thread's context CTX. */
+static int call_munged(munge_ctx_t ctx)
+{
+	char *cred = NULL;
+	munge_err_t rc = munge_encode(&cred, ctx, NULL, 0);
+	free(cred);
+	if (rc != EMUNGE_SUCCESS) {
+		note_error(munge_strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
+static void *worker(void *arg)
+{
+	munge_ctx_t ctx = NULL;
 	long i;
 	(void)arg;
+	if (munge && ((ctx = munge_ctx_create()) == NULL ||
+		      munge_ctx_set(ctx, MUNGE_OPT_SOCKET, socket_path) != EMUNGE_SUCCESS)) {
+		note_error("cannot make a munge context");
+		pthread_barrier_wait(&start_line);
+		if (ctx != NULL)
+			munge_ctx_destroy(ctx);
+		return NULL; /* the others make the calls: the run fails (errors) all the same */
+	}
 	pthread_barrier_wait(&start_line);
 	while ((i = __atomic_fetch_add(&next_call, 1, __ATOMIC_RELAXED)) < count) {
 		uint64_t t0 = now_ns();
-		int rc = sjwt_call(socket_path, timeout_ms, request, answer, sizeof answer);
+		int rc = munge ? call_munged(ctx) : call_slurmjwtd();
 		uint64_t t1 = now_ns();
-		if (rc != SJWT_OK) {
-			note_error(sjwt_strerror(rc));
-		} else if (!sjwt_answer_ok(answer)) {
-			char what[96];
-			if (sjwt_answer_code(answer, code, sizeof code) != SJWT_OK)
-				strcpy(code, "?");
-			snprintf(what, sizeof what, "ERR %s", code);
-			note_error(what);
-		} else if (want_token && sjwt_answer_field(answer, "token", field, sizeof field) != SJWT_OK) {
-			note_error("OK answer without a usable token");
-		} else {
+		if (rc == 0) {
 			long k = __atomic_fetch_add(&done_ok, 1, __ATOMIC_RELAXED);
 			latency_ns[k] = t1 - t0;
 		}
-		explicit_bzero(answer, sizeof answer);
-		explicit_bzero(field, sizeof field);
 	}
+	if (ctx != NULL)
+		munge_ctx_destroy(ctx);
 	return NULL;
 }
 
 static void usage(void)
 {
 	fprintf(stderr, "usage: loadgen -S SOCKET -n COUNT -t THREADS [-r OP] [-u USER] "
-			"[-l LIFETIME] [-T TIMEOUT_MS]\n");
+			"[-l LIFETIME] [-T TIMEOUT_MS]\n"
+			"       loadgen -M -S MUNGE_SOCKET -n COUNT -t THREADS\n");
 	exit(2);
 }
 
@@ -95,8 +137,9 @@ int main(int argc, char **argv)
 	double seconds;
 	int c;
 
-	while ((c = getopt(argc, argv, "S:n:t:r:u:l:T:")) != -1) {
+	while ((c = getopt(argc, argv, "MS:n:t:r:u:l:T:")) != -1) {
 		switch (c) {
+		case 'M': munge = 1; break;
 		case 'S': socket_path = optarg; break;
 		case 'n': count = number(optarg, 10000000); break;
 		case 't': threads = number(optarg, 1024); break;

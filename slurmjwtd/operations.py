@@ -273,6 +273,7 @@ class Operations:
                                    getattr(state.audit_log, "node", ""))
         if not leaders or texts is None:
             return
+        self._reclaim(uid)  # the entry there, its lease back: the new one leases afresh
         now = time.monotonic()
         budget = state.limiter.lease(uid, now, fastpath.LEASE)
         if not budget:
@@ -459,8 +460,6 @@ class Operations:
         lifetime = parse_lifetime(request.args.get("lifetime"))
         name = request.args.get("user")
         config = self.state.config
-        if self.fast is not None and not caller.is_root:
-            self._reclaim(caller.uid)  # its lease back first: the rate limit counts it all
         # a user naming herself is checked against her uid's name: another entry of that uid
         # (useradd -o) would be another Slurm user, with other associations and limits
         target = lookup_account(caller.uid if name is None else name, config.policy_groups,
@@ -476,12 +475,26 @@ class Operations:
                           user=target.name if target else shown, uid=target.uid if target else None)
         assert target is not None
         # the limit is on users' own requests: root's follow logins, which sshd already bounds
-        if not caller.is_root and not self.state.limiter.allow(target.uid, time.monotonic()):
+        if not caller.is_root and not self._allow(target.uid):
             raise Refusal(Code.RATE_LIMITED, "rate-limit",
                           f"{target.name} had {config.rate_limit} tokens in {config.rate_window} s; "
                           f"try again shortly", f"rate_limit:{config.rate_limit}/{config.rate_window}s",
                           user=target.name, uid=target.uid)
         return Grant(target, decision)
+
+    def _allow(self, uid: int) -> bool:
+        """A grant off UID's rate limit. The fast path's entry keeps serving meanwhile: taking it
+        out on every request the Python loop answers would send the uid's next ones here too,
+        a queue that feeds itself under load (100 clients of one user: 27,000 of 30,000 passed
+        on, 4,400 tokens/s, against 28,000/s with the entry kept; bench.py's `100 in flight`).
+        Its lease is taken back only when the bucket alone has none: the limit counts it all."""
+        limiter, now = self.state.limiter, time.monotonic()
+        if limiter.allow(uid, now):
+            return True
+        if self.fast is None:
+            return False
+        self._reclaim(uid)
+        return limiter.allow(uid, now)
 
     def _op_mint(self, caller: Caller, request: Request) -> Grant:
         grant = self._mint_for(caller, request)
