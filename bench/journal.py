@@ -56,6 +56,32 @@ time.sleep(86400)
 STATUS = (f"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{SOCKET}'); "
           f"s.sendall(b'SJWT/1 STATUS\\n'); print(s.recv(4096).decode())")
 KEY = "/var/lib/slurm/jwt_hs256.key"
+# journald's cost per line whoever writes it: N lines of a fast-path grant, from a transient unit,
+# the daemon's way (JournalAuditLog: MESSAGE and the SLURMJWT_* fields, one datagram each), as
+# MESSAGE alone (the least a native entry can be), and as a line on stdout (journald's stream:
+# no fields, so no `slurmjwt audit` journal matches, no rsyslog selection on them)
+FLOOR = """
+import sys
+sys.path.insert(0, "/usr/lib/slurmjwt")
+from slurmjwtd.audit import JournalAuditLog, format_audit
+how, n = sys.argv[1], int(sys.argv[2])
+log = JournalAuditLog()
+sendv = log._sendv
+for i in range(n):
+    fields = dict(decision="granted", op="mint", caller_uid=1001, caller_pid=4000 + i % 30000,
+                  user="alice", uid=1001, reason="own-session", rule="default", lifetime=3600,
+                  exp=1800000000 + i, jti="%s%015x" % (how[0], i))
+    if how == "fields":
+        log(**fields)
+    elif how == "message":
+        sendv("MESSAGE=" + format_audit({**fields, "node": log.node}), "PRIORITY=6",
+              "SYSLOG_IDENTIFIER=slurmjwtd")
+    else:
+        sys.stdout.write(format_audit({**fields, "node": log.node}) + "\\n")
+"""
+FLOOR_WAYS = {"fields": "the daemon's entry (MESSAGE + SLURMJWT_* fields)",
+              "message": "MESSAGE alone (no fields)",
+              "stream": "a stdout line (journald's stream, no fields)"}
 
 
 def build_deb(tmp: Path) -> Path:
@@ -88,6 +114,26 @@ def loadgen_inside(sd: Pid1, count: int, threads: int) -> dict[str, float]:
     return {"ops": ops, "rate": fields["rate"], "cpu_us": (after[0] - before[0]) * 1e6 / ops,
             "journald_us": (after[1] - before[1]) * 1e6 / ops,
             "p50_us": fields["p50_us"], "p99_us": fields["p99_us"]}
+
+
+def journald_floor(sd: Pid1, count: int) -> dict[str, float]:
+    """journald's CPU per line (us), for each of FLOOR_WAYS, COUNT lines from a transient unit."""
+    journald = sd.show("systemd-journald.service", "MainPID")["MainPID"]
+    sd.write("/run/sjwt-floor.py", FLOOR)
+    out = {}
+    for how in FLOOR_WAYS:
+        before = cpu_inside(sd, journald)
+        sd.run("systemd-run", "--wait", "--quiet", "--unit=sjwt-bench-floor", "/usr/bin/python3",
+               "/run/sjwt-floor.py", how, str(count), timeout=600)
+        last = f"jti={how[0]}{count - 1:015x}"  # stored: journald has done its work
+        deadline = time.monotonic() + 30
+        while last not in sd.sh("journalctl _SYSTEMD_UNIT=sjwt-bench-floor.service -n 1 "
+                                "-o cat").stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"journald did not store the {how} lines")
+            time.sleep(0.2)
+        out[how] = (cpu_inside(sd, journald) - before) * 1e6 / count
+    return out
 
 
 def journal_lines(sd: Pid1, expected: int, settle: float = 3.0) -> int:
@@ -161,7 +207,22 @@ def main() -> int:
             minted = min(args.count, 2000) + sum(
                 r["ops"] for threads in bench.THREADS for r in results[("slurmjwtd", threads)])
             lines = journal_lines(sd, int(minted))
-            print(f"journal: {lines} op=mint entries for {minted:.0f} tokens minted")
+            print(f"journal: {lines} op=mint entries for {minted:.0f} tokens minted\n")
+            floor = [journald_floor(sd, args.count) for _ in range(args.repeat)]
+            print(f"systemd-journald's CPU per line, {args.count} lines of a grant from a "
+                  f"transient unit, median of {args.repeat}:")
+            for how, what in FLOOR_WAYS.items():
+                print(f"  {what:<52} {statistics.median(f[how] for f in floor):>5.1f} us")
+            # at 8 clients the machine is CPU-bound: a token costs it CPUS / rate, of which
+            # journald's line is a part; what a line may cost for slurmjwtd to reach munged's rate
+            cpus, top = os.cpu_count() or 1, max(bench.THREADS)
+            ours = statistics.median(r["rate"] for r in results[("slurmjwtd", top)])
+            theirs = statistics.median(r["rate"] for r in results[("munged", top)])
+            journald = statistics.median(r["journald_us"] for r in results[("slurmjwtd", top)])
+            room = cpus * 1e6 / theirs - (cpus * 1e6 / ours - journald)
+            print(f"at {top} clients a token costs this machine {cpus * 1e6 / ours:.0f} us "
+                  f"({journald:.0f} of them journald's), a credential {cpus * 1e6 / theirs:.0f} "
+                  f"us: munged's rate needs a journal line of at most {room:.0f} us")
         return 0
     finally:
         bench.stop(munged)

@@ -460,7 +460,8 @@ static void *worker(void *arg)
 	int np = 0, ep = epoll_create1(EPOLL_CLOEXEC);
 	for (int i = 0; i < MAX_PENDING; i++)
 		p[i].fd = -1;
-	struct epoll_event ev = { .events = EPOLLIN, .data.fd = LISTEN_KEY };
+	/* EPOLLEXCLUSIVE: a connection wakes one worker, not each (the others found EAGAIN) */
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.fd = LISTEN_KEY };
 	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, F.listen_fd, &ev) < 0)
 		return NULL;
 	ev = (struct epoll_event){ .events = EPOLLIN, .data.fd = STOP_KEY };
