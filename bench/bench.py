@@ -14,7 +14,10 @@ logins: writes two PAM services, /etc/pam.d/sjwt-bench-without (pam_permit only)
 sjwt-bench-with (the same plus pam_slurmjwt.so on the bench daemon's socket), creates a
 throwaway user sjwt-bench, and times pam_open_session (and pam_close_session) with
 bench/pamstorm, one login alone and 100 at once, for both stacks; it reports the time the
-module adds, median and p99, against the goal: under 2 ms at p99 in the storm.
+module adds, median and p99, against the goal: under 2 ms at p99 in the storm. Then the same
+number of clients in flight without PAM, a connection each (bench/loadgen): munged
+(munge_encode, loadgen -M), a user's MINT (the fast path) and root's (the Python loop), p50 and
+p99: the reference the storm is read against.
 
 jobs: runs srun, sbatch and squeue --version (they print a version and contact nothing) from
 /usr/bin and through symlinks to pam/slurmjwt-exec, in turn, with a dummy SLURM_JWT set, and
