@@ -9,10 +9,10 @@ PYTHON  := $(VENV)/bin/python
 # and PAM's headers, for the module and slurmjwt-exec); `make deb` BUILD and DEB; `make test`
 # (deps) all of them.
 RUNTIME_PACKAGES := python3 python3-click python3-systemd python3-jwt python3-cryptography
-BUILD_PACKAGES := gcc libc6-dev make libpam0g-dev libssl-dev libsystemd-dev pkg-config
+BUILD_PACKAGES := gcc libc6-dev make libpam0g-dev libssl-dev pkg-config
 DEB_PACKAGES := build-essential debhelper dh-python dpkg-dev fakeroot lintian
 TEST_PACKAGES := slurmctld slurmd slurmrestd slurm-wlm-jwt-plugin slurm-client munge \
-	pamtester openssh-server openssh-client valgrind libsystemd-dev libmunge-dev \
+	pamtester openssh-server openssh-client valgrind libmunge-dev \
 	python3-venv python3-dev systemd binutils curl zsh tcsh tmux screen strace \
 	procps passwd util-linux acl groff-base
 APT_PACKAGES := $(RUNTIME_PACKAGES) $(BUILD_PACKAGES) $(DEB_PACKAGES) $(TEST_PACKAGES)

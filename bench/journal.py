@@ -1,5 +1,5 @@
 """The tokens section as a login node runs it: slurmjwtd as its systemd unit, its audit lines in
-the journal (one sd_journal_send each, with its SLURMJWT_* fields), against munged in the same
+the journal (one native-protocol datagram each, with its SLURMJWT_* fields), against munged in the same
 run. A benchmark, not a test.
 
 It boots systemd as PID 1 in new namespaces (tests/pid1.py: overlays, the host's files are not

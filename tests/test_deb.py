@@ -52,7 +52,7 @@ APT_ENV = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
 RUNTIME_DEPENDS = {"python3-click", "python3-cryptography", "python3-jwt", "python3-systemd",
                    "python3:any", "python3", "libc6", "libpam0g", "systemd",
                    "systemd-standalone-sysusers", "systemd-sysusers",
-                   "libssl3", "libsystemd0"}  # the fast path's libcrypto and journal
+                   "libssl3"}  # the fast path's libcrypto
 # the package's own paths that must be gone after purge (besides every file it shipped)
 LEFT_BEHIND = ["/etc/slurmjwt", "/usr/lib/slurmjwt", "/var/lib/slurmjwt", "/run/slurmjwt",
                "/run/slurmjwt-tokens", "/usr/share/doc/slurmjwt",

@@ -356,7 +356,7 @@ def test_the_library_is_hardened_and_exports_only_its_api():
 def test_no_errors_or_leaks_under_valgrind(users, workdir, audit):
     """The library's whole API from C (tests/fastpath_check.c: a table entry, a user's MINTs
     answered, a STATUS and MINTs handed over, the counters, the lease, a stop with an entry
-    left), under valgrind, with the audit to a file and through sd_journal_sendv."""
+    left), under valgrind, with the audit to a file and to the journal's socket."""
     checkout = Path(__file__).resolve().parent.parent
     built = subprocess.run(["make", "-s", "-C", str(checkout / "pam"), "../tests/fastpath_check"],
                            capture_output=True, text=True)

@@ -381,6 +381,28 @@ def test_the_journal_has_the_audit_fields_and_never_a_token(sd, users, leaders):
 
 
 
+def test_the_fast_path_audits_to_a_restarted_journald(sd, users, leaders):
+    """journald restarted, as an upgrade restarts it: the fast path's grants after it still
+    reach the journal, each with its fields (its workers write to journald's socket, which
+    systemd holds across the restart)."""
+    alice = users["alice"].pw_name
+    leaders(sd, alice)
+    call(sd, "MINT", alice)  # the Python path's grant makes the entry
+
+    def granted() -> int:
+        return int(call(sd, "METRICS")["fields"]["fast_path_granted"])
+
+    def in_journal(jtis: list[str]) -> bool:
+        out = sd.journal("-u", UNIT, "-o", "cat", "--output-fields=SLURMJWT_JTI", "SLURMJWT_OP=mint",
+                         f"SLURMJWT_USER={alice}")
+        return set(jtis) <= set(out.split())
+    before = granted()
+    jtis = [call(sd, "MINT", alice)["fields"]["jti"]]
+    sd.systemctl("restart", "systemd-journald.service")
+    jtis += [call(sd, "MINT", alice)["fields"]["jti"] for _ in range(3)]
+    assert granted() - before == 4  # all four from the fast path
+    assert wait_for(lambda: in_journal(jtis), 10), jtis
+
 def test_slurmjwt_audit_reads_the_daemons_decisions_from_the_journal(sd, users, leaders):
     """`slurmjwt audit` as the package installs it, on journald's files: the login's and the
     user's own grant found by jti and user with node= this machine's name, by journal matches;
