@@ -564,6 +564,83 @@ def report_in_flight(results: dict[str, list[dict[str, float]]], threads: int) -
               f"(--storm-rate) are the storm a login node sees")
 
 
+# -- logins during a user's flood ------------------------------------------------------------
+FLOOD_THREADS = 32  # max_clients_per_uid's default: the connections one uid may hold at once
+
+
+@contextlib.contextmanager
+def flood(sock: str, user: str, program: str) -> Iterator[None]:
+    """USER asking for her own token from FLOOD_THREADS threads flat out until the block ends
+    (loadgen, stopped by PID): a runaway loop of `slurmjwt token`."""
+    argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", program, "-S",
+            sock, "-n", "2000000", "-t", str(FLOOD_THREADS)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # under way before the first login
+        if proc.poll() is not None:
+            raise RuntimeError(f"the flood ({' '.join(argv)}) ended at once")
+        yield
+    finally:
+        stop(proc)
+
+
+def answered(sock: str) -> tuple[int, int]:
+    """The daemon's granted and refused counters (METRICS: the fast path's included)."""
+    fields = dict(w.split("=", 1) for w in ask(sock, "METRICS").split()[2:] if "=" in w)
+    return int(fields["granted"]), int(fields["refused"])
+
+
+def run_flood(daemons: dict[str, tuple[int, str]], program: str, logins: int, repeat: int
+              ) -> dict[tuple[str, str, str], list[dict[str, float]]]:
+    """LOGINS logins one at a time on both stacks, quiet and while the same user floods, for
+    each daemon (name: (pid, socket)); with a flood, its grants and refusals a second."""
+    results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    with bench_user() as user:
+        for name, (pid, sock) in daemons.items():
+            root = root_socket_of(sock)
+            with pam_services(root) as services, own_session(root, user):
+                for stack in STACKS:
+                    pamstorm(pid, services[stack], user, 20, 1, stack == "with")  # warm-up
+                for _ in range(repeat):
+                    for scenario in ("quiet", "flood"):
+                        busy = flood(sock, user, program) if scenario == "flood" else None
+                        with busy or contextlib.nullcontext():
+                            (granted, refused), start = answered(sock), time.monotonic()
+                            for stack in STACKS:
+                                results.setdefault((name, scenario, stack), []).append(
+                                    pamstorm(pid, services[stack], user, logins, 1,
+                                             stack == "with"))
+                            (g, r), seconds = answered(sock), time.monotonic() - start
+                        for stack in STACKS:  # the logins' own tokens are a few of these
+                            results[(name, scenario, stack)][-1] |= {
+                                "granted_s": (g - granted) / seconds, "refused_s": (r - refused) / seconds}
+    return results
+
+
+def report_flood(results: dict[tuple[str, str, str], list[dict[str, float]]],
+                 daemons: dict[str, str]) -> None:
+    table = {key: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+             for key, runs in results.items()}
+    print(f"{'daemon':<10} {'user':<7} {'granted/s':>9} {'refused/s':>9} {'open p50':>9} "
+          f"{'open p99':>9} {'added p50':>10} {'added p99':>10} {'in p50':>8} {'in p99':>8}")
+    for name in daemons:
+        for scenario in ("quiet", "flood"):
+            w, wo = table[(name, scenario, "with")], table[(name, scenario, "without")]
+            print(f"{name:<10} {scenario:<7} {fmt(w['granted_s']):>9} {fmt(w['refused_s']):>9} "
+                  f"{fmt(w['open_p50']):>9} {fmt(w['open_p99']):>9} "
+                  f"{fmt(w['open_p50'] - wo['open_p50']):>10} {fmt(w['open_p99'] - wo['open_p99']):>10} "
+                  f"{fmt(w['in_p50']):>8} {fmt(w['in_p99']):>8}")
+    print("us. one login at a time, with the module (open) and its time added (with - without), "
+          "and inside the login (in);\nflood: the login's user asking for her own token from "
+          f"{FLOOD_THREADS} threads at once meanwhile; granted/s, refused/s: the daemon's answers "
+          f"then\n" + "".join(f"{name}: {what}\n" for name, what in daemons.items()))
+    for name in daemons:
+        quiet, busy = table[(name, "quiet", "with")], table[(name, "flood", "with")]
+        print(f"{name}: every login had its token during the flood; inside the login p50 "
+              f"{ms(quiet['in_p50'])} -> {ms(busy['in_p50'])}, p99 {ms(quiet['in_p99'])} -> "
+              f"{ms(busy['in_p99'])}")
+
+
 # -- cli ------------------------------------------------------------------------------------
 def write_launcher(path: Path, module: str) -> str:
     """PATH: the installed `slurmjwt` launcher (the Makefile's `launcher`: Debian's python3 -I,
@@ -1033,6 +1110,17 @@ def main() -> int:
                   f"connection each, no PAM (bench/loadgen; -M for munged)\n")
             with bench_user(), own_session(root_socket_of(sock), BENCH_USER):
                 report_in_flight(run_in_flight(runners, args.storm, count, repeat), args.storm)
+            print()
+            limited, lsock = start_slurmjwtd(tmp, name="limited")  # the default rate limit
+            procs.append(limited)
+            daemons = {"limited": "the default rate limit (60 a minute): the flood is refused, "
+                                  "in the Python loop, as the logins",
+                       "unlimited": "rate_limit = 0: the flood is granted, by the fast path"}
+            print(f"flood: {alone} logins one at a time, quiet and while their user floods the "
+                  f"daemon, on two daemons:")
+            report_flood(run_flood({"limited": (limited.pid, lsock), "unlimited": (jwt.pid, sock)},
+                                   program, alone, repeat), daemons)
+            stop(limited)
             print()
         if not args.skip_jobs:
             print(f"jobs: {', '.join(JOB_COMMANDS)} --version, {job_runs} runs each per round, "

@@ -213,6 +213,38 @@ def test_the_root_socket_is_served_first(start, peer):
     assert [line["op"] for line in server.state.audit_log.lines] == ["close", "mint", "mint", "mint"]
 
 
+def test_a_login_waits_behind_few_of_the_users_requests_queued(start, peer, monkeypatch):
+    """A login that comes while users' requests are queued is answered after the few of the
+    loop's turn in progress (_USER_BURST), not after all of them: a user's flood costs a login
+    a few requests' time, however many it queues (bench.py `flood`)."""
+    peer(ROOT)
+    server = start()
+    config = server.state.config
+    users = [connect(config.socket) for _ in range(20)]
+    for sock in users:
+        sock.sendall(b"SJWT/1 MINT user=sjt-no-such-user\n")
+    login: list[socket.socket] = []
+    answer = server.ops.answer
+
+    def login_comes(caller, line, root_socket=False):  # as the first user's is answered
+        if not login:
+            login.append(connect(config.root_socket))
+            login[0].sendall(b"SJWT/1 CLOSE session=0123456789abcdef\n")
+        return answer(caller, line, root_socket)
+    monkeypatch.setattr(server.ops, "answer", login_comes)
+    answers: list[bytes] = []
+
+    def clients() -> None:
+        answers.extend(read_all(sock) for sock in users)
+        answers.append(read_all(login[0]))  # there by the time the first user had her answer
+    serve(server, clients)
+    for sock in (*users, *login):
+        sock.close()
+    assert len(answers) == 21 and all(a.startswith(b"SJWT/1 ERR ") for a in answers)
+    ops = [line["op"] for line in server.state.audit_log.lines]
+    assert ops.count("mint") == 20
+    assert 1 <= ops.index("close") <= server_module._USER_BURST <= 8  # not after all 20
+
 def test_a_request_not_in_by_the_deadline_is_refused(start):
     server = start(client_timeout=0.2)
     got = []
