@@ -105,6 +105,7 @@ THREADS = (1, 8)
 RENEW_FROM, RENEW_TO = 0.50, 0.75  # slurmjwtd/renewal.py: when in a token's life it is renewed
 GOAL_USERS, GOAL_LIFETIME, GOAL_RENEW_SHARE = 10_000, 900, 0.02  # issue 12: under 2 % of a core
 IDLE_SESSIONS = 10_000
+WARM_UP = 2000  # operations each runner makes before its rounds (run_rounds)
 SYSTEM_PYTHON = "/usr/bin/python3"  # what the installed launchers run (Makefile's `launcher`)
 CLI_COMMANDS = ("token", "refresh")
 GOAL_CLI_RATIO = 1.5  # issue 15: token and refresh at most 1.5x a bare `python3 -I -c pass`
@@ -532,22 +533,11 @@ def report_logins(results: dict[tuple[str, str], list[dict[str, float]]],
     return verdict
 
 
-def run_in_flight(runners: dict[str, Callable[[int, int], dict[str, float]]], threads: int,
-                  count: int, repeat: int) -> dict[str, list[dict[str, float]]]:
-    """Each runner with THREADS clients at once, COUNT operations, REPEAT rounds interleaved."""
-    results: dict[str, list[dict[str, float]]] = {}
-    for name, run in runners.items():
-        run(min(count, 2000), 1)  # warm-up (and, for a user's MINT, her fast-path entry)
-    for _ in range(repeat):
-        for name, run in runners.items():
-            results.setdefault(name, []).append(run(count, threads))
-    return results
-
-
-def report_in_flight(results: dict[str, list[dict[str, float]]], threads: int) -> None:
-    """Print the table, and what it means for the storm goal (a closed loop of THREADS)."""
-    table = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-             for name, runs in results.items()}
+def report_in_flight(results: dict[tuple[str, int], list[dict[str, float]]], threads: int
+                     ) -> None:
+    """Print the table (run_rounds' RESULTS at THREADS clients), and what it means for the
+    storm goal (a closed loop of THREADS)."""
+    table = {name: summarize(runs) for (name, _), runs in results.items()}
     print(f"{'in flight':<34} {'ops/s':>8} {'p50':>9} {'p99':>9} {f'{threads}/rate':>9} {'CPU us/op':>9}")
     for name, r in table.items():
         print(f"{name:<34} {r['rate']:>8,.0f} {ms(r['p50_us']):>9} {ms(r['p99_us']):>9} "
@@ -619,8 +609,7 @@ def run_flood(daemons: dict[str, tuple[int, str]], program: str, logins: int, re
 
 def report_flood(results: dict[tuple[str, str, str], list[dict[str, float]]],
                  daemons: dict[str, str]) -> None:
-    table = {key: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-             for key, runs in results.items()}
+    table = {key: summarize(runs) for key, runs in results.items()}
     print(f"{'daemon':<10} {'user':<7} {'granted/s':>9} {'refused/s':>9} {'open p50':>9} "
           f"{'open p99':>9} {'added p50':>10} {'added p99':>10} {'in p50':>8} {'in p99':>8}")
     for name in daemons:
@@ -916,6 +905,22 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
+def run_rounds(runners: dict[str, Callable[[int, int], dict[str, float]]],
+               threads: tuple[int, ...], count: int, repeat: int
+               ) -> dict[tuple[str, int], list[dict[str, float]]]:
+    """Each runner (COUNT operations, a number of client threads) after a warm-up (for a user's
+    MINT, it also makes her fast-path entry), at each of THREADS, REPEAT rounds interleaved:
+    other load on the machine hits all alike. Keyed by (runner, threads)."""
+    for run in runners.values():
+        run(min(count, WARM_UP), 1)
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for _ in range(repeat):
+        for t in threads:
+            for name, run in runners.items():
+                results.setdefault((name, t), []).append(run(count, t))
+    return results
+
+
 def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
     """Median of each figure over the runs, and the range of rates (if they have a rate)."""
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -1079,13 +1084,7 @@ def main() -> int:
                   f"MINT for itself (the Python loop, through the fast path's hand-over)\n")
             with bench_user(), own_session(root_socket_of(sock), BENCH_USER), \
                     own_session(root_socket_of(pysock), BENCH_USER):
-                for run in runners.values():
-                    run(min(count, 2000), 1)  # warm-up
-                results: dict[tuple[str, int], list[dict[str, float]]] = {}
-                for _ in range(repeat):  # interleaved: other load on the machine hits all alike
-                    for threads in THREADS:
-                        for name, run in runners.items():
-                            results.setdefault((name, threads), []).append(run(count, threads))
+                results = run_rounds(runners, THREADS, count, repeat)
             stop(py)
             report(results)
             print()
@@ -1109,7 +1108,7 @@ def main() -> int:
             print(f"in flight: {args.storm} clients at once, {count} operations per run, a "
                   f"connection each, no PAM (bench/loadgen; -M for munged)\n")
             with bench_user(), own_session(root_socket_of(sock), BENCH_USER):
-                report_in_flight(run_in_flight(runners, args.storm, count, repeat), args.storm)
+                report_in_flight(run_rounds(runners, (args.storm,), count, repeat), args.storm)
             print()
             limited, lsock = start_slurmjwtd(tmp, name="limited")  # the default rate limit
             procs.append(limited)

@@ -66,7 +66,7 @@ sys.path.insert(0, "/usr/lib/slurmjwt")
 from slurmjwtd.audit import JournalAuditLog, format_audit
 how, n = sys.argv[1], int(sys.argv[2])
 log = JournalAuditLog()
-sendv = log._sendv
+from systemd.journal import sendv
 for i in range(n):
     fields = dict(decision="granted", op="mint", caller_uid=1001, caller_pid=4000 + i % 30000,
                   user="alice", uid=1001, reason="own-session", rule="default", lifetime=3600,
@@ -192,19 +192,13 @@ def main() -> int:
             print(f"tokens under systemd 252 as PID 1 (namespaces): slurmjwtd as its unit, audit "
                   f"to the journal; {args.count} operations per run, {args.repeat} round(s), "
                   f"one connection per operation; load average {os.getloadavg()[0]:.2f}\n")
-            for run in runners.values():
-                run(min(args.count, 2000), 1)  # warm-up
-            results: dict[tuple[str, int], list[dict[str, float]]] = {}
-            for _ in range(args.repeat):
-                for threads in bench.THREADS:
-                    for name, run in runners.items():
-                        results.setdefault((name, threads), []).append(run(args.count, threads))
+            results = bench.run_rounds(runners, bench.THREADS, args.count, args.repeat)
             bench.report(results)
             for threads in bench.THREADS:
                 journald = statistics.median(r["journald_us"] for r in results[("slurmjwtd", threads)])
                 print(f"systemd-journald's CPU per token, {threads} client thread(s): "
                       f"{journald:.0f} us (munged writes no line per credential)")
-            minted = min(args.count, 2000) + sum(
+            minted = min(args.count, bench.WARM_UP) + sum(
                 r["ops"] for threads in bench.THREADS for r in results[("slurmjwtd", threads)])
             lines = journal_lines(sd, int(minted))
             print(f"journal: {lines} op=mint entries for {minted:.0f} tokens minted\n")
