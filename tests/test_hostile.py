@@ -222,14 +222,22 @@ print(*totals, flush=True)
 FLOOD_SECONDS = 10
 
 
-def test_a_flood_of_connects_on_the_public_socket_does_not_delay_logins(make_daemon, users):
-    """200 threads of one user connect without blocking in a tight loop, keeping the public
-    socket's backlog full; 100 logins through the PAM module, on the root socket, each get
-    their token within 100 ms."""
+@pytest.mark.parametrize("fast_path", [False, True], ids=["python-loop", "fast-path"])
+def test_a_flood_of_connects_on_the_public_socket_does_not_delay_logins(make_daemon, users,
+                                                                        fast_path):
+    """200 threads of one user connect without blocking in a tight loop while 100 logins go
+    through the PAM module, on the root socket; each gets its token.
+
+    python-loop: the Python loop alone accepts on the public socket, whose backlog the flood
+    keeps full (issue 10's case); each login within 100 ms (here: max 4-6 ms).
+    fast-path: its workers accept and hang up on the flood as fast as it connects, so the
+    backlog fills only now and then, and the flood keeps both CPUs of a 2-CPU machine busy;
+    the logins wait for a CPU, not for the flood: median under 20 ms (here 2-7), 95 of 100
+    within 100 ms (here 8-22), every one within half the module's 2 s timeout (here 11-86)."""
     import pam  # python-pam
 
     alice, bob = users["alice"].pw_name, users["bob"].pw_name
-    d = make_daemon()
+    d = make_daemon(fast_path=fast_path)
     service = Path("/etc/pam.d/sjt-flood")
     service.write_text("auth required pam_permit.so\naccount required pam_permit.so\n"
                        f"session required {MODULE} socket={d.root_socket}\n")
@@ -263,9 +271,13 @@ def test_a_flood_of_connects_on_the_public_socket_does_not_delay_logins(make_dae
         service.unlink()
     took.sort()
     print(f"flood: {made} connects, {full} EAGAIN; logins: median {took[50] * 1000:.1f} ms, "
-          f"max {took[-1] * 1000:.1f} ms")
-    assert full > 1000  # the public socket's queue was full, as in the issue
-    assert took[-1] < 0.1, took[-10:]
+          f"95th {took[94] * 1000:.1f} ms, max {took[-1] * 1000:.1f} ms")
+    if fast_path:
+        assert made > 2000 * FLOOD_SECONDS  # 2,000 connects a second at least (here 20,000-40,000)
+        assert took[50] < 0.02 and took[94] < 0.1 and took[-1] < 1.0, took[-10:]
+    else:
+        assert full > 1000  # the public socket's queue was full (here 150,000-250,000 EAGAIN)
+        assert took[-1] < 0.1, took[-10:]
     still_serves(d)
 
 
