@@ -229,7 +229,7 @@ def test_a_flood_of_connects_on_the_public_socket_does_not_delay_logins(make_dae
     through the PAM module, on the root socket; each gets its token.
 
     python-loop: the Python loop alone accepts on the public socket, whose backlog the flood
-    keeps full (issue 10's case); each login within 100 ms (here: max 4-6 ms).
+    keeps full (issue 10's case); each login within 100 ms (here: max 2-7 ms).
     fast-path: its workers accept and hang up on the flood as fast as it connects, so the
     backlog fills only now and then, and the flood keeps both CPUs of a 2-CPU machine busy;
     the logins wait for a CPU, not for the flood: median under 20 ms (here 2-7), 95 of 100
