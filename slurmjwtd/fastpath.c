@@ -464,6 +464,16 @@ static pthread_mutex_t accepting = PTHREAD_MUTEX_INITIALIZER;
 
 struct pending { int fd; uint32_t seq; struct ucred cr; int64_t accepted; };
 
+/* after running short of descriptors the workers accept nothing for this long */
+static const struct timespec ACCEPT_PAUSE = { 0, 100000000 };  /* server._ACCEPT_PAUSE */
+
+/* tell the Python loop, which logs it: a record with fd -1 and the errno WHY as its uid */
+static void descriptors_short(int why)
+{
+	struct ucred none = { .pid = 0, .uid = (uid_t)why, .gid = 0 };
+	forward(-1, &none, mono_ns(), "", 0, 0);
+}
+
 static void hold(int me, int slot, int64_t held)
 {
 	__atomic_store_n(&F.held[me][slot], held, __ATOMIC_RELEASE);
@@ -536,10 +546,8 @@ static void *worker(void *arg)
 				pthread_mutex_unlock(&accepting);
 				if (q.fd < 0) {
 					if (why == EMFILE || why == ENFILE || why == ENOBUFS || why == ENOMEM) {
-						struct ucred none = { .pid = 0, .uid = (uid_t)why, .gid = 0 };
-						struct timespec pause = { 0, 100000000 };  /* server._ACCEPT_PAUSE */
-						forward(-1, &none, mono_ns(), buf, 0, 0);  /* Python logs it */
-						nanosleep(&pause, NULL);
+						descriptors_short(why);
+						nanosleep(&ACCEPT_PAUSE, NULL);
 					}
 					continue;  /* EAGAIN: another worker took it */
 				}
@@ -551,8 +559,7 @@ static void *worker(void *arg)
 					/* as good as EMFILE: what the loop needs to answer (an NSS lookup opens
 					 * files) must not go to connections piling up; this one is served, then
 					 * the workers wait as on EMFILE */
-					struct ucred none = { .pid = 0, .uid = EMFILE, .gid = 0 };
-					forward(-1, &none, mono_ns(), buf, 0, 0);
+					descriptors_short(EMFILE);
 					pausing = 1;
 				}
 				q.accepted = mono_ns();
@@ -577,8 +584,7 @@ static void *worker(void *arg)
 				}
 				hold(me, CURRENT, -1);
 				if (pausing) {
-					struct timespec pause = { 0, 100000000 };  /* server._ACCEPT_PAUSE */
-					nanosleep(&pause, NULL);
+					nanosleep(&ACCEPT_PAUSE, NULL);
 					pausing = 0;
 				}
 			} else {
